@@ -1,0 +1,195 @@
+"""Apply and prune: turn sync tasks into API writes and report what happened as data.
+
+Every function returns `ResourceResult`s (created, configured, unchanged, deleted, skipped,
+failed) and never raises for a single resource's failure: the orchestrator decides what a
+failure means for the operation.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from daemon.errors import KubeError
+from daemon.kube import KubeClient, ResourceType
+from daemon.model import Action, Body, HookType, ResourceKey, ResultCode, SyncPhase
+from daemon.plan.options import RemovalPolicy, SyncOptions, resource_sync_options
+from daemon.plan.order import SyncTask
+
+HOOK_FINALIZER = "argocd.argoproj.io/hook-finalizer"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceResult:
+    """Outcome of one task, shaped like Argo CD's syncResult.resources[]."""
+
+    key: ResourceKey
+    version: str
+    action: Action
+    status: ResultCode
+    message: str
+    phase: SyncPhase
+    wave: int
+    hook_type: HookType | None = None
+    live: Body | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.status is ResultCode.SYNC_FAILED
+
+    def to_status(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "group": self.key.group,
+            "version": self.version,
+            "kind": self.key.kind,
+            "namespace": self.key.namespace,
+            "name": self.key.name,
+            "status": str(self.status),
+            "message": self.message,
+            "syncPhase": str(self.phase),
+            "syncWave": self.wave,
+            "action": str(self.action),
+        }
+        if self.hook_type is not None:
+            out["hookType"] = str(self.hook_type)
+        return out
+
+
+def _version(body: Body | None) -> str:
+    if not body:
+        return ""
+    return str(body.get("apiVersion", "")).rpartition("/")[2]
+
+
+async def apply_one(
+    client: KubeClient,
+    rt: ResourceType,
+    task: SyncTask,
+    *,
+    options: SyncOptions,
+    existed: bool,
+    dry_run: bool = False,
+) -> ResourceResult:
+    """Apply one desired object (SSA by default; Replace/Force per options)."""
+    assert task.target is not None
+    body = task.target
+    opts = options.merged(resource_sync_options(body))
+    key = task.key
+    version = _version(body)
+    try:
+        if opts.replace and key.kind not in ("CustomResourceDefinition", "Namespace"):
+            if existed:
+                live = await client.get(rt, key.namespace, key.name)
+                replaced = copy.deepcopy(body)
+                if live is not None:
+                    replaced["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+                out = await client.replace(rt, replaced, dry_run=dry_run)
+            else:
+                out = await client.create(rt, body, dry_run=dry_run)
+        elif opts.force and existed and not dry_run:
+            await client.delete(rt, key.namespace, key.name, propagation="Foreground")
+            await _wait_gone(client, rt, key, timeout=60)
+            out = await client.apply(rt, body, validate=opts.validate)
+        else:
+            out = await client.apply(rt, body, dry_run=dry_run, validate=opts.validate)
+    except KubeError as e:
+        return ResourceResult(
+            key, version, Action.FAILED, ResultCode.SYNC_FAILED, e.api_message, task.phase,
+            task.wave, task.hook_type,
+        )
+    action = Action.CONFIGURED if existed else Action.CREATED
+    verb = "configured" if existed else "created"
+    msg = f"{key.kind.lower()}/{key.name} {verb}"
+    if dry_run:
+        msg += " (dry run)"
+    return ResourceResult(
+        key, version, action, ResultCode.SYNCED, msg, task.phase, task.wave, task.hook_type, out
+    )
+
+
+async def _wait_gone(client: KubeClient, rt: ResourceType, key: ResourceKey, *,
+                     timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await client.get(rt, key.namespace, key.name) is None:
+            return
+        await anyio.sleep(0.5)
+
+
+async def prune_one(
+    client: KubeClient,
+    rt: ResourceType,
+    task: SyncTask,
+    *,
+    options: SyncOptions,
+    prune_enabled: bool,
+    dry_run: bool = False,
+) -> ResourceResult:
+    """Delete one owned object that git no longer has (honouring Prune=false and friends)."""
+    assert task.live is not None
+    key = task.key
+    version = _version(task.live)
+    opts = options.merged(resource_sync_options(task.live))
+    if not prune_enabled:
+        return ResourceResult(
+            key, version, Action.SKIPPED, ResultCode.PRUNE_SKIPPED,
+            "ignored (requires pruning)", task.phase, task.wave,
+        )
+    if opts.prune is RemovalPolicy.NEVER:
+        return ResourceResult(
+            key, version, Action.SKIPPED, ResultCode.PRUNE_SKIPPED, "ignored (no prune)",
+            task.phase, task.wave,
+        )
+    if opts.prune is RemovalPolicy.CONFIRM:
+        return ResourceResult(
+            key, version, Action.SKIPPED, ResultCode.PRUNE_SKIPPED,
+            "ignored (prune requires confirmation, which gitopsd does not support yet)",
+            task.phase, task.wave,
+        )
+    if dry_run:
+        return ResourceResult(
+            key, version, Action.DELETED, ResultCode.PRUNED, "pruned (dry run)", task.phase,
+            task.wave,
+        )
+    if (task.live.get("metadata") or {}).get("deletionTimestamp"):
+        return ResourceResult(
+            key, version, Action.DELETED, ResultCode.PRUNED, "pruned (deletion in progress)",
+            task.phase, task.wave,
+        )
+    try:
+        await client.delete(
+            rt,
+            key.namespace,
+            key.name,
+            propagation=opts.prune_propagation_policy.api_value,
+            uid=str(task.live.get("metadata", {}).get("uid") or ""),
+        )
+    except KubeError as e:
+        return ResourceResult(
+            key, version, Action.FAILED, ResultCode.SYNC_FAILED, f"prune failed: {e.api_message}",
+            task.phase, task.wave,
+        )
+    return ResourceResult(
+        key, version, Action.DELETED, ResultCode.PRUNED, "pruned", task.phase, task.wave
+    )
+
+
+async def run_bounded(
+    jobs: Sequence[Callable[[], Awaitable[ResourceResult]]], *, limit: int
+) -> list[ResourceResult]:
+    """Run `jobs` with at most `limit` in flight; results in job order."""
+    results: list[ResourceResult | None] = [None] * len(jobs)
+    limiter = anyio.CapacityLimiter(max(1, limit))
+
+    async def one(i: int) -> None:
+        async with limiter:
+            results[i] = await jobs[i]()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(jobs)):
+            tg.start_soon(one, i)
+    return [r for r in results if r is not None]

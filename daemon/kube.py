@@ -1,0 +1,565 @@
+"""The only door to the Kubernetes API: discovery, get/list, server-side apply, delete, watch.
+
+Credentials come from kubernetes-asyncio's kubeconfig / in-cluster loaders; requests go over one
+pooled httpx client per cluster. Client errors are translated into `KubeError`s that name the
+resource and verb, and never leak upward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+from kubernetes_asyncio import config as kconfig
+from kubernetes_asyncio.client import Configuration
+
+from daemon.errors import KubeError, KubeNotFound
+from daemon.model import Body, ResourceKey
+from daemon.settings import IN_CLUSTER_NAME, IN_CLUSTER_SERVER, ClusterConfig
+
+FIELD_MANAGER = "gitopsd"
+_APPLY = "application/apply-patch+yaml"
+_MERGE = "application/merge-patch+json"
+_JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    """One API resource: how a kind is addressed."""
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool
+    verbs: frozenset[str]
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str = "", name: str = "") -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name, safe='')}"
+        return base
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One event from a watch stream."""
+
+    type: str
+    object: Body
+
+
+def _api_message(r: httpx.Response) -> str:
+    try:
+        data = r.json()
+    except ValueError:
+        return f"HTTP {r.status_code}: {r.text[:500]}"
+    if isinstance(data, dict) and data.get("message"):
+        return str(data["message"])
+    return f"HTTP {r.status_code}"
+
+
+class KubeClient:
+    """A client for one cluster."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        server: str,
+        verify: ssl.SSLContext | bool,
+        headers: dict[str, str] | None = None,
+        refresh: Callable[[], Any] | None = None,
+        timeout: float = 30.0,
+        max_connections: int = 64,
+    ) -> None:
+        self.name = name
+        self.server = server.rstrip("/")
+        self._refresh = refresh
+        self.timeout = timeout
+        self.http = httpx.AsyncClient(
+            base_url=self.server,
+            verify=verify,
+            headers=headers or {},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+        self._types: dict[tuple[str, str], list[ResourceType]] = {}  # (group, kind) -> versions
+        self._by_gvk: dict[tuple[str, str, str], ResourceType] = {}
+        self._discovered_at = 0.0
+        self._discovery_lock = anyio.Lock()
+        self.requests: Counter[str] = Counter()  # verb -> count, read by benchmarks and metrics
+        self.listeners: list[Callable[[str, str, int], None]] = []  # (verb, kind, status)
+        self.server_version = ""
+
+    # --- construction -----------------------------------------------------------------------
+
+    @classmethod
+    async def from_kubeconfig(
+        cls, *, name: str, path: str | None, context: str | None = None
+    ) -> KubeClient:
+        """A client from a kubeconfig file ($KUBECONFIG / ~/.kube/config when path is None)."""
+        cfg = Configuration()
+        try:
+            await kconfig.load_kube_config(
+                config_file=path, context=context or None, client_configuration=cfg
+            )
+        except Exception as e:  # the loader raises many unrelated types
+            raise KubeError(f"cluster {name}", "load kubeconfig", str(e)) from e
+        return cls._from_configuration(name, cfg)
+
+    @classmethod
+    def in_cluster(cls, *, name: str) -> KubeClient:
+        """A client using the pod's service account."""
+        cfg = Configuration()
+        try:
+            kconfig.load_incluster_config(client_configuration=cfg)
+        except Exception as e:
+            raise KubeError(f"cluster {name}", "load in-cluster config", str(e)) from e
+        return cls._from_configuration(name, cfg)
+
+    @classmethod
+    def from_token(
+        cls, *, name: str, server: str, token_file: str, ca_file: str, insecure: bool
+    ) -> KubeClient:
+        """A client with a bearer token file (re-read when the API answers 401)."""
+        verify: ssl.SSLContext | bool = False
+        if not insecure:
+            verify = ssl.create_default_context(cafile=ca_file or None)
+
+        def headers() -> dict[str, str]:
+            with open(token_file) as f:
+                return {"Authorization": f"Bearer {f.read().strip()}"}
+
+        client = cls(name=name, server=server, verify=verify, headers=headers())
+        client._refresh = headers
+        return client
+
+    @classmethod
+    def _from_configuration(cls, name: str, cfg: Configuration) -> KubeClient:
+        verify: ssl.SSLContext | bool = False
+        if cfg.verify_ssl:
+            verify = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+        if cfg.cert_file and isinstance(verify, ssl.SSLContext):
+            verify.load_cert_chain(cfg.cert_file, cfg.key_file)
+        elif cfg.cert_file:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+            verify = ctx
+
+        def headers() -> dict[str, str]:
+            token = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix(
+                "BearerToken"
+            )
+            if token:
+                return {"Authorization": str(token)}
+            if cfg.username:
+                return {"Authorization": str(cfg.get_basic_auth_token())}
+            return {}
+
+        async def refresh() -> dict[str, str]:
+            hook = cfg.refresh_api_key_hook
+            if hook is not None:
+                result = hook(cfg)
+                if hasattr(result, "__await__"):
+                    await result
+            return headers()
+
+        return cls(name=name, server=str(cfg.host), verify=verify, headers=headers(),
+                   refresh=refresh)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        subject: str,
+        verb: str,
+        kind: str = "",
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        ok404: bool = False,
+    ) -> httpx.Response | None:
+        headers = {"Content-Type": content_type} if content_type else None
+        for attempt in range(3):
+            self.requests[verb] += 1
+            try:
+                r = await self.http.request(
+                    method, path, params=params, content=content, headers=headers
+                )
+            except httpx.TimeoutException as e:
+                raise KubeError(subject, verb, f"timed out after {self.timeout:g}s") from e
+            except httpx.HTTPError as e:
+                if attempt < 2:
+                    await anyio.sleep(0.2 * (attempt + 1))
+                    continue
+                raise KubeError(subject, verb, f"cluster {self.name} unreachable: {e}") from e
+            for fn in self.listeners:
+                fn(verb, kind, r.status_code)
+            if r.status_code == 401 and self._refresh is not None and attempt == 0:
+                new = self._refresh()
+                if hasattr(new, "__await__"):
+                    new = await new
+                self.http.headers.update(new)
+                continue
+            if r.status_code == 429 or (r.status_code >= 500 and method == "GET"):
+                if attempt < 2:
+                    await anyio.sleep(float(r.headers.get("Retry-After", "0.5") or 0.5))
+                    continue
+            if r.status_code == 404 and ok404:
+                return None
+            if r.status_code >= 400:
+                exc = KubeNotFound if r.status_code == 404 else KubeError
+                raise exc(subject, verb, _api_message(r), status=r.status_code)
+            return r
+        raise KubeError(subject, verb, "retries exhausted")  # pragma: no cover
+
+    # --- discovery --------------------------------------------------------------------------
+
+    async def discover(self, *, force: bool = False) -> None:
+        """Load (or reload) the API resource list; cheap when recently done."""
+        async with self._discovery_lock:
+            if self._types and not force:
+                return
+            if force and time.monotonic() - self._discovered_at < 1.0:
+                return
+            types: dict[tuple[str, str], list[ResourceType]] = {}
+            by_gvk: dict[tuple[str, str, str], ResourceType] = {}
+            r = await self._request("GET", "/version", subject="/version", verb="discover")
+            assert r is not None
+            self.server_version = str(r.json().get("gitVersion", ""))
+            group_versions: list[tuple[str, str, bool]] = []  # group, version, preferred
+            core = await self._request("GET", "/api", subject="/api", verb="discover")
+            assert core is not None
+            for v in core.json().get("versions", []):
+                group_versions.append(("", v, True))
+            apis = await self._request("GET", "/apis", subject="/apis", verb="discover")
+            assert apis is not None
+            for g in apis.json().get("groups", []):
+                preferred = g.get("preferredVersion", {}).get("version")
+                for v in g.get("versions", []):
+                    group_versions.append((g["name"], v["version"], v["version"] == preferred))
+
+            async def load(group: str, version: str, preferred: bool) -> None:
+                path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+                try:
+                    resp = await self._request("GET", path, subject=path, verb="discover")
+                except KubeError:
+                    return  # an unavailable aggregated API must not break discovery
+                assert resp is not None
+                for res in resp.json().get("resources", []):
+                    if "/" in res["name"]:
+                        continue  # subresource
+                    rt = ResourceType(
+                        group=group,
+                        version=version,
+                        kind=res["kind"],
+                        plural=res["name"],
+                        namespaced=bool(res.get("namespaced")),
+                        verbs=frozenset(res.get("verbs", [])),
+                    )
+                    by_gvk[(group, version, rt.kind)] = rt
+                    lst = types.setdefault((group, rt.kind), [])
+                    lst.insert(0, rt) if preferred else lst.append(rt)
+
+            async with anyio.create_task_group() as tg:
+                for g, v, p in group_versions:
+                    tg.start_soon(load, g, v, p)
+            self._types, self._by_gvk = types, by_gvk
+            self._discovered_at = time.monotonic()
+
+    async def resource_for(self, api_version: str, kind: str, *, subject: str) -> ResourceType:
+        """The resource type of (apiVersion, kind); rediscovers once (new CRDs) before failing."""
+        group, _, version = api_version.rpartition("/")
+        await self.discover()
+        rt = self._by_gvk.get((group, version, kind))
+        if rt is None:
+            await self.discover(force=True)
+            rt = self._by_gvk.get((group, version, kind))
+        if rt is None:
+            known = [t.api_version for t in self._types.get((group, kind), [])]
+            hint = f" (served versions: {', '.join(known)})" if known else ""
+            raise KubeNotFound(
+                subject,
+                "resolve kind",
+                f"the server has no resource type {kind} in {api_version}{hint}; "
+                "is its CustomResourceDefinition installed?",
+                status=404,
+            )
+        return rt
+
+    def preferred(self, group: str, kind: str) -> ResourceType | None:
+        """The preferred version's type of (group, kind), if discovered."""
+        lst = self._types.get((group, kind))
+        return lst[0] if lst else None
+
+    def known(self, api_version: str, kind: str) -> ResourceType | None:
+        """The type of (apiVersion, kind) if discovered, without any request."""
+        group, _, version = api_version.rpartition("/")
+        return self._by_gvk.get((group, version, kind))
+
+    # --- verbs ------------------------------------------------------------------------------
+
+    async def get(self, rt: ResourceType, namespace: str, name: str) -> Body | None:
+        """The live object, or None when it does not exist."""
+        subject = str(ResourceKey(rt.group, rt.kind, namespace, name))
+        r = await self._request(
+            "GET", rt.path(namespace, name), subject=subject, verb="get", kind=rt.kind, ok404=True
+        )
+        return None if r is None else dict(r.json())
+
+    async def list(
+        self, rt: ResourceType, namespace: str = "", *, label_selector: str = ""
+    ) -> tuple[list[Body], str]:
+        """All objects of a type (in a namespace or cluster-wide) and the list's resourceVersion."""
+        params = {"limit": "500"}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        items: list[Body] = []
+        rv = ""
+        while True:
+            r = await self._request(
+                "GET",
+                rt.path(namespace),
+                subject=f"{rt.kind} list in {namespace or 'all namespaces'}",
+                verb="list",
+                kind=rt.kind,
+                params=params,
+                ok404=True,
+            )
+            if r is None:
+                return [], ""
+            data = r.json()
+            for item in data.get("items", []):
+                item.setdefault("apiVersion", rt.api_version)
+                item.setdefault("kind", rt.kind)
+                items.append(item)
+            rv = data.get("metadata", {}).get("resourceVersion", "")
+            cont = data.get("metadata", {}).get("continue")
+            if not cont:
+                return items, rv
+            params["continue"] = cont
+
+    async def apply(
+        self,
+        rt: ResourceType,
+        body: Body,
+        *,
+        dry_run: bool = False,
+        force: bool = True,
+        manager: str = FIELD_MANAGER,
+        validate: bool = True,
+    ) -> Body:
+        """Server-side apply `body`; returns the object as the server has (or would have) it."""
+        meta = body.get("metadata", {})
+        ns, name = str(meta.get("namespace") or ""), str(meta["name"])
+        params = {"fieldManager": manager, "force": "true" if force else "false"}
+        params["fieldValidation"] = "Strict" if validate else "Ignore"
+        if dry_run:
+            params["dryRun"] = "All"
+        r = await self._request(
+            "PATCH",
+            rt.path(ns, name),
+            subject=str(ResourceKey(rt.group, rt.kind, ns, name)),
+            verb="apply (dry run)" if dry_run else "apply",
+            kind=rt.kind,
+            params=params,
+            content=json.dumps(body).encode(),
+            content_type=_APPLY,
+        )
+        assert r is not None
+        return dict(r.json())
+
+    async def create(self, rt: ResourceType, body: Body, *, dry_run: bool = False) -> Body:
+        """Create `body` (used for generateName hooks and Replace=true)."""
+        meta = body.get("metadata", {})
+        ns = str(meta.get("namespace") or "")
+        params = {"fieldManager": FIELD_MANAGER}
+        if dry_run:
+            params["dryRun"] = "All"
+        r = await self._request(
+            "POST",
+            rt.path(ns),
+            subject=str(ResourceKey(rt.group, rt.kind, ns, str(meta.get("name") or "?"))),
+            verb="create",
+            kind=rt.kind,
+            params=params,
+            content=json.dumps(body).encode(),
+            content_type="application/json",
+        )
+        assert r is not None
+        return dict(r.json())
+
+    async def replace(self, rt: ResourceType, body: Body, *, dry_run: bool = False) -> Body:
+        """PUT `body` over the live object (Replace=true)."""
+        meta = body.get("metadata", {})
+        ns, name = str(meta.get("namespace") or ""), str(meta["name"])
+        params = {"fieldManager": FIELD_MANAGER}
+        if dry_run:
+            params["dryRun"] = "All"
+        r = await self._request(
+            "PUT",
+            rt.path(ns, name),
+            subject=str(ResourceKey(rt.group, rt.kind, ns, name)),
+            verb="replace",
+            kind=rt.kind,
+            params=params,
+            content=json.dumps(body).encode(),
+            content_type="application/json",
+        )
+        assert r is not None
+        return dict(r.json())
+
+    async def patch_merge(self, rt: ResourceType, namespace: str, name: str, patch: Body) -> Body:
+        """JSON merge patch (used to remove hook finalizers)."""
+        r = await self._request(
+            "PATCH",
+            rt.path(namespace, name),
+            subject=str(ResourceKey(rt.group, rt.kind, namespace, name)),
+            verb="patch",
+            kind=rt.kind,
+            content=json.dumps(patch).encode(),
+            content_type=_MERGE,
+        )
+        assert r is not None
+        return dict(r.json())
+
+    async def delete(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        *,
+        propagation: str = "Foreground",
+        uid: str = "",
+    ) -> bool:
+        """Delete an object; False when it was already gone."""
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": propagation,
+        }
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        r = await self._request(
+            "DELETE",
+            rt.path(namespace, name),
+            subject=str(ResourceKey(rt.group, rt.kind, namespace, name)),
+            verb="delete",
+            kind=rt.kind,
+            content=json.dumps(body).encode(),
+            content_type="application/json",
+            ok404=True,
+        )
+        return r is not None
+
+    async def watch(
+        self, rt: ResourceType, namespace: str = "", *, resource_version: str = "",
+        timeout_seconds: int = 290,
+    ) -> AsyncIterator[WatchEvent]:
+        """Stream events of a type until the server closes the watch."""
+        params = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        self.requests["watch"] += 1
+        try:
+            async with self.http.stream(
+                "GET",
+                rt.path(namespace),
+                params=params,
+                timeout=httpx.Timeout(timeout_seconds + 30, connect=10.0),
+            ) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    raise KubeError(f"{rt.kind} watch", "watch", _api_message(r),
+                                    status=r.status_code)
+                async for line in r.aiter_lines():
+                    if line:
+                        ev = json.loads(line)
+                        yield WatchEvent(str(ev.get("type")), dict(ev.get("object") or {}))
+        except httpx.HTTPError as e:
+            raise KubeError(f"{rt.kind} watch", "watch", str(e)) from e
+
+
+class Clusters:
+    """One client per configured cluster, created lazily; resolves Application destinations."""
+
+    def __init__(self, configs: Sequence[ClusterConfig]) -> None:
+        self.configs = list(configs)
+        self._clients: dict[str, KubeClient] = {}
+        self._lock = anyio.Lock()
+
+    def lookup(self, *, server: str, name: str) -> ClusterConfig:
+        """The cluster an Application's destination names (server or name)."""
+        for c in self.configs:
+            if (name and c.name == name) or (server and c.server == server.rstrip("/")):
+                return c
+        if not self.configs and (
+            server.rstrip("/") == IN_CLUSTER_SERVER or name == IN_CLUSTER_NAME
+        ):
+            return ClusterConfig(name=IN_CLUSTER_NAME, server=IN_CLUSTER_SERVER)
+        wanted = f"server {server!r}" if server else f"name {name!r}"
+        raise KubeError(
+            f"destination {wanted}", "resolve cluster", "no cluster with that "
+            + ("server" if server else "name") + " is configured"
+        )
+
+    async def client(self, cluster: ClusterConfig) -> KubeClient:
+        """The (shared) client of `cluster`."""
+        async with self._lock:
+            existing = self._clients.get(cluster.name)
+            if existing is not None:
+                return existing
+            if cluster.kubeconfig:
+                client = await KubeClient.from_kubeconfig(
+                    name=cluster.name, path=cluster.kubeconfig, context=cluster.context
+                )
+            elif cluster.bearer_token_file:
+                client = KubeClient.from_token(
+                    name=cluster.name,
+                    server=cluster.server,
+                    token_file=cluster.bearer_token_file,
+                    ca_file=cluster.ca_file,
+                    insecure=cluster.insecure,
+                )
+            elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+                client = KubeClient.in_cluster(name=cluster.name)
+            else:
+                client = await KubeClient.from_kubeconfig(name=cluster.name, path=None)
+            self._clients[cluster.name] = client
+            return client
+
+    async def aclose(self) -> None:
+        for c in self._clients.values():
+            await c.aclose()
+        self._clients.clear()

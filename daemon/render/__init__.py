@@ -1,0 +1,495 @@
+"""Render a checked-out source into manifests: plain directory, Kustomize or Helm.
+
+`Renderer.render(...)` picks the tool the way Argo CD does (explicit `helm`/`kustomize`/
+`directory` block, else Chart.yaml → Helm, kustomization.yaml → Kustomize, else directory),
+keeps every path inside the repository, and caches results by (commit, path, options).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import anyio
+import yaml
+
+from daemon import proc, yamlio
+from daemon.errors import RenderError, SourceError
+from daemon.model import Manifest, ResourceKey
+from daemon.settings import Source
+from daemon.sources.git import safe_path
+
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+_MANIFEST_EXT = re.compile(r"^.*\.(yaml|yml|json)$")
+_DOC_SPLIT = re.compile(r"^---[ \t]*(?:#.*)?$", re.MULTILINE)
+_HELM_SOURCE = re.compile(r"^# Source: (.+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderRequest:
+    """Everything that determines one render's output (and so its cache key)."""
+
+    sha: str
+    source: Source
+    app_name: str
+    namespace: str
+    kube_version: str = ""
+
+    def cache_key(self) -> str:
+        opts = {
+            "path": self.source.path,
+            "helm": self.source.helm,
+            "kustomize": self.source.kustomize,
+            "directory": self.source.directory,
+            "app": self.app_name,
+            "ns": self.namespace,
+            "kv": self.kube_version,
+        }
+        blob = json.dumps(opts, sort_keys=True, default=str)
+        return f"{self.sha}:{hashlib.sha256(blob.encode()).hexdigest()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """The result of one render."""
+
+    manifests: tuple[Manifest, ...]
+    tool: str  # Directory | Kustomize | Helm
+
+
+def _brace_expand(pattern: str) -> list[str]:
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    out: list[str] = []
+    for alt in m.group(1).split(","):
+        out.extend(_brace_expand(pattern[: m.start()] + alt + pattern[m.end() :]))
+    return out
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    """Argo CD's directory include/exclude matching: `*` also crosses '/', `{a,b}` works."""
+    return any(fnmatchcase(path, p) for p in _brace_expand(pattern))
+
+
+def parse_stream(text: str, *, source: str) -> list[dict[str, Any]]:
+    """Parse YAML/JSON documents, expanding `List` kinds; errors name file and line."""
+    docs: list[dict[str, Any]] = []
+    try:
+        loaded = list(yamlio.load_all(text))
+    except yaml.YAMLError as e:
+        line = yamlio.error_line(e)
+        where = f"{source}:{line}" if line else source
+        problem = getattr(e, "problem", None) or str(e)
+        raise RenderError(f"{where}: invalid YAML: {problem}") from e
+    for i, doc in enumerate(loaded, start=1):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise RenderError(f"{source}: document {i} is not a mapping (got {type(doc).__name__})")
+        kind = doc.get("kind")
+        if isinstance(kind, str) and kind.endswith("List") and isinstance(doc.get("items"), list):
+            for j, item in enumerate(doc["items"]):
+                if not isinstance(item, dict):
+                    raise RenderError(f"{source}: document {i} items[{j}] is not a mapping")
+                docs.append(item)
+        else:
+            docs.append(doc)
+    return docs
+
+
+def to_manifests(docs: Iterable[tuple[str, dict[str, Any]]]) -> list[Manifest]:
+    """Validate the basics every object needs and wrap them as Manifests."""
+    out: list[Manifest] = []
+    for source, doc in docs:
+        api, kind = doc.get("apiVersion"), doc.get("kind")
+        meta = doc.get("metadata")
+        if not isinstance(api, str) or not api:
+            raise RenderError(f"{source}: object of kind {kind!r} has no apiVersion")
+        if not isinstance(kind, str) or not kind:
+            raise RenderError(f"{source}: object with apiVersion {api!r} has no kind")
+        if not isinstance(meta, dict):
+            raise RenderError(f"{source}: {kind} has no metadata")
+        name = meta.get("name")
+        if not name and not meta.get("generateName"):
+            raise RenderError(f"{source}: {kind} has no metadata.name")
+        if name is not None and not isinstance(name, str):
+            raise RenderError(f"{source}: {kind} metadata.name must be a string")
+        out.append(Manifest(key=ResourceKey.of(doc), body=doc, source=source))
+    return out
+
+
+class Renderer:
+    """Runs renders with a bounded pool and an LRU cache keyed by commit and options."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 60.0,
+        max_bytes: int = 10 * 1024 * 1024,
+        concurrency: int = 4,
+        cache_size: int = 256,
+        helm: str | None = None,
+        kubectl: str | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.limiter = anyio.CapacityLimiter(concurrency)
+        self.cache: OrderedDict[str, Rendered] = OrderedDict()
+        self.cache_size = cache_size
+        self.helm = helm or os.environ.get("GITOPSD_HELM") or shutil.which("helm") or "helm"
+        self.kubectl = kubectl or os.environ.get("GITOPSD_KUBECTL") or shutil.which("kubectl")
+        self.renders = 0  # renders actually executed (cache misses)
+
+    async def render(self, req: RenderRequest, checkout: Path) -> Rendered:
+        """Render `req.source` from `checkout`, from cache when this exact input was seen."""
+        key = req.cache_key()
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        async with self.limiter:
+            if key in self.cache:
+                return self.cache[key]
+            result = await self._render(req, checkout)
+        self.renders += 1
+        self.cache[key] = result
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return result
+
+    async def _render(self, req: RenderRequest, root: Path) -> Rendered:
+        src = req.source
+        try:
+            app_dir = safe_path(root, src.path or ".", what="source path")
+        except SourceError as e:
+            raise RenderError(str(e)) from e
+        if not app_dir.is_dir():
+            raise RenderError(f"source path {src.path!r} does not exist in the repository")
+        if src.helm is not None or (app_dir / "Chart.yaml").exists() and src.directory is None:
+            return Rendered(tuple(await self._helm(req, root, app_dir)), "Helm")
+        has_kustomization = any((app_dir / f).exists() for f in KUSTOMIZATION_FILES)
+        if src.kustomize is not None or (has_kustomization and src.directory is None):
+            return Rendered(tuple(await self._kustomize(req, root, app_dir)), "Kustomize")
+        docs = await anyio.to_thread.run_sync(self._directory, req, root, app_dir)
+        return Rendered(tuple(to_manifests(docs)), "Directory")
+
+    # --- directory --------------------------------------------------------------------------
+
+    def _directory(
+        self, req: RenderRequest, root: Path, app_dir: Path
+    ) -> list[tuple[str, dict[str, Any]]]:
+        opts = req.source.directory or {}
+        recurse = bool(opts.get("recurse", False))
+        include = str(opts.get("include") or "")
+        exclude = str(opts.get("exclude") or "")
+        if opts.get("jsonnet"):
+            raise RenderError("directory.jsonnet: Jsonnet is not supported")
+        files: list[Path] = []
+        walker = os.walk(app_dir, followlinks=False) if recurse else [(str(app_dir), [], None)]
+        for dirpath, dirnames, filenames in walker:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            names = filenames if filenames is not None else os.listdir(dirpath)
+            for name in sorted(names):
+                p = Path(dirpath) / name
+                rel = str(p.relative_to(app_dir))
+                if name.startswith(".") or not _MANIFEST_EXT.match(name):
+                    continue
+                if include and not glob_match(include, rel):
+                    continue
+                if exclude and glob_match(exclude, rel):
+                    continue
+                files.append(p)
+        total = 0
+        out: list[tuple[str, dict[str, Any]]] = []
+        for p in files:
+            rel_repo = str(p.relative_to(root)) if not p.is_symlink() else str(p)
+            try:
+                real = safe_path(root, str(p.relative_to(root)), what="manifest file")
+            except SourceError as e:
+                raise RenderError(str(e)) from e
+            if not real.is_file():
+                continue
+            total += real.stat().st_size
+            if total > self.max_bytes:
+                raise RenderError(
+                    f"manifests under {req.source.path or '.'!r} exceed the size limit of "
+                    f"{self.max_bytes} bytes"
+                )
+            text = real.read_text(errors="replace")
+            if p.suffix == ".json":
+                try:
+                    doc = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise RenderError(f"{rel_repo}:{e.lineno}: invalid JSON: {e.msg}") from e
+                items = parse_stream(json.dumps(doc), source=rel_repo)
+            else:
+                items = parse_stream(text, source=rel_repo)
+            out.extend((rel_repo, d) for d in items)
+        return out
+
+    # --- kustomize --------------------------------------------------------------------------
+
+    def _check_kustomize_paths(self, root: Path, kdir: Path, seen: set[Path]) -> None:
+        """Refuse kustomizations that reach outside the repository."""
+        if kdir in seen:
+            return
+        seen.add(kdir)
+        kfile = next((kdir / f for f in KUSTOMIZATION_FILES if (kdir / f).exists()), None)
+        if kfile is None:
+            return
+        try:
+            data = yamlio.load(kfile.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RenderError(f"{kfile.relative_to(root)}: invalid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise RenderError(f"{kfile.relative_to(root)}: not a mapping")
+        refs: list[str] = []
+        for key in ("resources", "bases", "components", "crds", "patchesStrategicMerge"):
+            refs += [r for r in data.get(key) or [] if isinstance(r, str)]
+        for p in data.get("patches") or []:
+            if isinstance(p, dict) and isinstance(p.get("path"), str):
+                refs.append(p["path"])
+        for gen in (data.get("configMapGenerator") or []) + (data.get("secretGenerator") or []):
+            if isinstance(gen, dict):
+                for f in (gen.get("files") or []) + (gen.get("envs") or []):
+                    if isinstance(f, str):
+                        refs.append(f.split("=", 1)[-1])
+        for ref in refs:
+            if re.match(r"^[a-z0-9+.-]+://", ref) or ref.startswith(("git@", "github.com/")):
+                raise RenderError(
+                    f"{kfile.relative_to(root)}: remote resource {ref!r} is not allowed "
+                    "(gitopsd renders from the repository only)"
+                )
+            if "\n" in ref:
+                continue  # inline patch
+            rel = os.path.relpath(os.path.normpath(kdir / ref), root)
+            try:
+                target = safe_path(root, rel, what=f"{kfile.relative_to(root)} reference")
+            except SourceError as e:
+                raise RenderError(str(e)) from e
+            if target.is_dir():
+                self._check_kustomize_paths(root, target, seen)
+
+    async def _kustomize(self, req: RenderRequest, root: Path, app_dir: Path) -> list[Manifest]:
+        if not self.kubectl:
+            raise RenderError("kustomize: kubectl is not installed")
+        self._check_kustomize_paths(root, app_dir, set())
+        opts = dict(req.source.kustomize or {})
+        with tempfile.TemporaryDirectory(prefix="gitopsd-kustomize-") as tmp:
+            target = app_dir
+            if any(opts.get(k) for k in _KUSTOMIZE_OVERLAY_KEYS):
+                # Argo CD edits the kustomization in a scratch copy; we add an overlay instead.
+                work = Path(tmp) / "repo"
+                await anyio.to_thread.run_sync(
+                    lambda: shutil.copytree(root, work, symlinks=True)
+                )
+                base = work / app_dir.relative_to(root.resolve())
+                target = base / ".gitopsd-overlay"
+                target.mkdir()
+                (target / "kustomization.yaml").write_text(
+                    yamlio.dump(_overlay(opts, req.source.path))
+                )
+            result = await self._exec(
+                [self.kubectl, "kustomize", str(target)], tool="kustomize", cwd=app_dir
+            )
+        text = result.decode(errors="replace")
+        docs = parse_stream(text, source=f"kustomize build {req.source.path or '.'}")
+        return to_manifests((f"{req.source.path or '.'} (kustomize)", d) for d in docs)
+
+    # --- helm -------------------------------------------------------------------------------
+
+    async def _helm(self, req: RenderRequest, root: Path, chart: Path) -> list[Manifest]:
+        opts = dict(req.source.helm or {})
+        if not (chart / "Chart.yaml").exists():
+            raise RenderError(f"helm: {req.source.path!r} has no Chart.yaml")
+        self._check_chart_dependencies(chart, root)
+        release = str(opts.get("releaseName") or req.app_name)
+        namespace = str(opts.get("namespace") or req.namespace or "default")
+        argv = [self.helm, "template", release, str(chart), "--namespace", namespace]
+        if not opts.get("skipCrds"):
+            argv.append("--include-crds")
+        if opts.get("skipSchemaValidation"):
+            argv.append("--skip-schema-validation")
+        kube_version = str(opts.get("kubeVersion") or req.kube_version or "")
+        if kube_version:
+            argv += ["--kube-version", kube_version]
+        for api in opts.get("apiVersions") or []:
+            argv += ["--api-versions", str(api)]
+        with tempfile.TemporaryDirectory(prefix="gitopsd-helm-") as tmp:
+            for vf in opts.get("valueFiles") or []:
+                vf = str(vf)
+                if re.match(r"^[a-z0-9+.-]+://", vf):
+                    raise RenderError(f"helm.valueFiles: remote value file {vf!r} is not allowed")
+                rel = os.path.relpath(os.path.normpath(chart / vf), root.resolve())
+                try:
+                    path = safe_path(root, rel, what="helm value file")
+                except SourceError as e:
+                    raise RenderError(str(e)) from e
+                if not path.is_file():
+                    if opts.get("ignoreMissingValueFiles"):
+                        continue
+                    raise RenderError(f"helm.valueFiles: {vf!r} does not exist")
+                argv += ["--values", str(path)]
+            inline: Any = None
+            if opts.get("valuesObject") is not None:
+                inline = opts["valuesObject"]
+            elif opts.get("values"):
+                raw = opts["values"]
+                try:
+                    inline = yamlio.load(raw) if isinstance(raw, str) else raw
+                except yaml.YAMLError as e:
+                    raise RenderError(f"helm.values: invalid YAML: {e}") from e
+            if inline is not None:
+                if not isinstance(inline, dict):
+                    raise RenderError("helm.values must be a mapping")
+                vpath = Path(tmp) / "values.yaml"
+                vpath.write_text(yamlio.dump(inline))
+                argv += ["--values", str(vpath)]
+            for i, p in enumerate(opts.get("parameters") or []):
+                if not isinstance(p, dict) or "name" not in p:
+                    raise RenderError(f"helm.parameters[{i}]: needs name and value")
+                flag = "--set-string" if p.get("forceString") else "--set"
+                argv += [flag, f"{p['name']}={p.get('value', '')}"]
+            for i, p in enumerate(opts.get("fileParameters") or []):
+                if not isinstance(p, dict) or "name" not in p or "path" not in p:
+                    raise RenderError(f"helm.fileParameters[{i}]: needs name and path")
+                rel = os.path.relpath(os.path.normpath(chart / str(p["path"])), root.resolve())
+                try:
+                    fpath = safe_path(root, rel, what="helm file parameter")
+                except SourceError as e:
+                    raise RenderError(str(e)) from e
+                argv += ["--set-file", f"{p['name']}={fpath}"]
+            env = {
+                "HELM_CACHE_HOME": f"{tmp}/cache",
+                "HELM_CONFIG_HOME": f"{tmp}/config",
+                "HELM_DATA_HOME": f"{tmp}/data",
+                "KUBECONFIG": "/dev/null",
+            }
+            out = await self._exec(argv, tool="helm template", cwd=chart, env=env)
+        return self._split_helm(out.decode(errors="replace"), req.source.path or ".")
+
+    def _check_chart_dependencies(self, chart: Path, root: Path) -> None:
+        try:
+            meta = yamlio.load((chart / "Chart.yaml").read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RenderError(f"{chart.relative_to(root.resolve())}/Chart.yaml: {e}") from e
+        deps = meta.get("dependencies") if isinstance(meta, dict) else None
+        for dep in deps or []:
+            if not isinstance(dep, dict):
+                continue
+            name, repo = str(dep.get("name", "")), str(dep.get("repository", ""))
+            if repo.startswith("file://"):
+                rel = os.path.relpath(os.path.normpath(chart / repo[7:]), root.resolve())
+                try:
+                    safe_path(root, rel, what=f"chart dependency {name}")
+                except SourceError as e:
+                    raise RenderError(str(e)) from e
+            vendored = list((chart / "charts").glob(f"{name}*")) if (chart / "charts").is_dir() else []
+            if not vendored and not repo.startswith("file://"):
+                raise RenderError(
+                    f"helm: chart dependency {name!r} from {repo!r} is not vendored in charts/ "
+                    "(run `helm dependency build` and commit charts/)"
+                )
+
+    def _split_helm(self, text: str, path: str) -> list[Manifest]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        for chunk in _DOC_SPLIT.split(text):
+            if not chunk.strip():
+                continue
+            m = _HELM_SOURCE.search(chunk)
+            source = f"{path}/{m.group(1).split('/', 1)[-1]}" if m else f"{path} (helm)"
+            out.extend((source, d) for d in parse_stream(chunk, source=source))
+        return to_manifests(out)
+
+    async def _exec(
+        self,
+        argv: list[str],
+        *,
+        tool: str,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+    ) -> bytes:
+        try:
+            result = await proc.run(
+                argv, cwd=cwd, env=env, timeout=self.timeout, max_output=self.max_bytes
+            )
+        except proc.CommandTimeout as e:
+            raise RenderError(f"{tool} timed out after {self.timeout:g}s") from e
+        except proc.OutputTooLarge as e:
+            raise RenderError(f"{tool} output exceeds the size limit of {self.max_bytes} bytes") from e
+        except FileNotFoundError as e:
+            raise RenderError(f"{tool}: {argv[0]} is not installed") from e
+        if result.returncode != 0:
+            raise RenderError(f"{tool} failed: {result.err_text}")
+        return result.stdout
+
+
+_KUSTOMIZE_OVERLAY_KEYS = (
+    "namePrefix",
+    "nameSuffix",
+    "commonLabels",
+    "commonAnnotations",
+    "images",
+    "namespace",
+    "replicas",
+    "patches",
+    "components",
+    "labelWithoutSelector",
+)
+
+
+def _overlay(opts: dict[str, Any], path: str) -> dict[str, Any]:
+    """A kustomization that applies an Application's `kustomize` options over `..`."""
+    k: dict[str, Any] = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [".."],
+    }
+    for key in ("namePrefix", "nameSuffix", "namespace", "patches"):
+        if opts.get(key):
+            k[key] = opts[key]
+    if opts.get("commonLabels"):
+        k["labels"] = [
+            {
+                "pairs": opts["commonLabels"],
+                "includeSelectors": not opts.get("labelWithoutSelector", False),
+                "includeTemplates": bool(opts.get("labelIncludeTemplates", False)),
+            }
+        ]
+    if opts.get("commonAnnotations"):
+        k["commonAnnotations"] = opts["commonAnnotations"]
+    if opts.get("components"):
+        k["components"] = [f"../{c}" for c in opts["components"]]
+    if opts.get("images"):
+        images = []
+        for img in opts["images"]:
+            # Argo CD format: [old=]new[:tag|@digest]
+            text = str(img)
+            old, _, new = text.partition("=") if "=" in text else (text, "", text)
+            name = re.split(r"[:@]", old.rsplit("/", 1)[-1])[0]
+            old_name = old.split("@")[0]
+            old_name = old_name.rsplit(":", 1)[0] if ":" in old_name.rsplit("/", 1)[-1] else old_name
+            entry: dict[str, str] = {"name": old_name or name}
+            if "@" in new:
+                new_name, digest = new.split("@", 1)
+                entry["newName"], entry["digest"] = new_name, digest
+            elif ":" in new.rsplit("/", 1)[-1]:
+                new_name, tag = new.rsplit(":", 1)
+                entry["newName"], entry["newTag"] = new_name, tag
+            else:
+                entry["newName"] = new
+            images.append(entry)
+        k["images"] = images
+    if opts.get("replicas"):
+        k["replicas"] = [{"name": r["name"], "count": int(r["count"])} for r in opts["replicas"]]
+    return k

@@ -1,0 +1,697 @@
+"""The configuration contract: settings file + Argo CD documents, parsed into frozen dataclasses.
+
+`load(path)` reads the settings file and every file its `applications` globs match, validates
+everything, and returns a `Config`. Errors name file, document and field; unknown fields are
+collected as warnings. Pure apart from reading the files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from daemon import yamlio
+from daemon.errors import ConfigError
+
+IN_CLUSTER_SERVER = "https://kubernetes.default.svc"
+IN_CLUSTER_NAME = "in-cluster"
+RESOURCES_FINALIZER = "resources-finalizer.argocd.argoproj.io"
+RESOURCES_FINALIZER_BG = "resources-finalizer.argocd.argoproj.io/background"
+ARGO_API = "argoproj.io/v1alpha1"
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+def parse_duration(value: Any, *, where: str) -> float:
+    """Seconds from a Go-style duration ('90s', '3m', '1h30m') or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    if text.isdigit():
+        return float(text)
+    if not _DURATION_RE.match(text):
+        raise ConfigError(f"{where}: invalid duration {value!r} (examples: 30s, 3m, 1h30m)")
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * unit[u] for n, u in _DURATION_PART.findall(text))
+
+
+class _Fields:
+    """Reads one mapping, remembering which keys were used so the rest can be reported."""
+
+    def __init__(self, data: Any, where: str, warnings: list[str]) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        self.data: dict[str, Any] = data
+        self.where = where
+        self.warnings = warnings
+        self.used: set[str] = set()
+
+    def _get(self, key: str, kind: type | tuple[type, ...], default: Any, required: bool) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise ConfigError(f"{self.where}.{key}: required field is missing")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigError(
+                f"{self.where}.{key}: expected {names}, got {type(value).__name__} {value!r}"
+            )
+        return value
+
+    def str(self, key: str, default: str = "", *, required: bool = False) -> str:
+        v = self._get(key, (str, int, float), default, required)
+        return v if isinstance(v, str) else str(v)
+
+    def bool(self, key: str, default: bool = False) -> bool:
+        v = self._get(key, (bool, str), default, False)
+        if isinstance(v, str):
+            if v.lower() not in ("true", "false"):
+                raise ConfigError(f"{self.where}.{key}: expected true or false, got {v!r}")
+            return v.lower() == "true"
+        return bool(v)
+
+    def int(self, key: str, default: int | None = None) -> int | None:
+        v = self._get(key, int, default, False)
+        return None if v is None else int(v)
+
+    def map(self, key: str) -> dict[str, Any]:
+        return dict(self._get(key, dict, {}, False))
+
+    def list(self, key: str) -> list[Any]:
+        return list(self._get(key, list, [], False))
+
+    def raw(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def done(self, *, known_extra: tuple[str, ...] = ()) -> None:
+        for key in self.data:
+            if key not in self.used and key not in known_extra:
+                self.warnings.append(f"{self.where}.{key}: unknown field (ignored)")
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """How a destination cluster is reached."""
+
+    name: str
+    server: str
+    kubeconfig: str = ""
+    context: str = ""
+    bearer_token_file: str = ""
+    ca_file: str = ""
+    insecure: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryCredentials:
+    """Credentials for every repository URL starting with `url`."""
+
+    url: str
+    username: str = ""
+    password_file: str = ""
+    ssh_private_key_file: str = ""
+    known_hosts_file: str = ""
+    insecure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A bearer token for the HTTP API."""
+
+    name: str
+    token_file: str
+    role: str
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Daemon-wide settings; every field has a documented default."""
+
+    reconcile_interval: float = 180.0  # seconds between polls of an app's source
+    reconcile_jitter: float = 0.0  # up to this many seconds added to each interval
+    max_concurrent_syncs: int = 10  # syncs running at once
+    max_concurrent_renders: int = 4  # renders (helm/kustomize processes) at once
+    kube_parallelism: int = 32  # API writes in flight per sync
+    repo_timeout: float = 60.0  # timeout of one git or render command
+    health_timeout: float = 300.0  # how long one wave may wait to become healthy
+    sync_wave_delay: float = 2.0  # Argo CD's ARGOCD_SYNC_WAVE_DELAY between waves
+    max_manifest_bytes: int = 10 * 1024 * 1024  # combined rendered size of one app
+    cache_dir: str = "/var/cache/gitopsd"
+    state_dir: str = "/var/lib/gitopsd"
+    inventory_namespace: str = "gitopsd-system"  # where per-app inventories live in-cluster
+    listen: str = "127.0.0.1:8080"
+    self_heal_debounce: float = 1.0  # seconds to batch drift events before a self-heal
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A fully validated configuration."""
+
+    path: str
+    settings: Settings
+    clusters: tuple[ClusterConfig, ...]
+    repositories: tuple[RepositoryCredentials, ...]
+    applications: tuple[Application, ...]
+    projects: tuple[AppProject, ...]
+    api_tokens: tuple[ApiToken, ...] = ()
+    webhooks: dict[str, dict[str, str]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+    def app(self, name: str) -> Application:
+        """The application called `name`."""
+        for app in self.applications:
+            if app.name == name:
+                return app
+        raise KeyError(name)
+
+    def project(self, name: str) -> AppProject | None:
+        """The project called `name`; `default` always exists."""
+        for p in self.projects:
+            if p.name == name:
+                return p
+        if name == "default":
+            return DEFAULT_PROJECT
+        return None
+
+
+# --- Argo CD documents ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One `spec.source` (or entry of `spec.sources`)."""
+
+    repo_url: str
+    path: str = ""
+    target_revision: str = "HEAD"
+    chart: str = ""
+    ref: str = ""
+    name: str = ""
+    helm: dict[str, Any] | None = None
+    kustomize: dict[str, Any] | None = None
+    directory: dict[str, Any] | None = None
+    plugin: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where an app's resources go."""
+
+    server: str = ""
+    name: str = ""
+    namespace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Automated:
+    """`syncPolicy.automated`."""
+
+    enabled: bool = True
+    prune: bool = False
+    self_heal: bool = False
+    allow_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """`syncPolicy.retry` with Argo CD's defaults (5s x2, capped at 3m)."""
+
+    limit: int = 0
+    duration: float = 5.0
+    factor: int = 2
+    max_duration: float = 180.0
+    refresh: bool = False
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (0-based)."""
+        wait = self.duration * (self.factor**attempt)
+        return min(wait, self.max_duration) if self.max_duration > 0 else wait
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPolicy:
+    """`spec.syncPolicy`."""
+
+    automated: Automated | None = None
+    sync_options: tuple[str, ...] = ()
+    retry: Retry | None = None
+    managed_namespace_metadata: dict[str, dict[str, str]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Application:
+    """An Argo CD Application as gitopsd uses it; `raw` keeps the document for the API."""
+
+    name: str
+    namespace: str
+    project: str
+    sources: tuple[Source, ...]
+    destination: Destination
+    sync_policy: SyncPolicy
+    ignore_differences: tuple[dict[str, Any], ...] = ()
+    revision_history_limit: int = 10
+    finalizers: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    file: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def instance_name(self) -> str:
+        """The name used in tracking ids (Argo CD's InstanceName for the control namespace)."""
+        return self.name
+
+    @property
+    def cascade_delete(self) -> bool:
+        """True when removing the app must delete its resources (resources finalizer)."""
+        return any(f in (RESOURCES_FINALIZER, RESOURCES_FINALIZER_BG) for f in self.finalizers)
+
+    @property
+    def manifest_sources(self) -> tuple[Source, ...]:
+        """Sources that produce manifests (a `ref`-only source just lends files)."""
+        return tuple(s for s in self.sources if not (s.ref and not s.path and not s.chart))
+
+
+@dataclass(frozen=True, slots=True)
+class AppProject:
+    """An Argo CD AppProject; enforcement lives in the plan stage."""
+
+    name: str
+    source_repos: tuple[str, ...] = ("*",)
+    destinations: tuple[dict[str, str], ...] = ({"server": "*", "namespace": "*"},)
+    cluster_resource_whitelist: tuple[dict[str, str], ...] = ({"group": "*", "kind": "*"},)
+    cluster_resource_blacklist: tuple[dict[str, str], ...] = ()
+    namespace_resource_whitelist: tuple[dict[str, str], ...] | None = None
+    namespace_resource_blacklist: tuple[dict[str, str], ...] = ()
+    file: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+DEFAULT_PROJECT = AppProject(name="default")
+
+_APP_SPEC_KNOWN = (
+    "source",
+    "sources",
+    "destination",
+    "project",
+    "syncPolicy",
+    "ignoreDifferences",
+    "revisionHistoryLimit",
+    "info",
+    "sourceHydrator",
+)
+
+
+def _parse_source(data: Any, where: str, warnings: list[str]) -> Source:
+    f = _Fields(data, where, warnings)
+    src = Source(
+        repo_url=f.str("repoURL", required=True),
+        path=f.str("path"),
+        target_revision=f.str("targetRevision", "HEAD") or "HEAD",
+        chart=f.str("chart"),
+        ref=f.str("ref"),
+        name=f.str("name"),
+        helm=f.map("helm") or None,
+        kustomize=f.map("kustomize") or None,
+        directory=f.map("directory") or None,
+        plugin=f.map("plugin") or None,
+    )
+    f.done()
+    if not src.repo_url.strip():
+        raise ConfigError(f"{where}.repoURL: must not be empty")
+    if src.chart and src.path:
+        raise ConfigError(f"{where}: set either chart (helm repository) or path (git), not both")
+    if src.chart:
+        raise ConfigError(
+            f"{where}.chart: Helm chart repositories are not supported yet; "
+            "point repoURL at a git repository and set path to the chart directory"
+        )
+    if src.plugin:
+        raise ConfigError(f"{where}.plugin: config management plugins are not supported")
+    kinds = [k for k in ("helm", "kustomize", "directory") if getattr(src, k)]
+    if len(kinds) > 1:
+        raise ConfigError(f"{where}: multiple source types {kinds} set; choose one")
+    return src
+
+
+def _parse_sync_policy(data: Any, where: str, warnings: list[str]) -> SyncPolicy:
+    f = _Fields(data, where, warnings)
+    automated: Automated | None = None
+    auto_raw = f.raw("automated")
+    if auto_raw is not None:
+        a = _Fields(auto_raw, f"{where}.automated", warnings)
+        automated = Automated(
+            enabled=a.bool("enabled", True),
+            prune=a.bool("prune"),
+            self_heal=a.bool("selfHeal"),
+            allow_empty=a.bool("allowEmpty"),
+        )
+        a.done()
+        if not automated.enabled:
+            automated = None
+    retry: Retry | None = None
+    retry_raw = f.raw("retry")
+    if retry_raw is not None:
+        r = _Fields(retry_raw, f"{where}.retry", warnings)
+        b = _Fields(r.raw("backoff"), f"{where}.retry.backoff", warnings)
+        limit = r.int("limit", 0)
+        retry = Retry(
+            limit=0 if limit is None else limit,
+            duration=parse_duration(b.raw("duration") or "5s", where=f"{b.where}.duration"),
+            factor=b.int("factor", 2) or 2,
+            max_duration=parse_duration(
+                b.raw("maxDuration") or "3m", where=f"{b.where}.maxDuration"
+            ),
+            refresh=r.bool("refresh"),
+        )
+        b.done()
+        r.done()
+    options = f.list("syncOptions")
+    for i, opt in enumerate(options):
+        if not isinstance(opt, str) or "=" not in opt:
+            raise ConfigError(f"{where}.syncOptions[{i}]: expected 'Key=Value', got {opt!r}")
+    mnm_raw = f.raw("managedNamespaceMetadata")
+    mnm: dict[str, dict[str, str]] | None = None
+    if mnm_raw is not None:
+        m = _Fields(mnm_raw, f"{where}.managedNamespaceMetadata", warnings)
+        mnm = {
+            "labels": {str(k): str(v) for k, v in m.map("labels").items()},
+            "annotations": {str(k): str(v) for k, v in m.map("annotations").items()},
+        }
+        m.done()
+    f.done()
+    return SyncPolicy(
+        automated=automated,
+        sync_options=tuple(str(o).strip() for o in options),
+        retry=retry,
+        managed_namespace_metadata=mnm,
+    )
+
+
+def parse_application(doc: dict[str, Any], *, where: str, warnings: list[str]) -> Application:
+    """Validate one Application document."""
+    meta = _Fields(doc.get("metadata"), f"{where}.metadata", warnings)
+    name = meta.str("name", required=True)
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{where}.metadata.name: {name!r} is not a valid Kubernetes name")
+    namespace = meta.str("namespace", "argocd") or "argocd"
+    finalizers = tuple(str(x) for x in meta.list("finalizers"))
+    labels = tuple(sorted((str(k), str(v)) for k, v in meta.map("labels").items()))
+    annotations = tuple(sorted((str(k), str(v)) for k, v in meta.map("annotations").items()))
+    where = f"{where} (Application/{name})"
+    spec = _Fields(doc.get("spec"), f"{where}.spec", warnings)
+    sources: list[Source] = []
+    many = spec.list("sources")
+    one = spec.raw("source")
+    if many:
+        sources = [
+            _parse_source(s, f"{where}.spec.sources[{i}]", warnings) for i, s in enumerate(many)
+        ]
+    elif one is not None:
+        sources = [_parse_source(one, f"{where}.spec.source", warnings)]
+    else:
+        raise ConfigError(f"{where}.spec.source: required field is missing")
+    d = _Fields(spec.raw("destination"), f"{where}.spec.destination", warnings)
+    destination = Destination(
+        server=d.str("server").rstrip("/"), name=d.str("name"), namespace=d.str("namespace")
+    )
+    d.done()
+    if destination.server and destination.name:
+        raise ConfigError(
+            f"{where}.spec.destination: application destination can't have both name and "
+            "server defined"
+        )
+    if not destination.server and not destination.name:
+        raise ConfigError(f"{where}.spec.destination: set server or name")
+    project = spec.str("project", required=True)
+    policy = _parse_sync_policy(spec.raw("syncPolicy"), f"{where}.spec.syncPolicy", warnings)
+    ignore = spec.list("ignoreDifferences")
+    for i, item in enumerate(ignore):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}.spec.ignoreDifferences[{i}]: expected a mapping")
+    limit = spec.int("revisionHistoryLimit", 10)
+    spec.done(known_extra=_APP_SPEC_KNOWN)
+    meta.done(known_extra=("labels", "annotations", "uid", "resourceVersion", "generation"))
+    return Application(
+        name=name,
+        namespace=namespace,
+        project=project,
+        sources=tuple(sources),
+        destination=destination,
+        sync_policy=policy,
+        ignore_differences=tuple(ignore),
+        revision_history_limit=10 if limit is None else max(0, limit),
+        finalizers=finalizers,
+        labels=labels,
+        annotations=annotations,
+        file=where.split(":", 1)[0],
+        raw=doc,
+    )
+
+
+def parse_project(doc: dict[str, Any], *, where: str, warnings: list[str]) -> AppProject:
+    """Validate one AppProject document (rules are enforced elsewhere)."""
+    meta = _Fields(doc.get("metadata"), f"{where}.metadata", warnings)
+    name = meta.str("name", required=True)
+    where = f"{where} (AppProject/{name})"
+    spec = _Fields(doc.get("spec"), f"{where}.spec", warnings)
+
+    def entries(key: str) -> tuple[dict[str, str], ...]:
+        out = []
+        for i, item in enumerate(spec.list(key)):
+            if not isinstance(item, dict):
+                raise ConfigError(f"{where}.spec.{key}[{i}]: expected a mapping")
+            out.append({str(k): str(v) for k, v in item.items()})
+        return tuple(out)
+
+    ns_white_raw = spec.raw("namespaceResourceWhitelist")
+    project = AppProject(
+        name=name,
+        source_repos=tuple(str(s) for s in spec.list("sourceRepos")),
+        destinations=entries("destinations"),
+        cluster_resource_whitelist=entries("clusterResourceWhitelist"),
+        cluster_resource_blacklist=entries("clusterResourceBlacklist"),
+        namespace_resource_whitelist=(
+            entries("namespaceResourceWhitelist") if ns_white_raw is not None else None
+        ),
+        namespace_resource_blacklist=entries("namespaceResourceBlacklist"),
+        file=where.split(":", 1)[0],
+        raw=doc,
+    )
+    spec.done(
+        known_extra=(
+            "description",
+            "roles",
+            "syncWindows",
+            "orphanedResources",
+            "signatureKeys",
+            "sourceNamespaces",
+            "destinationServiceAccounts",
+            "permitOnlyProjectScopedClusters",
+        )
+    )
+    return project
+
+
+def _read_documents(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file=str(path)) from e
+    try:
+        docs = list(yamlio.load_all(text))
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"invalid YAML: {getattr(e, 'problem', e)}", file=str(path), line=yamlio.error_line(e)
+        ) from e
+    out = []
+    for i, doc in enumerate(docs, start=1):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise ConfigError(f"document {i}: expected a mapping", file=str(path))
+        if doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            out.extend((i, item) for item in doc["items"] if isinstance(item, dict))
+        else:
+            out.append((i, doc))
+    return out
+
+
+def _resolve(base: Path, value: str) -> str:
+    if not value:
+        return ""
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the settings file at `path` and every document it references."""
+    cfg_path = Path(path).resolve()
+    base = cfg_path.parent
+    warnings: list[str] = []
+    docs = _read_documents(cfg_path)
+    if len(docs) != 1:
+        raise ConfigError("expected exactly one settings document", file=str(cfg_path))
+    top = _Fields(docs[0][1], str(cfg_path), warnings)
+
+    s = _Fields(top.raw("settings"), f"{cfg_path}: settings", warnings)
+    d = Settings()
+
+    def dur(key: str, default: float) -> float:
+        raw = s.raw(key)
+        return default if raw is None else parse_duration(raw, where=f"{s.where}.{key}")
+
+    def pos_int(key: str, default: int) -> int:
+        v = s.int(key, default)
+        if v is None or v < 1:
+            raise ConfigError(f"{s.where}.{key}: must be a positive integer")
+        return v
+
+    settings = Settings(
+        reconcile_interval=dur("reconcileInterval", d.reconcile_interval),
+        reconcile_jitter=dur("reconcileJitter", d.reconcile_jitter),
+        max_concurrent_syncs=pos_int("maxConcurrentSyncs", d.max_concurrent_syncs),
+        max_concurrent_renders=pos_int("maxConcurrentRenders", d.max_concurrent_renders),
+        kube_parallelism=pos_int("kubeParallelism", d.kube_parallelism),
+        repo_timeout=dur("repoTimeout", d.repo_timeout),
+        health_timeout=dur("healthTimeout", d.health_timeout),
+        sync_wave_delay=dur("syncWaveDelay", d.sync_wave_delay),
+        max_manifest_bytes=pos_int("maxManifestBytes", d.max_manifest_bytes),
+        cache_dir=_resolve(base, s.str("cacheDir", d.cache_dir)),
+        state_dir=_resolve(base, s.str("stateDir", d.state_dir)),
+        inventory_namespace=s.str("inventoryNamespace", d.inventory_namespace),
+        listen=s.str("listen", d.listen),
+        self_heal_debounce=dur("selfHealDebounce", d.self_heal_debounce),
+    )
+    s.done()
+
+    clusters: list[ClusterConfig] = []
+    for i, raw in enumerate(top.list("clusters")):
+        c = _Fields(raw, f"{cfg_path}: clusters[{i}]", warnings)
+        cluster = ClusterConfig(
+            name=c.str("name", required=True),
+            server=c.str("server").rstrip("/"),
+            kubeconfig=_resolve(base, c.str("kubeconfig")),
+            context=c.str("context"),
+            bearer_token_file=_resolve(base, c.str("bearerTokenFile")),
+            ca_file=_resolve(base, c.str("caFile")),
+            insecure=c.bool("insecure"),
+            labels=tuple(sorted((str(k), str(v)) for k, v in c.map("labels").items())),
+            annotations=tuple(sorted((str(k), str(v)) for k, v in c.map("annotations").items())),
+        )
+        c.done()
+        if not cluster.server and not cluster.kubeconfig:
+            raise ConfigError(f"{c.where}: set server (with credentials) or kubeconfig")
+        if any(x.name == cluster.name for x in clusters):
+            raise ConfigError(f"{c.where}.name: duplicate cluster name {cluster.name!r}")
+        clusters.append(cluster)
+
+    repos: list[RepositoryCredentials] = []
+    for i, raw in enumerate(top.list("repositories")):
+        r = _Fields(raw, f"{cfg_path}: repositories[{i}]", warnings)
+        repos.append(
+            RepositoryCredentials(
+                url=r.str("url", required=True),
+                username=r.str("username"),
+                password_file=_resolve(base, r.str("passwordFile")),
+                ssh_private_key_file=_resolve(base, r.str("sshPrivateKeyFile")),
+                known_hosts_file=_resolve(base, r.str("knownHostsFile")),
+                insecure=r.bool("insecure"),
+            )
+        )
+        r.done()
+
+    tokens: list[ApiToken] = []
+    for i, raw in enumerate(top.list("apiTokens")):
+        t = _Fields(raw, f"{cfg_path}: apiTokens[{i}]", warnings)
+        role = t.str("role", "readonly")
+        if role not in ("admin", "readonly"):
+            raise ConfigError(f"{t.where}.role: must be admin or readonly, got {role!r}")
+        tokens.append(
+            ApiToken(
+                name=t.str("name", required=True),
+                token_file=_resolve(base, t.str("tokenFile", required=True)),
+                role=role,
+                groups=tuple(str(g) for g in t.list("groups")),
+            )
+        )
+        t.done()
+
+    webhooks: dict[str, dict[str, str]] = {}
+    for provider, raw in top.map("webhooks").items():
+        w = _Fields(raw, f"{cfg_path}: webhooks.{provider}", warnings)
+        webhooks[str(provider)] = {"secretFile": _resolve(base, w.str("secretFile"))}
+        w.done()
+
+    patterns = [str(p) for p in top.list("applications")]
+    top.done()
+
+    files: list[Path] = []
+    for pattern in patterns:
+        full = pattern if os.path.isabs(pattern) else str(base / pattern)
+        matches = sorted(glob.glob(full, recursive=True))
+        if not matches and not glob.has_magic(pattern):
+            raise ConfigError(f"applications: file {pattern!r} does not exist", file=str(cfg_path))
+        files.extend(Path(m) for m in matches if Path(m).is_file())
+
+    apps: list[Application] = []
+    projects: list[AppProject] = []
+    for f in files:
+        for i, doc in _read_documents(f):
+            where = f"{f}: document {i}"
+            kind, api = doc.get("kind"), doc.get("apiVersion")
+            if api != ARGO_API and kind in ("Application", "AppProject"):
+                raise ConfigError(f"{where}: apiVersion must be {ARGO_API}, got {api!r}")
+            if kind == "Application":
+                app = parse_application(doc, where=where, warnings=warnings)
+                if any(a.name == app.name for a in apps):
+                    other = next(a for a in apps if a.name == app.name)
+                    raise ConfigError(
+                        f"{where}: duplicate Application name {app.name!r} "
+                        f"(also defined in {other.file})"
+                    )
+                apps.append(app)
+            elif kind == "AppProject":
+                proj = parse_project(doc, where=where, warnings=warnings)
+                if any(p.name == proj.name for p in projects):
+                    raise ConfigError(f"{where}: duplicate AppProject name {proj.name!r}")
+                projects.append(proj)
+            elif kind == "ApplicationSet":
+                warnings.append(f"{where}: ApplicationSet is not supported yet (ignored)")
+            else:
+                raise ConfigError(
+                    f"{where}: expected an Argo CD Application or AppProject, got kind {kind!r}"
+                )
+    return Config(
+        path=str(cfg_path),
+        settings=settings,
+        clusters=tuple(clusters),
+        repositories=tuple(repos),
+        applications=tuple(apps),
+        projects=tuple(projects),
+        api_tokens=tuple(tokens),
+        webhooks=webhooks,
+        warnings=tuple(warnings),
+        files=(str(cfg_path), *(str(f) for f in files)),
+    )

@@ -1,0 +1,1 @@
+"""Status: persisted app state, metrics, logging and the HTTP API."""

@@ -1,0 +1,169 @@
+"""Shared fixtures: the real local control plane (session) and a fresh namespace (per test)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTENV = ROOT / "tests" / "testenv"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running control plane: its kubeconfig and TLS material for direct API calls."""
+
+    kubeconfig: Path
+    server: str
+    ssl_context: ssl.SSLContext
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        """Run kubectl against this cluster and return stdout."""
+        r = subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {r.stderr}")
+        return r.stdout
+
+    def client(self) -> httpx.AsyncClient:
+        """A new async HTTP client for the API server (admin credentials)."""
+        return httpx.AsyncClient(base_url=self.server, verify=self.ssl_context, timeout=30)
+
+    def sync_client(self) -> httpx.Client:
+        """A new blocking HTTP client for the API server (admin credentials)."""
+        return httpx.Client(base_url=self.server, verify=self.ssl_context, timeout=30)
+
+
+def _ssl_from_kubeconfig(path: Path) -> tuple[str, ssl.SSLContext]:
+    cfg = yaml.safe_load(path.read_text())
+    cluster = cfg["clusters"][0]["cluster"]
+    user = cfg["users"][0]["user"]
+    d = Path(tempfile.mkdtemp(prefix="gitopsd-kc-"))
+    (d / "ca").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    (d / "crt").write_bytes(base64.b64decode(user["client-certificate-data"]))
+    (d / "key").write_bytes(base64.b64decode(user["client-key-data"]))
+    ctx = ssl.create_default_context(cafile=str(d / "ca"))
+    ctx.load_cert_chain(str(d / "crt"), str(d / "key"))
+    return str(cluster["server"]), ctx
+
+
+def _alive(state: Path) -> bool:
+    try:
+        os.kill(int((state / "pid").read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return (state / "ready").exists()
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def start_cluster(state: Path) -> Iterator[Path]:
+    """Run `cluster.py serve` for the duration of the block; yields the kubeconfig path."""
+    state.mkdir(parents=True, exist_ok=True)
+    log = (state / "supervisor.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, str(TESTENV / "cluster.py"), "serve", str(state)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+    try:
+        deadline = time.monotonic() + 1800  # the first run builds the binaries
+        while not (state / "ready").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (state / "supervisor.log").read_text(errors="replace")[-4000:]
+                raise RuntimeError(f"test control plane did not start:\n{tail}")
+            time.sleep(0.3)
+        yield state / "kubeconfig"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The session's control plane: `make cluster`'s if it is up, else a private one."""
+    shared = ROOT / ".cluster"
+    with contextlib.ExitStack() as stack:
+        if os.environ.get("GITOPSD_TEST_PRIVATE_CLUSTER") != "1" and _alive(shared):
+            kubeconfig = shared / "kubeconfig"
+        else:
+            kubeconfig = stack.enter_context(
+                start_cluster(tmp_path_factory.mktemp("cluster"))
+            )
+        server, ctx = _ssl_from_kubeconfig(kubeconfig)
+        yield Cluster(kubeconfig=kubeconfig, server=server, ssl_context=ctx)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    with cluster.sync_client() as c:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        c.post("/api/v1/namespaces", json=body).raise_for_status()
+        # Pods need the namespace's default ServiceAccount, which a controller creates.
+        deadline = time.monotonic() + 30
+        while c.get(f"/api/v1/namespaces/{name}/serviceaccounts/default").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no default ServiceAccount in {name}")
+            time.sleep(0.2)
+    yield name
+    with cluster.sync_client() as c:
+        c.delete(f"/api/v1/namespaces/{name}")
+
+
+def wait_for(
+    predicate: Any, *, timeout: float = 60, interval: float = 0.3, what: str = "condition"
+) -> Any:
+    """Poll `predicate` until it returns a truthy value; fail naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def dump_json(obj: Any) -> str:
+    """Compact JSON for kubectl stdin."""
+    return json.dumps(obj)
+
+
+@pytest.fixture
+async def aclient(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
+    """An async admin client for the API server."""
+    async with cluster.client() as c:
+        yield c
