@@ -65,6 +65,13 @@ class WatchEvent:
     object: Body
 
 
+async def _maybe_await(value: Any) -> Any:
+    """kubernetes-asyncio returns coroutines from some getters and plain values from others."""
+    if hasattr(value, "__await__"):
+        return await value
+    return value
+
+
 def _api_message(r: httpx.Response) -> str:
     try:
         data = r.json()
@@ -124,17 +131,17 @@ class KubeClient:
             )
         except Exception as e:  # the loader raises many unrelated types
             raise KubeError(f"cluster {name}", "load kubeconfig", str(e)) from e
-        return cls._from_configuration(name, cfg)
+        return await cls._from_configuration(name, cfg)
 
     @classmethod
-    def in_cluster(cls, *, name: str) -> KubeClient:
+    async def in_cluster(cls, *, name: str) -> KubeClient:
         """A client using the pod's service account."""
         cfg = Configuration()
         try:
             kconfig.load_incluster_config(client_configuration=cfg)
         except Exception as e:
             raise KubeError(f"cluster {name}", "load in-cluster config", str(e)) from e
-        return cls._from_configuration(name, cfg)
+        return await cls._from_configuration(name, cfg)
 
     @classmethod
     def from_token(
@@ -154,7 +161,7 @@ class KubeClient:
         return client
 
     @classmethod
-    def _from_configuration(cls, name: str, cfg: Configuration) -> KubeClient:
+    async def _from_configuration(cls, name: str, cfg: Configuration) -> KubeClient:
         verify: ssl.SSLContext | bool = False
         if cfg.verify_ssl:
             verify = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
@@ -167,25 +174,23 @@ class KubeClient:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
             verify = ctx
 
-        def headers() -> dict[str, str]:
-            token = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix(
-                "BearerToken"
-            )
+        async def headers() -> dict[str, str]:
+            token = await _maybe_await(cfg.get_api_key_with_prefix("authorization"))
+            if not token:
+                token = await _maybe_await(cfg.get_api_key_with_prefix("BearerToken"))
             if token:
                 return {"Authorization": str(token)}
             if cfg.username:
-                return {"Authorization": str(cfg.get_basic_auth_token())}
+                return {"Authorization": str(await _maybe_await(cfg.get_basic_auth_token()))}
             return {}
 
         async def refresh() -> dict[str, str]:
             hook = cfg.refresh_api_key_hook
             if hook is not None:
-                result = hook(cfg)
-                if hasattr(result, "__await__"):
-                    await result
-            return headers()
+                await _maybe_await(hook(cfg))
+            return await headers()
 
-        return cls(name=name, server=str(cfg.host), verify=verify, headers=headers(),
+        return cls(name=name, server=str(cfg.host), verify=verify, headers=await headers(),
                    refresh=refresh)
 
     async def aclose(self) -> None:
@@ -553,7 +558,7 @@ class Clusters:
                     insecure=cluster.insecure,
                 )
             elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-                client = KubeClient.in_cluster(name=cluster.name)
+                client = await KubeClient.in_cluster(name=cluster.name)
             else:
                 client = await KubeClient.from_kubeconfig(name=cluster.name, path=None)
             self._clients[cluster.name] = client

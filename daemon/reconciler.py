@@ -50,7 +50,7 @@ from daemon.plan.options import (
     parse_sync_options,
 )
 from daemon.plan.order import SyncTask, build_tasks, group_steps, split_syncfail
-from daemon.render import RenderRequest, Renderer
+from daemon.render import Renderer, RenderRequest
 from daemon.settings import Application, Config
 from daemon.sources.git import RepoCache
 from daemon.status.state import StateStore
@@ -189,6 +189,10 @@ class Reconciler:
                 "ComparisonError"
             )
             conditions.append(_condition(kind, str(e)))
+            status = self.error_status(app, status, conditions)
+        except Exception as e:  # a bug must not take the daemon down with it
+            bound.exception("reconcile crashed")
+            conditions.append(_condition("UnknownError", f"{type(e).__name__}: {e}"))
             status = self.error_status(app, status, conditions)
         finally:
             status["reconciledAt"] = now_iso()
@@ -541,9 +545,9 @@ class Reconciler:
         )
         manifests = [
             m for m in desired.manifests
-            if is_hook(m.body) and not request.self_heal
-            or not is_hook(m.body)
-            and (not selective or comparison.status.get(m.key) is not SyncStatus.SYNCED)
+            if (is_hook(m.body) and not request.self_heal)
+            or (not is_hook(m.body)
+            and (not selective or comparison.status.get(m.key) is not SyncStatus.SYNCED))
         ]
         tasks = build_tasks(manifests, comparison.owned_extra, prune_last=opts.prune_last)
         main, syncfail = split_syncfail(tasks)

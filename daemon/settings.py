@@ -64,7 +64,8 @@ class _Fields:
                 raise ConfigError(f"{self.where}.{key}: required field is missing")
             return default
         value = self.data[key]
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kind) or (bool not in kinds and isinstance(value, bool)):
             names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
             raise ConfigError(
                 f"{self.where}.{key}: expected {names}, got {type(value).__name__} {value!r}"

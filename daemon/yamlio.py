@@ -17,12 +17,12 @@ except AttributeError:  # pragma: no cover - libyaml missing
 
 def load_all(text: str) -> Iterator[Any]:
     """Yield every document of a multi-document YAML string (None for empty ones)."""
-    yield from yaml.load_all(text, Loader=_Loader)  # noqa: S506 - safe loader
+    yield from yaml.load_all(text, Loader=_Loader)
 
 
 def load(text: str) -> Any:
     """Load one YAML document."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - safe loader
+    return yaml.load(text, Loader=_Loader)
 
 
 def dump(obj: Any) -> str:

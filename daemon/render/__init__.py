@@ -175,7 +175,7 @@ class Renderer:
             raise RenderError(str(e)) from e
         if not app_dir.is_dir():
             raise RenderError(f"source path {src.path!r} does not exist in the repository")
-        if src.helm is not None or (app_dir / "Chart.yaml").exists() and src.directory is None:
+        if src.helm is not None or ((app_dir / "Chart.yaml").exists() and src.directory is None):
             return Rendered(tuple(await self._helm(req, root, app_dir)), "Helm")
         has_kustomization = any((app_dir / f).exists() for f in KUSTOMIZATION_FILES)
         if src.kustomize is not None or (has_kustomization and src.directory is None):

@@ -345,6 +345,8 @@ def _extract(data: bytes, dest: Path) -> None:
     """Unpack a `git archive` tarball; symlinks that leave the tree are not created."""
     unsafe: list[str] = []
     root = dest.resolve()
+    if not data.strip(b"\0"):
+        return  # the archive of an empty tree
     with tarfile.open(fileobj=BytesIO(data)) as tar:
         for member in tar.getmembers():
             name = member.name
