@@ -167,3 +167,160 @@ async def aclient(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
     """An async admin client for the API server."""
     async with cluster.client() as c:
         yield c
+
+
+# --- git and gitopsd helpers ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def helm_binary() -> str:
+    """A real helm binary (installed into the cache by tests/testenv/install-helm.sh)."""
+    out = subprocess.run(
+        ["bash", str(TESTENV / "install-helm.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    path = out.stdout.strip().splitlines()[-1]
+    os.environ["GITOPSD_HELM"] = path
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A real `git daemon` on loopback serving bare repositories from a directory."""
+    base = tmp_path_factory.mktemp("git-server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            "git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
+            "--listen=127.0.0.1", f"--port={port}", str(base),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+    deadline = time.monotonic() + 10
+    import socket
+
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    yield base, f"git://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+class GitRepo:
+    """A working copy whose commits are pushed to a bare repo the git daemon serves."""
+
+    def __init__(self, work: Path, bare: Path, url: str) -> None:
+        self.work, self.bare, self.url = work, bare, url
+
+    def git(self, *args: str) -> str:
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        }
+        r = subprocess.run(["git", *args], cwd=self.work, env=env, capture_output=True,
+                           text=True, timeout=60)
+        if r.returncode != 0:
+            raise AssertionError(f"git {' '.join(args)}: {r.stderr}")
+        return r.stdout.strip()
+
+    def write(self, files: dict[str, str | None], message: str = "update") -> str:
+        """Write (or delete, with None) files, commit, push; returns the new SHA."""
+        for rel, content in files.items():
+            p = self.work / rel
+            if content is None:
+                if p.exists():
+                    p.unlink()
+                continue
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(content)
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+        self.git("push", "-q", "origin", "HEAD:main")
+        return self.git("rev-parse", "HEAD")
+
+
+@pytest.fixture
+def git_repo(git_server: tuple[Path, str], tmp_path: Path) -> GitRepo:
+    """A fresh repository served over git:// with a `main` branch."""
+    base, url = git_server
+    name = f"repo-{uuid.uuid4().hex[:8]}.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(base / name)], check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    repo = GitRepo(work, base / name, f"{url}/{name}")
+    repo.git("init", "-q", "-b", "main")
+    repo.git("remote", "add", "origin", str(base / name))
+    return repo
+
+
+def write_config(
+    tmp_path: Path, cluster: Cluster, apps: list[dict[str, Any]], **settings: Any
+) -> Path:
+    """A gitopsd.yaml with the test cluster, the given Application documents, and settings."""
+    appdir = tmp_path / "apps"
+    appdir.mkdir(exist_ok=True)
+    for app in apps:
+        (appdir / f"{app['metadata']['name']}.yaml").write_text(yaml.safe_dump(app))
+    base = {
+        "syncWaveDelay": "0s",
+        "healthTimeout": "60s",
+        "cacheDir": str(tmp_path / "cache"),
+        "stateDir": str(tmp_path / "state"),
+        "inventoryNamespace": "gitopsd-test-inventory",
+    }
+    base.update(settings)
+    cfg = {
+        "applications": ["apps/*.yaml"],
+        "clusters": [
+            {"name": "in-cluster", "server": "https://kubernetes.default.svc",
+             "kubeconfig": str(cluster.kubeconfig)}
+        ],
+        "settings": base,
+    }
+    path = tmp_path / "gitopsd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def application(
+    name: str, repo_url: str, path: str, namespace: str, *, automated: bool = True,
+    prune: bool = True, self_heal: bool = True, options: list[str] | None = None,
+    source_extra: dict[str, Any] | None = None, **spec_extra: Any,
+) -> dict[str, Any]:
+    """An Argo CD Application document as users write it."""
+    spec: dict[str, Any] = {
+        "project": "default",
+        "source": {"repoURL": repo_url, "targetRevision": "main", "path": path,
+                   **(source_extra or {})},
+        "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
+        "syncPolicy": {"syncOptions": options or []},
+    }
+    if automated:
+        spec["syncPolicy"]["automated"] = {"prune": prune, "selfHeal": self_heal}
+    spec.update(spec_extra)
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": name, "namespace": "argocd"},
+        "spec": spec,
+    }

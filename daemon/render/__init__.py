@@ -294,11 +294,10 @@ class Renderer:
                     lambda: shutil.copytree(root, work, symlinks=True)
                 )
                 base = work / app_dir.relative_to(root.resolve())
-                target = base / ".gitopsd-overlay"
+                target = Path(tmp) / "overlay"
                 target.mkdir()
-                (target / "kustomization.yaml").write_text(
-                    yamlio.dump(_overlay(opts, req.source.path))
-                )
+                rel = os.path.relpath(base, target)
+                (target / "kustomization.yaml").write_text(yamlio.dump(_overlay(opts, rel)))
             result = await self._exec(
                 [self.kubectl, "kustomize", str(target)], tool="kustomize", cwd=app_dir
             )
@@ -448,12 +447,12 @@ _KUSTOMIZE_OVERLAY_KEYS = (
 )
 
 
-def _overlay(opts: dict[str, Any], path: str) -> dict[str, Any]:
-    """A kustomization that applies an Application's `kustomize` options over `..`."""
+def _overlay(opts: dict[str, Any], base: str) -> dict[str, Any]:
+    """A kustomization applying an Application's `kustomize` options over the `base` dir."""
     k: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [".."],
+        "resources": [base],
     }
     for key in ("namePrefix", "nameSuffix", "namespace", "patches"):
         if opts.get(key):
@@ -469,7 +468,7 @@ def _overlay(opts: dict[str, Any], path: str) -> dict[str, Any]:
     if opts.get("commonAnnotations"):
         k["commonAnnotations"] = opts["commonAnnotations"]
     if opts.get("components"):
-        k["components"] = [f"../{c}" for c in opts["components"]]
+        k["components"] = [f"{base}/{c}" for c in opts["components"]]
     if opts.get("images"):
         images = []
         for img in opts["images"]:

@@ -1,0 +1,53 @@
+# Every target installs what it needs into .venv/ (and the test control plane into
+# ~/.cache/gitopsd-testenv) from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv tools cluster cluster-down test unit lint demo bench dist clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+tools: venv
+	bash tests/testenv/build.sh >/dev/null
+	PYTHON=$(PY) bash tests/testenv/install-helm.sh >/dev/null
+
+cluster: tools
+	$(PY) tests/testenv/cluster.py up .cluster
+
+cluster-down: venv
+	$(PY) tests/testenv/cluster.py down .cluster
+
+test: tools
+	$(PY) -m pytest
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check daemon tests bench
+	$(VENV)/bin/ruff format --check daemon tests bench
+	$(VENV)/bin/mypy
+
+demo: tools
+	$(PY) scripts/demo.py
+
+bench: tools
+	$(PY) bench/bench_sync.py
+
+dist: venv
+	$(PY) -m pip install --quiet 'pyinstaller>=6.10'
+	$(VENV)/bin/pyinstaller --onefile --name gitopsd --distpath dist --workpath build/pyinstaller \
+		--specpath build --collect-submodules daemon --log-level WARN daemon/__main__.py
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
