@@ -134,6 +134,7 @@ class Reconciler:
         self.renderer = renderer
         self.clusters = clusters
         self.store = store
+        self.stopping = False  # set on shutdown: running syncs stop at the next wave boundary
 
     # === the pipeline ========================================================================
 
@@ -576,12 +577,18 @@ class Reconciler:
         steps = group_steps(main)
         multi_step = len(steps) > 1
         failure = ""
+        interrupted = False
         for index, step in enumerate(steps):
             bound.info("wave", phase=str(step.phase), wave=step.wave, resources=len(step.tasks))
             step_results = await self._run_step(app, client, desired, comparison, step.tasks,
                                                 opts=opts, prune=prune, run_stamp=run_stamp,
                                                 hooks_created=hooks_created)
             results.extend(step_results)
+            if self.stopping:
+                interrupted = True
+                failure = (f"interrupted by shutdown after {step.phase} wave {step.wave}; "
+                           "the sync resumes when gitopsd restarts")
+                break
             bad = [r for r in step_results if r.failed]
             if bad:
                 failure = "one or more objects failed to apply: " + "; ".join(
@@ -593,7 +600,13 @@ class Reconciler:
             waits = self._wait_items(client, desired, step_results, step.tasks,
                                      gate_resources=multi_step and (not last or has_hooks))
             if waits:
-                result = await wait_healthy(client, waits, timeout=self.settings.health_timeout)
+                result = await wait_healthy(client, waits, timeout=self.settings.health_timeout,
+                                            should_stop=lambda: self.stopping)
+                if self.stopping and not result.failed:
+                    interrupted = True
+                    failure = (f"interrupted by shutdown in {step.phase} wave {step.wave}; "
+                               "the sync resumes when gitopsd restarts")
+                    break
                 if not result.ok:
                     failure = _wait_failure(result, step.phase, step.wave)
                     for r_i, r in enumerate(results):
@@ -610,7 +623,7 @@ class Reconciler:
             if not last and self.settings.sync_wave_delay > 0:
                 await anyio.sleep(self.settings.sync_wave_delay)
 
-        if failure and syncfail:
+        if failure and syncfail and not interrupted:
             bound.info("running SyncFail hooks", count=len(syncfail))
             fail_results = await self._run_step(app, client, desired, comparison,
                                                 tuple(syncfail), opts=opts, prune=False,
@@ -634,6 +647,8 @@ class Reconciler:
         if failure:
             owned_after |= {m.key for m in targets} | set(comparison.owned_extra)
         await self.save_inventory(app, client, owned_after)
+        if interrupted:
+            return done(OperationPhase.TERMINATING, failure, results)
         if failure:
             return done(OperationPhase.FAILED, failure, results)
         return done(OperationPhase.SUCCEEDED, "successfully synced (all tasks run)", results)
@@ -841,6 +856,52 @@ class Reconciler:
         for k in list(fingerprints):
             if k not in keep:
                 fingerprints.pop(k)
+
+    # === deletion ============================================================================
+
+    async def delete_app(self, app: Application) -> list[ResourceResult]:
+        """Cascade-delete what `app` owns (resources finalizer), in reverse wave order."""
+        cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
+        client = await self.clusters.client(cluster)
+        await client.discover()
+        state = self.store.load(app.name)
+        keys: dict[ResourceKey, ResourceType] = {}
+        candidates = set(await self.inventory(app, client))
+        candidates |= {k for k in (tracking.key_from_str(s) for s in state.get("fingerprints", {}))
+                       if k}
+        for key in candidates:
+            rt = client.preferred(key.group, key.kind)
+            if rt is not None:
+                keys[key] = rt
+        live = await self.fetch_live(client, keys)
+        owned = {
+            k: b for k, b in live.items()
+            if tracking.is_owned_by(b, app.instance_name, namespaced=keys[k].namespaced)
+            and not (b.get("metadata") or {}).get("ownerReferences")
+            and annotations_of(b).get("helm.sh/resource-policy") != "keep"
+            and k.kind != "CustomResourceDefinition"
+        }
+        opts = parse_sync_options([*app.sync_policy.sync_options, "Prune=true"])
+        background = "resources-finalizer.argocd.argoproj.io/background" in app.finalizers
+        if background:
+            opts = opts.merged(parse_sync_options(["PrunePropagationPolicy=background"]))
+        tasks = build_tasks([], owned, prune_last=False)
+        results: list[ResourceResult] = []
+        for step in group_steps(tasks):
+            jobs = []
+            for t in step.tasks:
+                assert t.live is not None
+                from daemon.plan.options import RemovalPolicy, resource_sync_options
+
+                if resource_sync_options(t.live).delete is RemovalPolicy.NEVER:
+                    continue
+                jobs.append(_bind_prune(client, keys[t.key], t, opts, True))
+            results.extend(await run_bounded(jobs, limit=self.settings.kube_parallelism))
+        cm_rt = await client.resource_for("v1", "ConfigMap", subject="inventory")
+        await client.delete(cm_rt, self.settings.inventory_namespace, INVENTORY_PREFIX + app.name)
+        self.store.delete(app.name)
+        log.info("app resources deleted", app=app.name, deleted=len(results))
+        return results
 
     # === status ==============================================================================
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -60,6 +60,7 @@ async def wait_healthy(
     *,
     timeout: float,
     interval: float = 0.5,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> WaitResult:
     """Poll `items` until every one is done, any one fails, or `timeout` passes."""
     pending = {i.key: i for i in items}
@@ -103,7 +104,7 @@ async def wait_healthy(
             break
         if not pending:
             break
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or should_stop():
             return WaitResult(healths, tuple(failed), tuple(pending), True, live)
         await anyio.sleep(delay)
         delay = min(interval * 2, delay * 1.5)

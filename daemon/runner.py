@@ -1,0 +1,513 @@
+"""The daemon: one root task group owning the API, config watcher, app workers and drift watches.
+
+Each app has a worker that reconciles on its interval (plus jitter), on a webhook, an API call,
+a config change or drift seen by a watch; triggers that arrive during a run coalesce into one
+follow-up run. Syncs share a bounded pool. SIGTERM/SIGINT stop taking work, let running syncs
+reach a wave boundary (bounded), persist state and exit 0; SIGHUP reloads the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from daemon import settings as settings_mod
+from daemon.engine import Engine
+from daemon.errors import ConfigError, GitopsdError, KubeError
+from daemon.kube import KubeClient, ResourceType
+from daemon.reconciler import SyncRequest
+from daemon.settings import Application, Config
+from daemon.status.metrics import Metrics
+
+log = structlog.get_logger("gitopsd.runner")
+SHUTDOWN_GRACE = 60.0
+
+
+class Notifier:
+    """sd_notify over $NOTIFY_SOCKET (no-op when not run by systemd)."""
+
+    def __init__(self) -> None:
+        self.addr = os.environ.get("NOTIFY_SOCKET", "")
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        self.watchdog = int(usec) / 1e6 / 2 if usec.isdigit() else 0.0
+
+    def send(self, message: str) -> None:
+        if not self.addr:
+            return
+        addr = "\0" + self.addr[1:] if self.addr.startswith("@") else self.addr
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect(addr)
+                s.sendall(message.encode())
+            except OSError as e:
+                log.warning("sd_notify failed", error=str(e))
+
+
+@dataclass
+class AppWorker:
+    """Schedules one app's reconciles; `trigger` coalesces requests into one follow-up run."""
+
+    app: Application
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    pending: SyncRequest | None = None
+    refresh_requested: bool = False
+    reason: str = ""
+    running: bool = False
+    stopped: bool = False
+    cancel: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    last_status: dict[str, Any] = field(default_factory=dict)
+    keys: set[tuple[str, str, str, str]] = field(default_factory=set)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    def trigger(self, reason: str, sync: SyncRequest | None = None) -> None:
+        self.refresh_requested = True
+        self.reason = reason
+        if sync is not None:
+            self.pending = sync
+        self.wake.set()
+
+
+def _spec_hash(body: dict[str, Any]) -> str:
+    """Hash of what a user can change (everything but status and server bookkeeping)."""
+    meta = dict(body.get("metadata") or {})
+    for k in ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid"):
+        meta.pop(k, None)
+    anns = dict(meta.get("annotations") or {})
+    anns.pop("deployment.kubernetes.io/revision", None)
+    meta["annotations"] = anns
+    rest = {k: v for k, v in body.items() if k not in ("status", "metadata")}
+    return hashlib.sha256(json.dumps([meta, rest], sort_keys=True).encode()).hexdigest()
+
+
+class DriftWatches:
+    """Watches the types/namespaces that apps manage and wakes an app when its objects change."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.scopes: dict[tuple[str, str, str, str], anyio.CancelScope] = {}
+        self.owners: dict[tuple[str, str, str, str], str] = {}  # (cluster,group,kind,ns/name)
+        self.seen: dict[tuple[str, str, str, str], str] = {}
+        self.tg: TaskGroup | None = None
+
+    def update(self, cluster: str, client: KubeClient, worker: AppWorker) -> None:
+        for k in [k for k, v in self.owners.items() if v == worker.app.name]:
+            del self.owners[k]
+        wanted: set[tuple[str, str, str, str]] = set()
+        for r in worker.last_status.get("resources", []):
+            rt = client.preferred(r["group"], r["kind"])
+            if rt is None or "watch" not in rt.verbs:
+                continue
+            ns = r["namespace"] if rt.namespaced else ""
+            self.owners[(cluster, r["group"], r["kind"], f"{r['namespace']}/{r['name']}")] = (
+                worker.app.name
+            )
+            wanted.add((cluster, r["group"], r["kind"], ns))
+        assert self.tg is not None
+        for scope_key in wanted - set(self.scopes):
+            group, kind = scope_key[1], scope_key[2]
+            rt = client.preferred(group, kind)
+            if rt is None:
+                continue
+            scope = anyio.CancelScope()
+            self.scopes[scope_key] = scope
+            self.tg.start_soon(self._watch, scope, scope_key, client, rt)
+        in_use = {(c, g, k, ns) for (c, g, k, nsn) in self.owners for ns in (nsn.split("/")[0], "")}
+        for scope_key in list(self.scopes):
+            if scope_key not in in_use:
+                self.scopes.pop(scope_key).cancel()
+
+    async def _watch(self, scope: anyio.CancelScope, scope_key: tuple[str, str, str, str],
+                     client: KubeClient, rt: ResourceType) -> None:
+        cluster, _, _, ns = scope_key
+        with scope:
+            while True:
+                try:
+                    items, rv = await client.list(rt, ns)
+                    for item in items:
+                        self._note(cluster, rt, item, initial=True)
+                    async for ev in client.watch(rt, ns, resource_version=rv):
+                        if ev.type == "ERROR":
+                            break
+                        if ev.type in ("MODIFIED", "DELETED", "ADDED"):
+                            self._note(cluster, rt, ev.object, deleted=ev.type == "DELETED")
+                except (KubeError, ValueError) as e:
+                    log.debug("drift watch restarting", kind=rt.kind, namespace=ns, error=str(e))
+                    await anyio.sleep(2)
+
+    def _note(self, cluster: str, rt: ResourceType, obj: dict[str, Any], *,
+              initial: bool = False, deleted: bool = False) -> None:
+        meta = obj.get("metadata") or {}
+        nsn = f"{meta.get('namespace', '') or ''}/{meta.get('name', '')}"
+        key = (cluster, rt.group, rt.kind, nsn)
+        app = self.owners.get(key)
+        h = "deleted" if deleted else _spec_hash(obj)
+        previous = self.seen.get(key)
+        self.seen[key] = h
+        if initial or app is None or previous == h:
+            return
+        self.daemon.drift(app, f"{rt.kind}/{nsn} changed")
+
+
+class Daemon:
+    """The running service."""
+
+    def __init__(self, config_path: str, config: Config, engine: Engine) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.engine = engine
+        self.metrics = Metrics()
+        self.workers: dict[str, AppWorker] = {}
+        self.sync_limiter = anyio.CapacityLimiter(config.settings.max_concurrent_syncs)
+        self.stopping = anyio.Event()
+        self.config_error = ""
+        self.ready = False
+        self.clusters_ok: set[str] = set()
+        self.notifier = Notifier()
+        self.watches = DriftWatches(self)
+        self.tg: TaskGroup | None = None
+        self.waiting = 0
+        self.file_stamps = self._stamps(config)
+        self.metrics.sync_pool_size.set(config.settings.max_concurrent_syncs)
+        self.metrics.config_valid.set(1)
+        self._drift_at: dict[str, float] = {}
+        self._last_op: dict[str, str] = {}
+        self.api_address = ""
+        engine.repos.counter.listeners.append(self._git_metric)
+
+    # --- metrics hooks ----------------------------------------------------------------------
+
+    def _git_metric(self, kind: str, url: str, seconds: float, ok: bool) -> None:
+        if kind == "local":
+            return
+        from daemon.sources.git import redact
+
+        repo = redact(url)
+        self.metrics.git_requests.labels(repo, kind).inc()
+        self.metrics.git_duration.labels(repo, kind).observe(seconds)
+
+    def _k8s_metric(self, server: str) -> Callable[[str, str, int], None]:
+        def record(verb: str, kind: str, code: int) -> None:
+            self.metrics.k8s_requests.labels(server, verb, kind, str(code)).inc()
+        return record
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        from daemon.status.api import serve_api
+
+        async with anyio.create_task_group() as tg:
+            self.tg = tg
+            self.watches.tg = tg
+            tg.start_soon(self._signals, tg)
+            await tg.start(serve_api, self)
+            for app in self.config.applications:
+                self._start_worker(app)
+            tg.start_soon(self._config_watcher)
+            tg.start_soon(self._heartbeat)
+            await self._check_clusters()
+            self.ready = True
+            self.notifier.send("READY=1\nSTATUS=serving")
+            log.info("gitopsd started", apps=len(self.workers), listen=self.config.settings.listen)
+            task_status.started()
+            await self.stopping.wait()
+            log.info("shutting down: waiting for running syncs to reach a wave boundary")
+            self.notifier.send("STOPPING=1")
+            with anyio.move_on_after(SHUTDOWN_GRACE):
+                for w in list(self.workers.values()):
+                    w.stopped = True
+                    w.wake.set()
+                for w in list(self.workers.values()):
+                    await w.done.wait()
+            tg.cancel_scope.cancel()
+        log.info("gitopsd stopped")
+
+    async def _signals(self, tg: TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for sig in sigs:
+                if sig == signal.SIGHUP:
+                    log.info("SIGHUP: reloading config")
+                    await self.reload()
+                else:
+                    log.info("signal received", signal=signal.Signals(sig).name)
+                    self.engine.reconciler.stopping = True
+                    self.stopping.set()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            counts: dict[str, int] = {}
+            for w in self.workers.values():
+                s = (w.last_status.get("sync") or {}).get("status", "Unknown")
+                counts[s] = counts.get(s, 0) + 1
+            text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no apps"
+            msg = f"STATUS={text}" + (f"; config error: {self.config_error[:80]}"
+                                      if self.config_error else "")
+            if self.notifier.watchdog:
+                msg += "\nWATCHDOG=1"
+            self.notifier.send(msg)
+            await anyio.sleep(self.notifier.watchdog or 10)
+
+    async def _check_clusters(self) -> None:
+        seen: set[str] = set()
+        for app in self.config.applications:
+            try:
+                cluster = self.engine.clusters.lookup(server=app.destination.server,
+                                                      name=app.destination.name)
+                if cluster.name in seen:
+                    continue
+                seen.add(cluster.name)
+                client = await self.engine.clusters.client(cluster)
+                if self._k8s_metric(cluster.server) not in client.listeners:
+                    client.listeners.append(self._k8s_metric(cluster.server or cluster.name))
+                with anyio.fail_after(10):
+                    await client.discover()
+                self.clusters_ok.add(cluster.name)
+                self.metrics.cluster_info.labels(cluster.name, cluster.server,
+                                                 client.server_version).set(1)
+            except (GitopsdError, TimeoutError) as e:
+                log.warning("cluster unreachable", error=str(e))
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def _start_worker(self, app: Application) -> None:
+        worker = AppWorker(app)
+        worker.last_status = self.engine.store.load(app.name).get("status") or {}
+        finished = (worker.last_status.get("operationState") or {}).get("finishedAt")
+        if finished:
+            self._last_op[app.name] = finished
+        self.workers[app.name] = worker
+        worker.trigger("start")
+        assert self.tg is not None
+        self.tg.start_soon(self._worker_loop, worker)
+
+    async def _worker_loop(self, worker: AppWorker) -> None:
+        settings = self.config.settings
+        try:
+            with worker.cancel:
+                while not worker.stopped:
+                    interval = settings.reconcile_interval + random.uniform(
+                        0, settings.reconcile_jitter
+                    )
+                    with anyio.move_on_after(interval):
+                        await worker.wake.wait()
+                    if worker.stopped or self.stopping.is_set():
+                        break
+                    worker.wake = anyio.Event()
+                    sync, worker.pending = worker.pending, None
+                    reason, worker.reason = worker.reason or "interval", ""
+                    worker.refresh_requested = False
+                    await self._reconcile(worker, sync, reason)
+        finally:
+            worker.done.set()
+
+    async def _reconcile(self, worker: AppWorker, sync: SyncRequest | None, reason: str) -> None:
+        app = worker.app
+        queued = time.monotonic()
+        self.waiting += 1
+        self.metrics.queue_depth.set(self.waiting)
+        async with self.sync_limiter:
+            self.waiting -= 1
+            self.metrics.queue_depth.set(self.waiting)
+            self.metrics.queue_wait.observe(time.monotonic() - queued)
+            self.metrics.syncs_in_use.set(self.sync_limiter.borrowed_tokens)
+            worker.running = True
+            started = time.monotonic()
+            structlog.contextvars.bind_contextvars(app=app.name, trigger=reason)
+            try:
+                # Shield: a shutdown must let the sync reach a wave boundary, not tear it apart.
+                with anyio.CancelScope(shield=True):
+                    status = await self.engine.reconciler.reconcile(
+                        app, sync=sync, poll_max_age=min(5.0, settings_interval(self.config))
+                    )
+            finally:
+                worker.running = False
+                structlog.contextvars.unbind_contextvars("app", "trigger")
+                self.metrics.syncs_in_use.set(self.sync_limiter.borrowed_tokens - 1)
+        worker.last_status = status
+        self._record_metrics(app, status, time.monotonic() - started)
+        try:
+            cluster = self.engine.clusters.lookup(server=app.destination.server,
+                                                  name=app.destination.name)
+            client = await self.engine.clusters.client(cluster)
+            if self.watches.tg is not None:
+                self.watches.update(cluster.name, client, worker)
+        except GitopsdError:
+            pass
+
+    def _record_metrics(self, app: Application, status: dict[str, Any], seconds: float) -> None:
+        dest = app.destination.server or app.destination.name
+        self.metrics.reconcile.labels(app.namespace, dest).observe(seconds)
+        op = status.get("operationState") or {}
+        self.metrics.app_info.apps[app.name] = {
+            "namespace": app.namespace,
+            "project": app.project,
+            "dest_server": dest,
+            "dest_namespace": app.destination.namespace,
+            "repo": app.sources[0].repo_url,
+            "sync_status": (status.get("sync") or {}).get("status", "Unknown"),
+            "health_status": (status.get("health") or {}).get("status", "Unknown"),
+            "operation": "sync" if op.get("phase") == "Running" else "",
+            "autosync": "true" if app.sync_policy.automated else "false",
+            "conditions": [c.get("type", "") for c in status.get("conditions", [])],
+        }
+        finished = op.get("finishedAt")
+        if finished and finished != self._last_op.get(app.name):
+            self._last_op[app.name] = finished
+            phase = op.get("phase", "")
+            self.metrics.sync_total.labels(app.name, app.namespace, app.project, dest,
+                                           phase).inc()
+            if phase == "Succeeded":
+                self.metrics.last_sync.labels(app.name).set(time.time())
+
+    def drift(self, app_name: str, reason: str) -> None:
+        """Drift on an app's object: refresh it soon (debounced)."""
+        worker = self.workers.get(app_name)
+        if worker is None:
+            return
+        now = time.monotonic()
+        if now - self._drift_at.get(app_name, 0) < self.config.settings.self_heal_debounce:
+            return
+        self._drift_at[app_name] = now
+        assert self.tg is not None
+
+        async def later() -> None:
+            await anyio.sleep(self.config.settings.self_heal_debounce)
+            worker.trigger(f"drift: {reason}")
+
+        self.tg.start_soon(later)
+
+    # --- config -----------------------------------------------------------------------------
+
+    def _stamps(self, config: Config) -> dict[str, float]:
+        stamps = {}
+        for f in config.files:
+            try:
+                stamps[f] = os.stat(f).st_mtime_ns
+            except OSError:
+                stamps[f] = -1
+        app_dir_stamp = 0.0
+        for pattern_dir in {str(Path(f).parent) for f in config.files}:
+            try:
+                app_dir_stamp += os.stat(pattern_dir).st_mtime_ns
+            except OSError:
+                pass
+        stamps["<dirs>"] = app_dir_stamp
+        return stamps
+
+    async def _config_watcher(self) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            try:
+                current = self._stamps(self.config)
+            except OSError:
+                continue
+            if current != self.file_stamps:
+                await self.reload()
+
+    async def reload(self) -> None:
+        """Load the config again; apply it only if all of it is valid."""
+        try:
+            new = settings_mod.load(self.config_path)
+        except (ConfigError, OSError) as e:
+            self.config_error = str(e)
+            self.metrics.config_reload_errors.inc()
+            self.metrics.config_valid.set(0)
+            self.file_stamps = self._stamps(self.config)
+            log.error("config reload rejected; keeping the running config", error=str(e))
+            return
+        self.file_stamps = self._stamps(new)
+        for w in new.warnings:
+            log.warning("config warning", warning=w)
+        self.config_error = ""
+        self.metrics.config_valid.set(1)
+        old_apps = {a.name: a for a in self.config.applications}
+        new_apps = {a.name: a for a in new.applications}
+        self.config = new
+        self.engine.reconciler.config = new
+        self.engine.reconciler.settings = new.settings
+        for name, app in new_apps.items():
+            if name not in old_apps:
+                log.info("app added", app=name)
+                self._start_worker(app)
+            elif app != old_apps[name] or app.raw != old_apps[name].raw:
+                log.info("app changed", app=name)
+                self.workers[name].app = app
+                self.workers[name].trigger("config changed")
+        for name, app in old_apps.items():
+            if name not in new_apps:
+                worker = self.workers.pop(name)
+                worker.stopped = True
+                worker.wake.set()
+                self.metrics.app_info.apps.pop(name, None)
+                log.info("app removed", app=name, cascade=app.cascade_delete)
+                if app.cascade_delete:
+                    assert self.tg is not None
+                    self.tg.start_soon(self._delete_app_resources, app, worker)
+
+    async def _delete_app_resources(self, app: Application, worker: AppWorker) -> None:
+        await worker.done.wait()
+        try:
+            await self.engine.reconciler.delete_app(app)
+        except GitopsdError as e:
+            log.error("deleting app resources failed", app=app.name, error=str(e))
+
+    # --- API helpers ------------------------------------------------------------------------
+
+    def request(self, name: str, sync: SyncRequest | None, reason: str) -> bool:
+        worker = self.workers.get(name)
+        if worker is None:
+            return False
+        worker.trigger(reason, sync)
+        return True
+
+    def refresh_matching(self, urls: set[str], branch: str, *, reason: str) -> list[str]:
+        """Refresh apps whose repo matches one of `urls` and whose revision tracks `branch`."""
+        from daemon.sources.git import normalize_url
+
+        names = []
+        for name, w in self.workers.items():
+            for src in w.app.sources:
+                if normalize_url(src.repo_url) not in urls:
+                    continue
+                rev = src.target_revision
+                if branch and rev not in ("HEAD", branch, f"refs/heads/{branch}") and not (
+                    len(rev) >= 7 and all(c in "0123456789abcdef" for c in rev)
+                ):
+                    continue
+                self.engine.repos.repo(src.repo_url).refs_at = -1e18  # force a fresh ls-remote
+                w.trigger(reason)
+                names.append(name)
+                break
+        return names
+
+
+def settings_interval(config: Config) -> float:
+    return config.settings.reconcile_interval
+
+
+async def run_daemon(config_path: str) -> int:
+    """Entry point of `gitopsd run`."""
+    try:
+        config = settings_mod.load(config_path)
+    except ConfigError as e:
+        log.error("invalid config", error=str(e))
+        return 2
+    for w in config.warnings:
+        log.warning("config warning", warning=w)
+    async with Engine.open(config) as engine:
+        daemon = Daemon(config_path, config, engine)
+        await daemon.run()
+    return 0
+

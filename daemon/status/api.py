@@ -1,0 +1,301 @@
+"""The HTTP API: health probes, metrics, Argo CD-shaped applications, sync/refresh/rollback,
+and git webhooks (GitHub, GitLab, Gitea/Gogs, Bitbucket) — all on one port.
+
+Mutating calls need an admin token whenever the API listens beyond loopback (or whenever tokens
+are configured); tokens are compared by hash and never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from aiohttp import web
+
+from daemon.errors import GitopsdError
+from daemon.reconciler import SyncRequest
+
+if TYPE_CHECKING:
+    from daemon.runner import Daemon
+
+log = structlog.get_logger("gitopsd.api")
+MAX_WEBHOOK_BYTES = 10 * 1024 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Auth:
+    """Bearer tokens from the config's `apiTokens`, held only as hashes."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def tokens(self) -> dict[str, str]:
+        out = {}
+        for t in self.daemon.config.api_tokens:
+            try:
+                out[_hash(Path(t.token_file).read_text().strip())] = t.role
+            except OSError as e:
+                log.error("api token file unreadable", token=t.name, error=e.strerror)
+        return out
+
+    def loopback_only(self) -> bool:
+        host = self.daemon.config.settings.listen.rsplit(":", 1)[0].strip("[]")
+        if host in ("localhost", ""):
+            return host == "localhost"
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def role(self, request: web.Request) -> str | None:
+        """'admin', 'readonly', or None (no or bad token)."""
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return None
+        return self.tokens().get(_hash(header[7:].strip()))
+
+    def check(self, request: web.Request, *, mutating: bool) -> None:
+        tokens_configured = bool(self.daemon.config.api_tokens)
+        role = self.role(request)
+        if not tokens_configured and self.loopback_only():
+            return
+        if not tokens_configured and not mutating:
+            return
+        if role is None:
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": "a valid bearer token is required"}),
+                content_type="application/json",
+            )
+        if mutating and role != "admin":
+            raise web.HTTPForbidden(
+                text=json.dumps({"error": "this call needs an admin token"}),
+                content_type="application/json",
+            )
+
+
+def app_json(daemon: Daemon, name: str) -> dict[str, Any]:
+    worker = daemon.workers[name]
+    app = worker.app
+    raw = app.raw
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {
+            "name": app.name,
+            "namespace": app.namespace,
+            "labels": dict(app.labels),
+            "annotations": dict(app.annotations),
+            "finalizers": list(app.finalizers),
+        },
+        "spec": raw.get("spec", {}),
+        "status": worker.last_status,
+    }
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    auth = Auth(daemon)
+    routes = web.RouteTableDef()
+
+    def need(name: str) -> None:
+        if name not in daemon.workers:
+            raise web.HTTPNotFound(text=json.dumps({"error": f"application {name!r} not found"}),
+                                   content_type="application/json")
+
+    async def body_json(request: web.Request) -> dict[str, Any]:
+        if request.content_length and request.content_length > MAX_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES,
+                                                actual_size=request.content_length)
+        raw = await request.content.read(MAX_BODY_BYTES + 1)
+        if not raw:
+            return {}
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise web.HTTPBadRequest(text=json.dumps({"error": f"invalid JSON: {e}"}),
+                                     content_type="application/json") from e
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(text=json.dumps({"error": "expected a JSON object"}),
+                                     content_type="application/json")
+        return data
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    @routes.get("/readyz")
+    async def readyz(request: web.Request) -> web.Response:
+        ok = daemon.ready
+        return web.json_response(
+            {"ready": ok, "configError": daemon.config_error,
+             "clusters": sorted(daemon.clusters_ok)},
+            status=200 if ok else 503,
+        )
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=daemon.metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    @routes.get("/api/v1/status")
+    async def status(request: web.Request) -> web.Response:
+        auth.check(request, mutating=False)
+        return web.json_response({
+            "configFile": daemon.config_path,
+            "configError": daemon.config_error,
+            "apps": len(daemon.workers),
+            "ready": daemon.ready,
+        })
+
+    @routes.get("/api/v1/applications")
+    async def list_apps(request: web.Request) -> web.Response:
+        auth.check(request, mutating=False)
+        return web.json_response({"items": [app_json(daemon, n) for n in sorted(daemon.workers)]})
+
+    @routes.get("/api/v1/applications/{name}")
+    async def get_app(request: web.Request) -> web.Response:
+        auth.check(request, mutating=False)
+        name = request.match_info["name"]
+        need(name)
+        return web.json_response(app_json(daemon, name))
+
+    @routes.post("/api/v1/applications/{name}/sync")
+    async def sync(request: web.Request) -> web.Response:
+        auth.check(request, mutating=True)
+        name = request.match_info["name"]
+        need(name)
+        data = await body_json(request)
+        prune = data.get("prune")
+        req = SyncRequest(
+            revision=str(data.get("revision") or ""),
+            prune=bool(prune) if prune is not None else None,
+            dry_run=bool(data.get("dryRun", False)),
+            initiated_by=str(data.get("username") or "api"),
+        )
+        daemon.request(name, req, "api sync")
+        return web.json_response({"accepted": True, "application": name}, status=202)
+
+    @routes.post("/api/v1/applications/{name}/refresh")
+    async def refresh(request: web.Request) -> web.Response:
+        auth.check(request, mutating=True)
+        name = request.match_info["name"]
+        need(name)
+        for src in daemon.workers[name].app.sources:
+            daemon.engine.repos.repo(src.repo_url).refs_at = -1e18
+        daemon.request(name, None, "api refresh")
+        return web.json_response({"accepted": True, "application": name}, status=202)
+
+    @routes.post("/api/v1/applications/{name}/rollback")
+    async def rollback(request: web.Request) -> web.Response:
+        auth.check(request, mutating=True)
+        name = request.match_info["name"]
+        need(name)
+        worker = daemon.workers[name]
+        if worker.app.sync_policy.automated is not None:
+            raise web.HTTPBadRequest(text=json.dumps(
+                {"error": "rollback cannot be initiated when auto-sync is enabled"}),
+                content_type="application/json")
+        data = await body_json(request)
+        try:
+            wanted = int(data.get("id", -1))
+        except (TypeError, ValueError) as e:
+            raise web.HTTPBadRequest(text=json.dumps({"error": "id must be an integer"}),
+                                     content_type="application/json") from e
+        history = worker.last_status.get("history") or []
+        entry = next((h for h in history if h.get("id") == wanted), None)
+        if entry is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": f"history id {wanted} not found"}),
+                                   content_type="application/json")
+        req = SyncRequest(revision=entry["revision"], prune=bool(data.get("prune", False)),
+                          initiated_by=str(data.get("username") or "api"))
+        daemon.request(name, req, f"rollback to {wanted}")
+        return web.json_response({"accepted": True, "revision": entry["revision"]}, status=202)
+
+    @routes.get("/api/v1/applications/{name}/diff")
+    async def diff(request: web.Request) -> web.Response:
+        auth.check(request, mutating=False)
+        name = request.match_info["name"]
+        need(name)
+        from daemon.plan import diff as diffing
+
+        app = daemon.workers[name].app
+        try:
+            client = await daemon.engine.client_for(app)
+            desired = await daemon.engine.reconciler.desired(app, client)
+            cmp = await daemon.engine.reconciler.compare(app, client, desired, {})
+        except GitopsdError as e:
+            return web.json_response({"error": str(e)}, status=502)
+        items = []
+        for m in desired.manifests:
+            st = cmp.status.get(m.key)
+            if st is None or str(st) == "Synced":
+                continue
+            d = cmp.diffs.get(m.key)
+            items.append({
+                "resource": str(m.key),
+                "status": "modified" if m.key in cmp.live else "missing",
+                "error": cmp.errors.get(m.key, ""),
+                "diff": diffing.unified_diff(d.normalized_live if d else None,
+                                             d.normalized_desired if d else m.body,
+                                             from_name="live", to_name="desired"),
+            })
+        for key, body in cmp.owned_extra.items():
+            items.append({"resource": str(key), "status": "requires pruning", "error": "",
+                          "diff": diffing.unified_diff(body, None, from_name="live",
+                                                       to_name="desired")})
+        return web.json_response({"items": items})
+
+    @routes.post("/api/webhook")
+    async def webhook(request: web.Request) -> web.Response:
+        from daemon.status.webhooks import WebhookError, parse_webhook
+
+        if request.content_length and request.content_length > MAX_WEBHOOK_BYTES:
+            daemon.metrics.webhooks.labels("unknown", "too_large").inc()
+            return web.json_response({"error": "payload too large"}, status=413)
+        body = await request.content.read(MAX_WEBHOOK_BYTES + 1)
+        if len(body) > MAX_WEBHOOK_BYTES:
+            daemon.metrics.webhooks.labels("unknown", "too_large").inc()
+            return web.json_response({"error": "payload too large"}, status=413)
+        try:
+            event = parse_webhook(dict(request.headers), body, daemon.config.webhooks)
+        except WebhookError as e:
+            daemon.metrics.webhooks.labels(e.provider, e.result).inc()
+            return web.json_response({"error": str(e)}, status=e.status)
+        if event is None:
+            return web.json_response({"ignored": True})
+        names = daemon.refresh_matching(event.urls, event.branch,
+                                        reason=f"webhook {event.provider}")
+        daemon.metrics.webhooks.labels(event.provider, "ok").inc()
+        log.info("webhook", provider=event.provider, branch=event.branch, apps=names)
+        return web.json_response({"refreshed": names})
+
+    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES + 1024)
+    app.add_routes(routes)
+    return app
+
+
+async def serve_api(daemon: Daemon, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+    """Serve the API until cancelled; reports started once the port is bound."""
+    app = build_app(daemon)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = daemon.config.settings.listen.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port))
+    await site.start()
+    bound = runner.addresses[0] if runner.addresses else None
+    daemon.api_address = f"{bound[0]}:{bound[1]}" if bound else daemon.config.settings.listen
+    task_status.started()
+    try:
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
