@@ -156,7 +156,12 @@ class DriftWatches:
         h = "deleted" if deleted else _spec_hash(obj)
         previous = self.seen.get(key)
         self.seen[key] = h
-        if initial or app is None or previous == h:
+        if initial or app is None:
+            return
+        if previous == h:
+            # Status only: refresh health while the app is not yet Healthy (as Argo CD does).
+            if self.daemon.app_health(app) != "Healthy":
+                self.daemon.drift(app, f"{rt.kind}/{nsn} status changed")
             return
         self.daemon.drift(app, f"{rt.kind}/{nsn} changed")
 
@@ -370,6 +375,12 @@ class Daemon:
                                            phase).inc()
             if phase == "Succeeded":
                 self.metrics.last_sync.labels(app.name).set(time.time())
+
+    def app_health(self, app_name: str) -> str:
+        worker = self.workers.get(app_name)
+        if worker is None:
+            return ""
+        return str((worker.last_status.get("health") or {}).get("status", ""))
 
     def drift(self, app_name: str, reason: str) -> None:
         """Drift on an app's object: refresh it soon (debounced)."""

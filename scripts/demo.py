@@ -1,0 +1,211 @@
+"""`make demo`: gitopsd's main job end to end on the local test cluster.
+
+Starts the control plane (unless one is up), makes a git repository from config/examples/,
+runs the daemon against it, shows the apps syncing wave by wave with health, commits a change
+(scale the web tier, remove a Service) and shows the daemon pick it up and prune, then cleans up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / ".demo"
+VENV_BIN = Path(sys.executable).parent
+KUBECONFIG = ROOT / ".cluster" / "kubeconfig"
+PORT = int(os.environ.get("GITOPSD_DEMO_PORT", "18080"))
+API = f"http://127.0.0.1:{PORT}"
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"\n==> {text}", flush=True)
+
+
+def sh(*args: str, cwd: Path | None = None, check: bool = True) -> str:
+    r = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if check and r.returncode != 0:
+        raise SystemExit(f"command failed: {' '.join(args)}\n{r.stderr}")
+    return r.stdout
+
+
+def kubectl(*args: str, check: bool = True) -> str:
+    return sh("kubectl", f"--kubeconfig={KUBECONFIG}", *args, check=check)
+
+
+def git(*args: str) -> str:
+    env = ("-c", "user.name=gitopsd demo", "-c", "user.email=demo@gitopsd.invalid")
+    return sh("git", *env, *args, cwd=DEMO / "work")
+
+
+def api(path: str, method: str = "GET") -> dict:
+    req = urllib.request.Request(API + path, method=method, data=b"{}" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback only
+        return json.loads(r.read())
+
+
+def app_table() -> str:
+    rows = []
+    for item in api("/api/v1/applications")["items"]:
+        st = item["status"]
+        op = (st.get("operationState") or {}).get("message", "")
+        rows.append(f"  {item['metadata']['name']:<10} {st.get('sync', {}).get('status', '?'):<10}"
+                    f" {st.get('health', {}).get('status', '?'):<12} {op[:70]}")
+    return "  APP        SYNC       HEALTH       LAST OPERATION\n" + "\n".join(rows)
+
+
+def wait_api(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if api("/readyz").get("ready"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the daemon did not become ready; see .demo/gitopsd.log")
+
+
+def watch_waves(ns: str, until: float) -> None:
+    """Print objects as they appear in `ns`, with their sync wave and health."""
+    seen: set[str] = set()
+    while time.monotonic() < until:
+        out = kubectl("get", "secret,pvc,deploy,svc,cm", "-n", ns, "-o", "json", check=False)
+        items = json.loads(out)["items"] if out.strip() else []
+        for it in sorted(items, key=lambda i: i["metadata"]["creationTimestamp"]):
+            ann = it["metadata"].get("annotations") or {}
+            if "argocd.argoproj.io/tracking-id" not in ann:
+                continue
+            ref = f"{it['kind']}/{it['metadata']['name']}"
+            if ref in seen:
+                continue
+            seen.add(ref)
+            wave = ann.get("argocd.argoproj.io/sync-wave", "0")
+            print(f"  {time.strftime('%H:%M:%S')}  wave {wave:>3}  created {ref}", flush=True)
+        try:
+            item = api("/api/v1/applications/db-app")
+            st = item["status"]
+            if (st.get("sync", {}).get("status") == "Synced"
+                    and st.get("health", {}).get("status") == "Healthy" and len(seen) >= 6):
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+
+
+def main() -> int:
+    started_cluster = False
+    if not (ROOT / ".cluster" / "ready").exists():
+        say("Starting the local Kubernetes control plane (etcd, kube-apiserver, "
+            "kube-controller-manager, node simulator)")
+        subprocess.run([sys.executable, str(ROOT / "tests/testenv/cluster.py"), "up",
+                        str(ROOT / ".cluster")], check=True)
+        started_cluster = True
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        shutil.rmtree(DEMO, ignore_errors=True)
+        (DEMO / "work").mkdir(parents=True)
+        (DEMO / "apps").mkdir()
+        say("Creating a git repository from config/examples/apps")
+        shutil.copytree(ROOT / "config/examples/apps", DEMO / "work", dirs_exist_ok=True)
+        sh("git", "init", "-q", "--bare", "-b", "main", str(DEMO / "repo.git"))
+        git("init", "-q", "-b", "main")
+        git("add", "-A")
+        git("commit", "-q", "-m", "initial: database-app sync waves + web chart")
+        git("push", "-q", str(DEMO / "repo.git"), "HEAD:main")
+        repo_url = f"file://{DEMO / 'repo.git'}"
+        for f in (ROOT / "config/examples/applications").glob("*.yaml"):
+            (DEMO / "apps" / f.name).write_text(f.read_text().replace("REPO_URL", repo_url))
+        helm = sh("bash", str(ROOT / "tests/testenv/install-helm.sh")).strip().splitlines()[-1]
+        (DEMO / "gitopsd.yaml").write_text(f"""applications: [apps/*.yaml]
+clusters:
+  - name: in-cluster
+    server: https://kubernetes.default.svc
+    kubeconfig: {KUBECONFIG}
+settings:
+  listen: 127.0.0.1:{PORT}
+  reconcileInterval: 60s
+  syncWaveDelay: 1s
+  cacheDir: {DEMO / 'cache'}
+  stateDir: {DEMO / 'state'}
+""")
+        say(f"Running: gitopsd run -c .demo/gitopsd.yaml   (logs in .demo/gitopsd.log, API {API})")
+        log = (DEMO / "gitopsd.log").open("wb")
+        env = {**os.environ, "GITOPSD_HELM": helm}
+        daemon = subprocess.Popen([str(VENV_BIN / "gitopsd"), "run", "-c",
+                                   str(DEMO / "gitopsd.yaml")], stdout=log, stderr=log, env=env)
+        wait_api()
+        say("db-app syncs wave by wave; each wave waits until the previous one is Healthy")
+        watch_waves("demo-db", time.monotonic() + 120)
+        time.sleep(1)
+        print(app_table())
+
+        say("Commit: scale the web tier to 1 replica and remove webapp-service from git")
+        manifest = DEMO / "work" / "db-app" / "db.yaml"
+        text = manifest.read_text().replace("  replicas: 3\n", "  replicas: 1\n")
+        text = text.split("---\napiVersion: v1\nkind: Service\nmetadata:\n  name: webapp-service")[0]
+        manifest.write_text(text)
+        git("commit", "-q", "-am", "scale web tier down, drop webapp-service")
+        git("push", "-q", str(DEMO / "repo.git"), "HEAD:main")
+        new_sha = git("rev-parse", "HEAD").strip()
+        print(f"  pushed {new_sha[:12]}; asking the daemon to refresh (as a webhook would)")
+        api("/api/v1/applications/db-app/refresh", method="POST")
+        deadline = time.monotonic() + 60
+        st: dict = {}
+        while time.monotonic() < deadline:
+            st = api("/api/v1/applications/db-app")["status"]
+            op = st.get("operationState") or {}
+            if op.get("syncResult", {}).get("revision") == new_sha and op.get("finishedAt"):
+                break
+            time.sleep(0.5)
+        for r in st["operationState"]["syncResult"]["resources"]:
+            print(f"  {r['status']:<8} {r['kind']}/{r['namespace']}/{r['name']}: {r['message']}")
+        svc = kubectl("get", "svc", "webapp-service", "-n", "demo-db", "--ignore-not-found",
+                      "-o", "name")
+        print(f"  webapp-service in the cluster: {'still there' if svc.strip() else 'gone'}")
+        print(app_table())
+
+        say("Self-heal: someone scales webapp by hand; the daemon puts it back")
+        kubectl("scale", "deploy/webapp", "-n", "demo-db", "--replicas=4")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            reps = kubectl("get", "deploy", "webapp", "-n", "demo-db", "-o",
+                           "jsonpath={.spec.replicas}")
+            if reps.strip() == "1":
+                print("  webapp back to 1 replica (watch-based self-heal)")
+                break
+            time.sleep(0.3)
+
+        say("Where to look")
+        print(f"  {API}/api/v1/applications      Argo CD-shaped application status")
+        print(f"  {API}/metrics                   Prometheus metrics (argocd_app_info, ...)")
+        metrics = urllib.request.urlopen(API + "/metrics", timeout=5).read().decode()  # noqa: S310
+        for line in metrics.splitlines():
+            if line.startswith(("argocd_app_info", "argocd_app_sync_total")):
+                print("   ", line[:160])
+        print("  gitopsd app list / diff / sync  (CLI over the same API; see README)")
+        return 0
+    finally:
+        say("Cleaning up")
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                print(f"  daemon exited with {daemon.wait(30)}")
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        for ns in ("demo-db", "demo-web"):
+            kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
+        if started_cluster:
+            subprocess.run([sys.executable, str(ROOT / "tests/testenv/cluster.py"), "down",
+                            str(ROOT / ".cluster")], check=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
