@@ -31,7 +31,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 ADMIN_USER = "gitopsd-admin"
-SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_CIDR = "10.96.0.0/16"
 
 
 def free_port() -> int:
@@ -115,7 +115,7 @@ def _write_pki(d: Path) -> None:
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
     sans += [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
     ]
     serving = leaf("kube-apiserver", [], ExtendedKeyUsageOID.SERVER_AUTH, sans)
     admin = leaf(ADMIN_USER, ["system:masters"], ExtendedKeyUsageOID.CLIENT_AUTH, [])
