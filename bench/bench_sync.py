@@ -37,39 +37,76 @@ WRITE_VERBS = {"apply", "apply (dry run)", "create", "replace", "patch", "delete
 def objects(n_cm: int, n_svc: int, n_dep: int) -> list[dict]:
     out: list[dict] = []
     for i in range(n_cm):
-        out.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"cm-{i:04d}"},
-                    "data": {"index": str(i), "payload": "x" * 200}})
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": f"cm-{i:04d}"},
+                "data": {"index": str(i), "payload": "x" * 200},
+            }
+        )
     for i in range(n_svc):
-        out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc-{i:04d}"},
-                    "spec": {"selector": {"app": f"d-{i:04d}"},
-                             "ports": [{"port": 80, "targetPort": 8080}]}})
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": f"svc-{i:04d}"},
+                "spec": {
+                    "selector": {"app": f"d-{i:04d}"},
+                    "ports": [{"port": 80, "targetPort": 8080}],
+                },
+            }
+        )
     for i in range(n_dep):
-        out.append({
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"dep-{i:04d}"},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": f"d-{i:04d}"}},
-                     "template": {"metadata": {"labels": {"app": f"d-{i:04d}"}},
-                                  "spec": {"containers": [{"name": "c", "image": "nginx:1"}]}}},
-        })
+        out.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": f"dep-{i:04d}"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": f"d-{i:04d}"}},
+                    "template": {
+                        "metadata": {"labels": {"app": f"d-{i:04d}"}},
+                        "spec": {"containers": [{"name": "c", "image": "nginx:1"}]},
+                    },
+                },
+            }
+        )
     return out
 
 
 def kubectl_baseline(kubeconfig: Path, manifests: Path, ns: str) -> dict[str, float]:
-    subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "create", "namespace", ns],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["kubectl", f"--kubeconfig={kubeconfig}", "create", "namespace", ns],
+        check=True,
+        capture_output=True,
+    )
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     r = subprocess.run(
-        ["kubectl", f"--kubeconfig={kubeconfig}", "apply", "--server-side", "-n", ns,
-         "-f", str(manifests), "-v=6"],
-        capture_output=True, text=True,
+        [
+            "kubectl",
+            f"--kubeconfig={kubeconfig}",
+            "apply",
+            "--server-side",
+            "-n",
+            ns,
+            "-f",
+            str(manifests),
+            "-v=6",
+        ],
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"kubectl apply failed: {r.stderr[-2000:]}")
     verbs = Counter(m.group(1) for m in re.finditer(r'"Response" verb="(\w+)"', r.stderr))
     if not verbs:
-        verbs = Counter(m.group(1) for m in re.finditer(r"\b(GET|PATCH|POST|PUT|DELETE) https",
-                                                         r.stderr))
+        verbs = Counter(
+            m.group(1) for m in re.finditer(r"\b(GET|PATCH|POST|PUT|DELETE) https", r.stderr)
+        )
     reads = sum(v for k, v in verbs.items() if k.upper() == "GET")
     writes = sum(v for k, v in verbs.items() if k.upper() != "GET")
     rss = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
@@ -98,8 +135,15 @@ async def gitopsd_runs(cfg_path: Path) -> tuple[dict[str, float], dict[str, floa
             writes = sum(v for k, v in delta.items() if k in WRITE_VERBS)
             reads = sum(v for k, v in delta.items() if k not in WRITE_VERBS and k != "discover")
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            results.append({"wall": wall, "reads": reads, "writes": writes, "rss": rss,
-                            "dry_runs": delta.get("apply (dry run)", 0)})
+            results.append(
+                {
+                    "wall": wall,
+                    "reads": reads,
+                    "writes": writes,
+                    "rss": rss,
+                    "dry_runs": delta.get("apply (dry run)", 0),
+                }
+            )
     return results[0], results[1]
 
 
@@ -107,8 +151,9 @@ def ensure_cluster() -> tuple[Path, bool]:
     state = ROOT / ".cluster"
     if (state / "ready").exists():
         return state / "kubeconfig", False
-    subprocess.run([sys.executable, str(ROOT / "tests/testenv/cluster.py"), "up", str(state)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests/testenv/cluster.py"), "up", str(state)], check=True
+    )
     return state / "kubeconfig", True
 
 
@@ -128,61 +173,112 @@ def main() -> int:
         repo = work / "repo"
         (repo / "app").mkdir(parents=True)
         (repo / "app" / "all.yaml").write_text(yaml.safe_dump_all(objs))
-        env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x.invalid",
-               "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x.invalid"}
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "b",
+            "GIT_AUTHOR_EMAIL": "b@x.invalid",
+            "GIT_COMMITTER_NAME": "b",
+            "GIT_COMMITTER_EMAIL": "b@x.invalid",
+        }
         for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "bench"]):
             subprocess.run(["git", *cmd], cwd=repo, check=True, env=env)
-        print(f"bench: {len(objs)} objects ({args.configmaps} ConfigMaps, {args.services} "
-              f"Services, {args.deployments} Deployments)", flush=True)
+        print(
+            f"bench: {len(objs)} objects ({args.configmaps} ConfigMaps, {args.services} "
+            f"Services, {args.deployments} Deployments)",
+            flush=True,
+        )
 
         base = kubectl_baseline(kubeconfig, repo / "app" / "all.yaml", ns_kubectl)
 
         app = {
-            "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Application",
             "metadata": {"name": f"bench-{run}", "namespace": "argocd"},
             "spec": {
                 "project": "default",
                 "source": {"repoURL": f"file://{repo}", "targetRevision": "main", "path": "app"},
-                "destination": {"server": "https://kubernetes.default.svc",
-                                "namespace": ns_gitopsd},
-                "syncPolicy": {"automated": {"prune": True, "selfHeal": True},
-                               "syncOptions": ["CreateNamespace=true"]},
+                "destination": {
+                    "server": "https://kubernetes.default.svc",
+                    "namespace": ns_gitopsd,
+                },
+                "syncPolicy": {
+                    "automated": {"prune": True, "selfHeal": True},
+                    "syncOptions": ["CreateNamespace=true"],
+                },
             },
         }
         (work / "apps").mkdir()
         (work / "apps" / "bench.yaml").write_text(yaml.safe_dump(app))
-        (work / "gitopsd.yaml").write_text(yaml.safe_dump({
-            "applications": ["apps/*.yaml"],
-            "clusters": [{"name": "in-cluster", "server": "https://kubernetes.default.svc",
-                          "kubeconfig": str(kubeconfig)}],
-            "settings": {"cacheDir": str(work / "cache"), "stateDir": str(work / "state"),
-                         "syncWaveDelay": "0s"},
-        }))
+        (work / "gitopsd.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "applications": ["apps/*.yaml"],
+                    "clusters": [
+                        {
+                            "name": "in-cluster",
+                            "server": "https://kubernetes.default.svc",
+                            "kubeconfig": str(kubeconfig),
+                        }
+                    ],
+                    "settings": {
+                        "cacheDir": str(work / "cache"),
+                        "stateDir": str(work / "state"),
+                        "syncWaveDelay": "0s",
+                    },
+                }
+            )
+        )
         cold, noop = anyio.run(gitopsd_runs, work / "gitopsd.yaml")
 
-        rows = [("kubectl apply --server-side", base), ("gitopsd cold sync", cold),
-                ("gitopsd no-op resync", noop)]
+        rows = [
+            ("kubectl apply --server-side", base),
+            ("gitopsd cold sync", cold),
+            ("gitopsd no-op resync", noop),
+        ]
         print(f"\n{'run':<30} {'wall s':>8} {'reads':>7} {'writes':>7} {'peak RSS MB':>12}")
         for name, r in rows:
-            print(f"{name:<30} {r['wall']:>8.2f} {r['reads']:>7.0f} {r['writes']:>7.0f} "
-                  f"{r['rss']:>12.1f}")
+            print(
+                f"{name:<30} {r['wall']:>8.2f} {r['reads']:>7.0f} {r['writes']:>7.0f} "
+                f"{r['rss']:>12.1f}"
+            )
         speedup = base["wall"] / cold["wall"]
         noop_ratio = noop["wall"] / cold["wall"]
-        print(f"\ncold sync speed-up vs kubectl: {speedup:.2f}x (target >= 3x) "
-              f"{'OK' if speedup >= 3 else 'MISSED'}")
-        print(f"no-op resync / cold sync: {noop_ratio:.3f} (target < 0.1) "
-              f"{'OK' if noop_ratio < 0.1 else 'MISSED'}; writes: {noop['writes']:.0f} "
-              f"(target 0) {'OK' if noop['writes'] == 0 else 'MISSED'}")
+        print(
+            f"\ncold sync speed-up vs kubectl: {speedup:.2f}x (target >= 3x) "
+            f"{'OK' if speedup >= 3 else 'MISSED'}"
+        )
+        print(
+            f"no-op resync / cold sync: {noop_ratio:.3f} (target < 0.1) "
+            f"{'OK' if noop_ratio < 0.1 else 'MISSED'}; writes: {noop['writes']:.0f} "
+            f"(target 0) {'OK' if noop['writes'] == 0 else 'MISSED'}"
+        )
         print("(gitopsd RSS is this whole Python process; kubectl RSS is its own peak)")
         return 0
     finally:
         for ns in (ns_kubectl, ns_gitopsd):
-            subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "delete", "namespace", ns,
-                            "--wait=false", "--ignore-not-found"], capture_output=True)
+            subprocess.run(
+                [
+                    "kubectl",
+                    f"--kubeconfig={kubeconfig}",
+                    "delete",
+                    "namespace",
+                    ns,
+                    "--wait=false",
+                    "--ignore-not-found",
+                ],
+                capture_output=True,
+            )
         shutil.rmtree(work, ignore_errors=True)
         if started:
-            subprocess.run([sys.executable, str(ROOT / "tests/testenv/cluster.py"), "down",
-                            str(ROOT / ".cluster")], check=False)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "tests/testenv/cluster.py"),
+                    "down",
+                    str(ROOT / ".cluster"),
+                ],
+                check=False,
+            )
 
 
 if __name__ == "__main__":

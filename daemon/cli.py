@@ -42,11 +42,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             failures = 0
             for app in cfg.applications:
                 try:
-                    desired = await engine.reconciler.desired(
-                        app, await engine.client_for(app)
+                    desired = await engine.reconciler.desired(app, await engine.client_for(app))
+                    print(
+                        f"ok    {app.name}: {len(desired.manifests)} resources "
+                        f"({desired.tool}) at {desired.revision[:12]}"
                     )
-                    print(f"ok    {app.name}: {len(desired.manifests)} resources "
-                          f"({desired.tool}) at {desired.revision[:12]}")
                 except GitopsdError as e:
                     failures += 1
                     print(f"error {app.name}: {e}")
@@ -134,8 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 c.get("message", "") for c in st.get("conditions", [])
             )
             ok = ok and sync == "Synced" and health == "Healthy"
-            rows.append([name, sync, health, str(st.get("sync", {}).get("revision", ""))[:12],
-                         msg[:140]])
+            rows.append(
+                [name, sync, health, str(st.get("sync", {}).get("revision", ""))[:12], msg[:140]]
+            )
         print(_table(rows, ["APP", "SYNC", "HEALTH", "REVISION", "MESSAGE"]))
         return 0 if ok else 1
     from daemon.runner import run_daemon
@@ -168,9 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_diff)
     sp = sub.add_parser("run", help="run the daemon (or every app once with --once)")
     with_config(sp)
-    sp.add_argument("--once", action="store_true",
-                    help="reconcile every app once, wait for health, print a table; exit 0 "
-                    "only if every app is Synced and Healthy")
+    sp.add_argument(
+        "--once",
+        action="store_true",
+        help="reconcile every app once, wait for health, print a table; exit 0 "
+        "only if every app is Synced and Healthy",
+    )
     sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sp.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     sp.set_defaults(func=cmd_run)

@@ -35,14 +35,19 @@ class Engine:
     @contextlib.asynccontextmanager
     async def open(cls, config: Config) -> AsyncIterator[Engine]:
         s = config.settings
-        repos = RepoCache(Path(s.cache_dir) / "git", credentials=config.repositories,
-                          timeout=s.repo_timeout)
-        renderer = Renderer(timeout=s.repo_timeout, max_bytes=s.max_manifest_bytes,
-                            concurrency=s.max_concurrent_renders)
+        repos = RepoCache(
+            Path(s.cache_dir) / "git", credentials=config.repositories, timeout=s.repo_timeout
+        )
+        renderer = Renderer(
+            timeout=s.repo_timeout,
+            max_bytes=s.max_manifest_bytes,
+            concurrency=s.max_concurrent_renders,
+        )
         clusters = Clusters(config.clusters)
         store = StateStore(s.state_dir)
-        reconciler = Reconciler(config, repos=repos, renderer=renderer, clusters=clusters,
-                                store=store)
+        reconciler = Reconciler(
+            config, repos=repos, renderer=renderer, clusters=clusters, store=store
+        )
         try:
             yield cls(config, repos, renderer, clusters, store, reconciler)
         finally:
@@ -65,9 +70,10 @@ async def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:
             async with limiter:
                 status = await engine.reconciler.reconcile(app)
                 op = status.get("operationState") or {}
-                if op.get("phase") == "Succeeded" and status.get("sync", {}).get(
-                    "status"
-                ) == "Synced":
+                if (
+                    op.get("phase") == "Succeeded"
+                    and status.get("sync", {}).get("status") == "Synced"
+                ):
                     status = await _await_health(engine, app, status)
                 results[app.name] = status
 

@@ -1,13 +1,13 @@
 """The exception tree of gitopsd. Every error names its subject and the stage it failed in.
 
-    GitopsdError
-    ├── ConfigError          a settings file or an Argo CD document is invalid (file, document, field)
-    ├── SourceError          git: unreachable repository, missing revision, unsafe path
-    ├── RenderError          directory / kustomize / helm rendering failed (file/line or tool stderr)
-    ├── PlanError            the rendered set cannot be synced (duplicates, unknown kind, ...)
-    ├── KubeError            the Kubernetes API failed or refused (resource, verb, API message)
-    │   └── KubeNotFound
-    └── SyncFailed           a sync operation ended unsuccessfully (summary of the failed resources)
+GitopsdError
+├── ConfigError          a settings file or an Argo CD document is invalid (file, document, field)
+├── SourceError          git: unreachable repository, missing revision, unsafe path
+├── RenderError          directory / kustomize / helm rendering failed (file/line or tool stderr)
+├── PlanError            the rendered set cannot be synced (duplicates, unknown kind, ...)
+├── KubeError            the Kubernetes API failed or refused (resource, verb, API message)
+│   └── KubeNotFound
+└── SyncFailed           a sync operation ended unsuccessfully (summary of the failed resources)
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ class KubeClient:
         """A client using the pod's service account."""
         cfg = Configuration()
         try:
-            kconfig.load_incluster_config(client_configuration=cfg)
+            kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         except Exception as e:
             raise KubeError(f"cluster {name}", "load in-cluster config", str(e)) from e
         return await cls._from_configuration(name, cfg)
@@ -185,13 +185,14 @@ class KubeClient:
             return {}
 
         async def refresh() -> dict[str, str]:
-            hook = cfg.refresh_api_key_hook
+            hook: Any = cfg.refresh_api_key_hook
             if hook is not None:
                 await _maybe_await(hook(cfg))
             return await headers()
 
-        return cls(name=name, server=str(cfg.host), verify=verify, headers=await headers(),
-                   refresh=refresh)
+        return cls(
+            name=name, server=str(cfg.host), verify=verify, headers=await headers(), refresh=refresh
+        )
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -233,10 +234,10 @@ class KubeClient:
                     new = await new
                 self.http.headers.update(new)
                 continue
-            if r.status_code == 429 or (r.status_code >= 500 and method == "GET"):
-                if attempt < 2:
-                    await anyio.sleep(float(r.headers.get("Retry-After", "0.5") or 0.5))
-                    continue
+            retriable = r.status_code == 429 or (r.status_code >= 500 and method == "GET")
+            if retriable and attempt < 2:
+                await anyio.sleep(float(r.headers.get("Retry-After", "0.5") or 0.5))
+                continue
             if r.status_code == 404 and ok404:
                 return None
             if r.status_code >= 400:
@@ -485,7 +486,11 @@ class KubeClient:
         return r is not None
 
     async def watch(
-        self, rt: ResourceType, namespace: str = "", *, resource_version: str = "",
+        self,
+        rt: ResourceType,
+        namespace: str = "",
+        *,
+        resource_version: str = "",
         timeout_seconds: int = 290,
     ) -> AsyncIterator[WatchEvent]:
         """Stream events of a type until the server closes the watch."""
@@ -506,8 +511,9 @@ class KubeClient:
             ) as r:
                 if r.status_code >= 400:
                     await r.aread()
-                    raise KubeError(f"{rt.kind} watch", "watch", _api_message(r),
-                                    status=r.status_code)
+                    raise KubeError(
+                        f"{rt.kind} watch", "watch", _api_message(r), status=r.status_code
+                    )
                 async for line in r.aiter_lines():
                     if line:
                         ev = json.loads(line)
@@ -535,8 +541,9 @@ class Clusters:
             return ClusterConfig(name=IN_CLUSTER_NAME, server=IN_CLUSTER_SERVER)
         wanted = f"server {server!r}" if server else f"name {name!r}"
         raise KubeError(
-            f"destination {wanted}", "resolve cluster", "no cluster with that "
-            + ("server" if server else "name") + " is configured"
+            f"destination {wanted}",
+            "resolve cluster",
+            "no cluster with that " + ("server" if server else "name") + " is configured",
         )
 
     async def client(self, cluster: ClusterConfig) -> KubeClient:

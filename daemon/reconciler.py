@@ -1,4 +1,5 @@
-"""One reconcile of one Application: source → render → plan → (sync: waves of apply + health) → status.
+"""One reconcile of one Application: source → render → plan → (sync: waves of apply and
+health gates) → status.
 
 Read top to bottom, `Reconciler.reconcile` is the whole pipeline. Each stage lives in its own
 module; this file only orders them, turns their results into Argo CD-shaped status, and decides
@@ -136,10 +137,18 @@ class Reconciler:
         self.store = store
         self.stopping = False  # set on shutdown: running syncs stop at the next wave boundary
 
+    def stop_requested(self) -> bool:
+        """True once shutdown began (read between waves; set from the signal handler)."""
+        return self.stopping
+
     # === the pipeline ========================================================================
 
     async def reconcile(
-        self, app: Application, *, sync: SyncRequest | None = None, auto: bool = True,
+        self,
+        app: Application,
+        *,
+        sync: SyncRequest | None = None,
+        auto: bool = True,
         poll_max_age: float = 0.0,
     ) -> dict[str, Any]:
         """Compare `app` with its cluster, sync when asked or when its policy says so, and
@@ -158,36 +167,41 @@ class Reconciler:
                     f"Application/{app.name}: project {app.project!r} does not exist; "
                     "nothing is synced until it does"
                 )
-            cluster = self.clusters.lookup(
-                server=app.destination.server, name=app.destination.name
-            )
+            cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
             client = await self.clusters.client(cluster)
             revision_override = sync.revision if sync and sync.revision else ""
-            desired = await self.desired(app, client, revision=revision_override,
-                                         max_age=poll_max_age)
+            desired = await self.desired(
+                app, client, revision=revision_override, max_age=poll_max_age
+            )
             bound = bound.bind(revision=desired.revision[:12])
             comparison = await self.compare(app, client, desired, fingerprints)
             if comparison.shared:
-                conditions.append(_condition(
-                    "SharedResourceWarning", "; ".join(comparison.shared.values())
-                ))
+                conditions.append(
+                    _condition("SharedResourceWarning", "; ".join(comparison.shared.values()))
+                )
             operation: Operation | None = None
-            request = sync or (self.auto_sync_request(app, status, desired, comparison)
-                               if auto else None)
+            request = sync or (
+                self.auto_sync_request(app, status, desired, comparison) if auto else None
+            )
             if request is not None:
-                bound.info("sync starting", initiated_by=request.initiated_by,
-                           self_heal=request.self_heal)
-                operation = await self.sync(app, client, desired, comparison, request,
-                                            fingerprints, bound)
+                bound.info(
+                    "sync starting", initiated_by=request.initiated_by, self_heal=request.self_heal
+                )
+                operation = await self.sync(
+                    app, client, desired, comparison, request, fingerprints, bound
+                )
                 bound.info("sync finished", phase=str(operation.phase), message=operation.message)
                 if not request.dry_run:
                     comparison = await self.compare(app, client, desired, fingerprints)
-            status = self.build_status(app, status, desired, comparison, operation, conditions,
-                                       request)
+            status = self.build_status(
+                app, status, desired, comparison, operation, conditions, request
+            )
         except GitopsdError as e:
             bound.warning("reconcile failed", error=str(e))
-            kind = "InvalidSpecError" if isinstance(e, PlanError) and "project" in str(e) else (
-                "ComparisonError"
+            kind = (
+                "InvalidSpecError"
+                if isinstance(e, PlanError) and "project" in str(e)
+                else ("ComparisonError")
             )
             conditions.append(_condition(kind, str(e)))
             status = self.error_status(app, status, conditions)
@@ -236,8 +250,9 @@ class Reconciler:
             revisions.append(resolved.sha)
             tools.append(rendered.tool)
         prepared, types = await self.prepare(app, client, manifests)
-        return Desired(revisions[0] if revisions else "", revisions, prepared, types,
-                       ",".join(tools))
+        return Desired(
+            revisions[0] if revisions else "", revisions, prepared, types, ",".join(tools)
+        )
 
     async def prepare(
         self, app: Application, client: KubeClient, manifests: Sequence[Manifest]
@@ -285,13 +300,15 @@ class Reconciler:
             key = ResourceKey.of(body)
             if not is_hook(body) or meta.get("name"):
                 if key in seen:
-                    errors.append(
-                        f"{key}: defined more than once ({seen[key]} and {m.source})"
-                    )
+                    errors.append(f"{key}: defined more than once ({seen[key]} and {m.source})")
                     continue
                 seen[key] = m.source
-            tid = tracking.build(app.instance_name, key, namespaced=namespaced,
-                                 dest_namespace=app.destination.namespace)
+            tid = tracking.build(
+                app.instance_name,
+                key,
+                namespaced=namespaced,
+                dest_namespace=app.destination.namespace,
+            )
             body = tracking.with_tracking(body, tid)
             manifest = Manifest(key=key, body=body, source=m.source)
             out.append(manifest)
@@ -306,8 +323,9 @@ class Reconciler:
         """What the app owned after its last sync, as recorded in the destination cluster."""
         rt = await client.resource_for("v1", "ConfigMap", subject="inventory")
         try:
-            cm = await client.get(rt, self.settings.inventory_namespace,
-                                  INVENTORY_PREFIX + app.name)
+            cm = await client.get(
+                rt, self.settings.inventory_namespace, INVENTORY_PREFIX + app.name
+            )
         except KubeError as e:
             log.warning("inventory unreadable; using annotations only", app=app.name, error=str(e))
             return set()
@@ -316,8 +334,9 @@ class Reconciler:
         entries = str((cm.get("data") or {}).get("entries", ""))
         return {k for k in (tracking.key_from_str(e) for e in entries.splitlines()) if k}
 
-    async def save_inventory(self, app: Application, client: KubeClient,
-                             keys: set[ResourceKey]) -> None:
+    async def save_inventory(
+        self, app: Application, client: KubeClient, keys: set[ResourceKey]
+    ) -> None:
         """Record what the app owns in its destination cluster (survives losing local disk)."""
         ns_rt = await client.resource_for("v1", "Namespace", subject="inventory")
         cm_rt = await client.resource_for("v1", "ConfigMap", subject="inventory")
@@ -402,11 +421,11 @@ class Reconciler:
             if rt is not None:
                 wanted[key] = rt
         for keystr in fingerprints:
-            key = tracking.key_from_str(keystr)
-            if key is not None and key not in wanted:
-                rt = client.preferred(key.group, key.kind)
+            fkey = tracking.key_from_str(keystr)
+            if fkey is not None and fkey not in wanted:
+                rt = client.preferred(fkey.group, fkey.kind)
                 if rt is not None:
-                    wanted[key] = rt
+                    wanted[fkey] = rt
         live = await self.fetch_live(client, wanted)
         desired_keys = {m.key for m in targets}
         owned_extra: dict[ResourceKey, Body] = {}
@@ -538,17 +557,25 @@ class Reconciler:
                 [],
             )
         if opts.fail_on_shared_resource and comparison.shared:
-            return done(OperationPhase.FAILED, "Shared resource found: "
-                        + "; ".join(comparison.shared.values()), [])
+            return done(
+                OperationPhase.FAILED,
+                "Shared resource found: " + "; ".join(comparison.shared.values()),
+                [],
+            )
 
-        selective = request.self_heal or opts.apply_out_of_sync_only or (
-            request.initiated_by == "automated"
+        selective = (
+            request.self_heal
+            or opts.apply_out_of_sync_only
+            or (request.initiated_by == "automated")
         )
         manifests = [
-            m for m in desired.manifests
+            m
+            for m in desired.manifests
             if (is_hook(m.body) and not request.self_heal)
-            or (not is_hook(m.body)
-            and (not selective or comparison.status.get(m.key) is not SyncStatus.SYNCED))
+            or (
+                not is_hook(m.body)
+                and (not selective or comparison.status.get(m.key) is not SyncStatus.SYNCED)
+            )
         ]
         tasks = build_tasks(manifests, comparison.owned_extra, prune_last=opts.prune_last)
         main, syncfail = split_syncfail(tasks)
@@ -558,20 +585,36 @@ class Reconciler:
 
         if request.dry_run:
             for t in main:
-                results.append(ResourceResult(
-                    t.key, "", Action.DELETED if t.is_prune else Action.CONFIGURED,
-                    ResultCode.PRUNED if t.is_prune else ResultCode.SYNCED,
-                    "(dry run)", t.phase, t.wave, t.hook_type,
-                ))
+                results.append(
+                    ResourceResult(
+                        t.key,
+                        "",
+                        Action.DELETED if t.is_prune else Action.CONFIGURED,
+                        ResultCode.PRUNED if t.is_prune else ResultCode.SYNCED,
+                        "(dry run)",
+                        t.phase,
+                        t.wave,
+                        t.hook_type,
+                    )
+                )
             return done(OperationPhase.SUCCEEDED, "successfully synced (dry run)", results)
 
         # Record intent first: if we die mid-sync, the next run still knows what we may own.
         await self.save_inventory(
-            app, client,
-            set(await self.inventory(app, client)) | {m.key for m in targets}
+            app,
+            client,
+            set(await self.inventory(app, client))
+            | {m.key for m in targets}
             | set(comparison.owned_extra),
         )
-        if opts.create_namespace and app.destination.namespace:
+        own_ns = any(
+            m.key.kind == "Namespace"
+            and not m.key.group
+            and m.key.name == app.destination.namespace
+            for m in desired.manifests
+        )
+        if opts.create_namespace and app.destination.namespace and not own_ns:
+            # A Namespace manifest of the same name in the app takes precedence.
             await self._create_namespace(app, client)
 
         steps = group_steps(main)
@@ -580,14 +623,24 @@ class Reconciler:
         interrupted = False
         for index, step in enumerate(steps):
             bound.info("wave", phase=str(step.phase), wave=step.wave, resources=len(step.tasks))
-            step_results = await self._run_step(app, client, desired, comparison, step.tasks,
-                                                opts=opts, prune=prune, run_stamp=run_stamp,
-                                                hooks_created=hooks_created)
+            step_results = await self._run_step(
+                app,
+                client,
+                desired,
+                comparison,
+                step.tasks,
+                opts=opts,
+                prune=prune,
+                run_stamp=run_stamp,
+                hooks_created=hooks_created,
+            )
             results.extend(step_results)
             if self.stopping:
                 interrupted = True
-                failure = (f"interrupted by shutdown after {step.phase} wave {step.wave}; "
-                           "the sync resumes when gitopsd restarts")
+                failure = (
+                    f"interrupted by shutdown after {step.phase} wave {step.wave}; "
+                    "the sync resumes when gitopsd restarts"
+                )
                 break
             bad = [r for r in step_results if r.failed]
             if bad:
@@ -597,15 +650,26 @@ class Reconciler:
                 break
             last = index == len(steps) - 1
             has_hooks = any(t.is_hook for t in step.tasks)
-            waits = self._wait_items(client, desired, step_results, step.tasks,
-                                     gate_resources=multi_step and (not last or has_hooks))
+            waits = self._wait_items(
+                client,
+                desired,
+                step_results,
+                step.tasks,
+                gate_resources=multi_step and (not last or has_hooks),
+            )
             if waits:
-                result = await wait_healthy(client, waits, timeout=self.settings.health_timeout,
-                                            should_stop=lambda: self.stopping)
-                if self.stopping and not result.failed:
+                result = await wait_healthy(
+                    client,
+                    waits,
+                    timeout=self.settings.health_timeout,
+                    should_stop=lambda: self.stopping,
+                )
+                if self.stop_requested() and not result.failed:
                     interrupted = True
-                    failure = (f"interrupted by shutdown in {step.phase} wave {step.wave}; "
-                               "the sync resumes when gitopsd restarts")
+                    failure = (
+                        f"interrupted by shutdown in {step.phase} wave {step.wave}; "
+                        "the sync resumes when gitopsd restarts"
+                    )
                     break
                 if not result.ok:
                     failure = _wait_failure(result, step.phase, step.wave)
@@ -613,8 +677,15 @@ class Reconciler:
                         if r.key in result.failed:
                             h = result.healths.get(r.key)
                             results[r_i] = ResourceResult(
-                                r.key, r.version, r.action, ResultCode.SYNC_FAILED,
-                                h.message if h else "failed", r.phase, r.wave, r.hook_type, r.live,
+                                r.key,
+                                r.version,
+                                r.action,
+                                ResultCode.SYNC_FAILED,
+                                h.message if h else "failed",
+                                r.phase,
+                                r.wave,
+                                r.hook_type,
+                                r.live,
                             )
                     break
             pruned = [r for r in step_results if r.status is ResultCode.PRUNED]
@@ -625,24 +696,35 @@ class Reconciler:
 
         if failure and syncfail and not interrupted:
             bound.info("running SyncFail hooks", count=len(syncfail))
-            fail_results = await self._run_step(app, client, desired, comparison,
-                                                tuple(syncfail), opts=opts, prune=False,
-                                                run_stamp=run_stamp,
-                                                hooks_created=hooks_created)
+            fail_results = await self._run_step(
+                app,
+                client,
+                desired,
+                comparison,
+                tuple(syncfail),
+                opts=opts,
+                prune=False,
+                run_stamp=run_stamp,
+                hooks_created=hooks_created,
+            )
             results.extend(fail_results)
-            waits = self._wait_items(client, desired, fail_results, tuple(syncfail),
-                                     gate_resources=False)
+            waits = self._wait_items(
+                client, desired, fail_results, tuple(syncfail), gate_resources=False
+            )
             if waits:
                 await wait_healthy(client, waits, timeout=self.settings.health_timeout)
 
         await self._hook_cleanup(client, hooks_created, succeeded=not failure)
         self._record_fingerprints(results, desired, fingerprints)
-        owned_after = {r.key for r in results if r.status is ResultCode.SYNCED and r.hook_type is None}
+        owned_after = {
+            r.key for r in results if r.status is ResultCode.SYNCED and r.hook_type is None
+        }
         owned_after |= {m.key for m in targets if comparison.status.get(m.key) is SyncStatus.SYNCED}
         owned_after |= {
-            r.key for r in results
-            if r.status in (ResultCode.PRUNE_SKIPPED,) or (r.failed and r.action is Action.FAILED
-                                                          and r.key in comparison.owned_extra)
+            r.key
+            for r in results
+            if r.status in (ResultCode.PRUNE_SKIPPED,)
+            or (r.failed and r.action is Action.FAILED and r.key in comparison.owned_extra)
         }
         if failure:
             owned_after |= {m.key for m in targets} | set(comparison.owned_extra)
@@ -664,8 +746,6 @@ class Reconciler:
             if mnm.get("annotations"):
                 meta["annotations"] = mnm["annotations"]
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
-        if any(m.key.kind == "Namespace" and m.key.name == ns for m in []):
-            return
         await client.apply(rt, body, manager="gitopsd-namespace")
 
     async def _run_step(
@@ -703,8 +783,11 @@ class Reconciler:
             i = j
             jobs = []
             for t in group:
-                jobs.append(self._apply_job(app, client, desired, comparison, t, opts,
-                                            run_stamp, hooks_created))
+                jobs.append(
+                    self._apply_job(
+                        app, client, desired, comparison, t, opts, run_stamp, hooks_created
+                    )
+                )
             group_results = await run_bounded(jobs, limit=limit)
             results.extend(group_results)
             if any(r.failed for r in group_results):
@@ -736,11 +819,20 @@ class Reconciler:
                         str(task.target.get("apiVersion")), task.key.kind, subject=str(task.key)
                     )
                 except KubeError as e:
-                    return ResourceResult(task.key, "", Action.FAILED, ResultCode.SYNC_FAILED,
-                                          e.api_message, task.phase, task.wave, task.hook_type)
+                    return ResourceResult(
+                        task.key,
+                        "",
+                        Action.FAILED,
+                        ResultCode.SYNC_FAILED,
+                        e.api_message,
+                        task.phase,
+                        task.wave,
+                        task.hook_type,
+                    )
             if not task.is_hook:
-                return await apply_one(client, rt, task, options=opts,
-                                       existed=task.key in comparison.live)
+                return await apply_one(
+                    client, rt, task, options=opts, existed=task.key in comparison.live
+                )
             body = copy.deepcopy(task.target)
             meta = body["metadata"]
             if not meta.get("name"):
@@ -762,8 +854,9 @@ class Reconciler:
                     await anyio.sleep(0.5)
                 existing = None
             hook_task = SyncTask(key, task.phase, task.wave, body, None, True, task.hook_type)
-            result = await apply_one(client, rt, hook_task, options=opts,
-                                     existed=existing is not None)
+            result = await apply_one(
+                client, rt, hook_task, options=opts, existed=existing is not None
+            )
             if not result.failed:
                 hooks_created.append((key, rt, body))
             return result
@@ -793,8 +886,9 @@ class Reconciler:
                 items.append(WaitItem(r.key, rt, is_hook=hook))
         return items
 
-    async def _wait_deleted(self, client: KubeClient, comparison: Comparison,
-                            pruned: Sequence[ResourceResult]) -> None:
+    async def _wait_deleted(
+        self, client: KubeClient, comparison: Comparison, pruned: Sequence[ResourceResult]
+    ) -> None:
         deadline = time.monotonic() + self.settings.health_timeout
         for r in pruned:
             rt = client.preferred(r.key.group, r.key.kind)
@@ -806,8 +900,11 @@ class Reconciler:
                 await anyio.sleep(0.5)
 
     async def _wait_crd(self, client: KubeClient, name: str) -> None:
-        rt = await client.resource_for("apiextensions.k8s.io/v1", "CustomResourceDefinition",
-                                       subject=f"CustomResourceDefinition/{name}")
+        rt = await client.resource_for(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            subject=f"CustomResourceDefinition/{name}",
+        )
         for _ in range(40):
             crd = await client.get(rt, "", name)
             health = assess(crd) if crd else None
@@ -836,7 +933,9 @@ class Reconciler:
                 log.warning("hook cleanup failed", resource=str(key), error=str(e))
 
     def _record_fingerprints(
-        self, results: Sequence[ResourceResult], desired: Desired,
+        self,
+        results: Sequence[ResourceResult],
+        desired: Desired,
         fingerprints: dict[str, list[str]],
     ) -> None:
         by_key = {m.key: m for m in desired.manifests}
@@ -867,15 +966,17 @@ class Reconciler:
         state = self.store.load(app.name)
         keys: dict[ResourceKey, ResourceType] = {}
         candidates = set(await self.inventory(app, client))
-        candidates |= {k for k in (tracking.key_from_str(s) for s in state.get("fingerprints", {}))
-                       if k}
+        candidates |= {
+            k for k in (tracking.key_from_str(s) for s in state.get("fingerprints", {})) if k
+        }
         for key in candidates:
             rt = client.preferred(key.group, key.kind)
             if rt is not None:
                 keys[key] = rt
         live = await self.fetch_live(client, keys)
         owned = {
-            k: b for k, b in live.items()
+            k: b
+            for k, b in live.items()
             if tracking.is_owned_by(b, app.instance_name, namespaced=keys[k].namespaced)
             and not (b.get("metadata") or {}).get("ownerReferences")
             and annotations_of(b).get("helm.sh/resource-policy") != "keep"
@@ -922,20 +1023,30 @@ class Reconciler:
             if is_hook(m.body):
                 continue
             body = comparison.live.get(m.key)
-            h = assess(body) if body is not None else Health(HealthStatus.MISSING,
-                                                              "resource is missing")
+            h = (
+                assess(body)
+                if body is not None
+                else Health(HealthStatus.MISSING, "resource is missing")
+            )
             if annotations_of(m.body).get(ANN_IGNORE_HEALTHCHECK) == "true":
                 h = None
             health_items.append((m.key, h, body is not None))
-            resources.append(_resource_entry(m.key, m.body, comparison.status.get(m.key), h,
-                                             requires_pruning=False))
+            resources.append(
+                _resource_entry(
+                    m.key, m.body, comparison.status.get(m.key), h, requires_pruning=False
+                )
+            )
         for key, body in comparison.owned_extra.items():
-            resources.append(_resource_entry(key, body, SyncStatus.OUT_OF_SYNC, assess(body),
-                                             requires_pruning=True))
+            resources.append(
+                _resource_entry(
+                    key, body, SyncStatus.OUT_OF_SYNC, assess(body), requires_pruning=True
+                )
+            )
         app_health = aggregate(health_items) if health_items else Health(HealthStatus.HEALTHY)
         if comparison.errors:
-            conditions.append(_condition("ComparisonError", "; ".join(
-                sorted(comparison.errors.values()))))
+            conditions.append(
+                _condition("ComparisonError", "; ".join(sorted(comparison.errors.values())))
+            )
         src = app.sources[0]
         status: dict[str, Any] = {
             "sync": {
@@ -943,8 +1054,11 @@ class Reconciler:
                 "revision": desired.revision,
                 "comparedTo": {
                     "source": app.raw.get("spec", {}).get("source")
-                    or {"repoURL": src.repo_url, "path": src.path,
-                        "targetRevision": src.target_revision},
+                    or {
+                        "repoURL": src.repo_url,
+                        "path": src.path,
+                        "targetRevision": src.target_revision,
+                    },
                     "destination": app.raw.get("spec", {}).get("destination", {}),
                 },
             },
@@ -962,10 +1076,15 @@ class Reconciler:
         if operation is not None and request is not None:
             status["operationState"] = {
                 "operation": {
-                    "sync": {"revision": operation.revision, "prune": bool(request.prune),
-                             "dryRun": request.dry_run},
-                    "initiatedBy": {"username": request.initiated_by,
-                                    "automated": request.initiated_by == "automated"},
+                    "sync": {
+                        "revision": operation.revision,
+                        "prune": bool(request.prune),
+                        "dryRun": request.dry_run,
+                    },
+                    "initiatedBy": {
+                        "username": request.initiated_by,
+                        "automated": request.initiated_by == "automated",
+                    },
                 },
                 "phase": str(operation.phase),
                 "message": operation.message,
@@ -979,16 +1098,20 @@ class Reconciler:
             }
             if operation.phase is OperationPhase.SUCCEEDED and not request.dry_run:
                 history = status["history"]
-                next_id = (max((h.get("id", 0) for h in history), default=-1) + 1)
-                history.append({
-                    "id": next_id,
-                    "revision": operation.revision,
-                    "source": status["sync"]["comparedTo"]["source"],
-                    "deployStartedAt": operation.started_at,
-                    "deployedAt": operation.finished_at,
-                    "initiatedBy": {"username": request.initiated_by,
-                                    "automated": request.initiated_by == "automated"},
-                })
+                next_id = max((h.get("id", 0) for h in history), default=-1) + 1
+                history.append(
+                    {
+                        "id": next_id,
+                        "revision": operation.revision,
+                        "source": status["sync"]["comparedTo"]["source"],
+                        "deployStartedAt": operation.started_at,
+                        "deployedAt": operation.finished_at,
+                        "initiatedBy": {
+                            "username": request.initiated_by,
+                            "automated": request.initiated_by == "automated",
+                        },
+                    }
+                )
                 limit = app.revision_history_limit
                 status["history"] = history[-limit:] if limit > 0 else []
             elif operation.phase is OperationPhase.FAILED:
@@ -997,8 +1120,9 @@ class Reconciler:
             del status["operationState"]
         return status
 
-    def error_status(self, app: Application, previous: dict[str, Any],
-                     conditions: list[dict[str, str]]) -> dict[str, Any]:
+    def error_status(
+        self, app: Application, previous: dict[str, Any], conditions: list[dict[str, str]]
+    ) -> dict[str, Any]:
         """Status after a failed comparison: keep the last known state, mark it Unknown."""
         status = dict(previous)
         sync = dict(status.get("sync") or {})
@@ -1009,10 +1133,12 @@ class Reconciler:
         return status
 
 
-def _bind_prune(client: KubeClient, rt: ResourceType, task: SyncTask, opts: SyncOptions,
-                prune: bool) -> Any:
+def _bind_prune(
+    client: KubeClient, rt: ResourceType, task: SyncTask, opts: SyncOptions, prune: bool
+) -> Any:
     async def job() -> ResourceResult:
         return await prune_one(client, rt, task, options=opts, prune_enabled=prune)
+
     return job
 
 
@@ -1024,9 +1150,17 @@ async def _remove_finalizer(client: KubeClient, rt: ResourceType, key: ResourceK
     if "argocd.argoproj.io/hook-finalizer" not in finalizers:
         return
     finalizers.remove("argocd.argoproj.io/hook-finalizer")
-    await client.patch_merge(rt, key.namespace, key.name,
-                             {"metadata": {"finalizers": finalizers or None,
-                                           "resourceVersion": live["metadata"]["resourceVersion"]}})
+    await client.patch_merge(
+        rt,
+        key.namespace,
+        key.name,
+        {
+            "metadata": {
+                "finalizers": finalizers or None,
+                "resourceVersion": live["metadata"]["resourceVersion"],
+            }
+        },
+    )
 
 
 def _wait_failure(result: Any, phase: SyncPhase, wave: int) -> str:
@@ -1037,7 +1171,8 @@ def _wait_failure(result: Any, phase: SyncPhase, wave: int) -> str:
     if result.timed_out:
         waiting = ", ".join(
             f"{k} ({result.healths[k].status}: {result.healths[k].message})"
-            if k in result.healths else str(k)
+            if k in result.healths
+            else str(k)
             for k in result.waiting
         )
         parts.append(f"timed out waiting for health in {phase} wave {wave}: {waiting}")
@@ -1048,8 +1183,14 @@ def _condition(kind: str, message: str) -> dict[str, str]:
     return {"type": kind, "message": message, "lastTransitionTime": now_iso()}
 
 
-def _resource_entry(key: ResourceKey, body: Body, sync: SyncStatus | None, health: Health | None,
-                    *, requires_pruning: bool) -> dict[str, Any]:
+def _resource_entry(
+    key: ResourceKey,
+    body: Body,
+    sync: SyncStatus | None,
+    health: Health | None,
+    *,
+    requires_pruning: bool,
+) -> dict[str, Any]:
     from daemon.plan.options import sync_wave
 
     out: dict[str, Any] = {

@@ -129,8 +129,13 @@ class DriftWatches:
             if scope_key not in in_use:
                 self.scopes.pop(scope_key).cancel()
 
-    async def _watch(self, scope: anyio.CancelScope, scope_key: tuple[str, str, str, str],
-                     client: KubeClient, rt: ResourceType) -> None:
+    async def _watch(
+        self,
+        scope: anyio.CancelScope,
+        scope_key: tuple[str, str, str, str],
+        client: KubeClient,
+        rt: ResourceType,
+    ) -> None:
         cluster, _, _, ns = scope_key
         with scope:
             while True:
@@ -147,8 +152,15 @@ class DriftWatches:
                     log.debug("drift watch restarting", kind=rt.kind, namespace=ns, error=str(e))
                     await anyio.sleep(2)
 
-    def _note(self, cluster: str, rt: ResourceType, obj: dict[str, Any], *,
-              initial: bool = False, deleted: bool = False) -> None:
+    def _note(
+        self,
+        cluster: str,
+        rt: ResourceType,
+        obj: dict[str, Any],
+        *,
+        initial: bool = False,
+        deleted: bool = False,
+    ) -> None:
         meta = obj.get("metadata") or {}
         nsn = f"{meta.get('namespace', '') or ''}/{meta.get('name', '')}"
         key = (cluster, rt.group, rt.kind, nsn)
@@ -206,6 +218,7 @@ class Daemon:
     def _k8s_metric(self, server: str) -> Callable[[str, str, int], None]:
         def record(verb: str, kind: str, code: int) -> None:
             self.metrics.k8s_requests.labels(server, verb, kind, str(code)).inc()
+
         return record
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -257,8 +270,9 @@ class Daemon:
                 s = (w.last_status.get("sync") or {}).get("status", "Unknown")
                 counts[s] = counts.get(s, 0) + 1
             text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no apps"
-            msg = f"STATUS={text}" + (f"; config error: {self.config_error[:80]}"
-                                      if self.config_error else "")
+            msg = f"STATUS={text}" + (
+                f"; config error: {self.config_error[:80]}" if self.config_error else ""
+            )
             if self.notifier.watchdog:
                 msg += "\nWATCHDOG=1"
             self.notifier.send(msg)
@@ -268,8 +282,9 @@ class Daemon:
         seen: set[str] = set()
         for app in self.config.applications:
             try:
-                cluster = self.engine.clusters.lookup(server=app.destination.server,
-                                                      name=app.destination.name)
+                cluster = self.engine.clusters.lookup(
+                    server=app.destination.server, name=app.destination.name
+                )
                 if cluster.name in seen:
                     continue
                 seen.add(cluster.name)
@@ -279,8 +294,9 @@ class Daemon:
                 with anyio.fail_after(10):
                     await client.discover()
                 self.clusters_ok.add(cluster.name)
-                self.metrics.cluster_info.labels(cluster.name, cluster.server,
-                                                 client.server_version).set(1)
+                self.metrics.cluster_info.labels(
+                    cluster.name, cluster.server, client.server_version
+                ).set(1)
             except (GitopsdError, TimeoutError) as e:
                 log.warning("cluster unreachable", error=str(e))
 
@@ -343,8 +359,9 @@ class Daemon:
         worker.last_status = status
         self._record_metrics(app, status, time.monotonic() - started)
         try:
-            cluster = self.engine.clusters.lookup(server=app.destination.server,
-                                                  name=app.destination.name)
+            cluster = self.engine.clusters.lookup(
+                server=app.destination.server, name=app.destination.name
+            )
             client = await self.engine.clusters.client(cluster)
             if self.watches.tg is not None:
                 self.watches.update(cluster.name, client, worker)
@@ -371,8 +388,7 @@ class Daemon:
         if finished and finished != self._last_op.get(app.name):
             self._last_op[app.name] = finished
             phase = op.get("phase", "")
-            self.metrics.sync_total.labels(app.name, app.namespace, app.project, dest,
-                                           phase).inc()
+            self.metrics.sync_total.labels(app.name, app.namespace, app.project, dest, phase).inc()
             if phase == "Succeeded":
                 self.metrics.last_sync.labels(app.name).set(time.time())
 
@@ -402,7 +418,7 @@ class Daemon:
     # --- config -----------------------------------------------------------------------------
 
     def _stamps(self, config: Config) -> dict[str, float]:
-        stamps = {}
+        stamps: dict[str, float] = {}
         for f in config.files:
             try:
                 stamps[f] = os.stat(f).st_mtime_ns
@@ -493,8 +509,10 @@ class Daemon:
                 if normalize_url(src.repo_url) not in urls:
                     continue
                 rev = src.target_revision
-                if branch and rev not in ("HEAD", branch, f"refs/heads/{branch}") and not (
-                    len(rev) >= 7 and all(c in "0123456789abcdef" for c in rev)
+                if (
+                    branch
+                    and rev not in ("HEAD", branch, f"refs/heads/{branch}")
+                    and not (len(rev) >= 7 and all(c in "0123456789abcdef" for c in rev))
                 ):
                     continue
                 self.engine.repos.repo(src.repo_url).refs_at = -1e18  # force a fresh ls-remote
@@ -521,4 +539,3 @@ async def run_daemon(config_path: str) -> int:
         daemon = Daemon(config_path, config, engine)
         await daemon.run()
     return 0
-

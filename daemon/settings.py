@@ -72,7 +72,7 @@ class _Fields:
             )
         return value
 
-    def str(self, key: str, default: str = "", *, required: bool = False) -> str:
+    def text(self, key: str, default: str = "", *, required: bool = False) -> str:
         v = self._get(key, (str, int, float), default, required)
         return v if isinstance(v, str) else str(v)
 
@@ -246,7 +246,7 @@ class Retry:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (0-based)."""
-        wait = self.duration * (self.factor**attempt)
+        wait = float(self.duration * (self.factor**attempt))
         return min(wait, self.max_duration) if self.max_duration > 0 else wait
 
 
@@ -327,12 +327,12 @@ _APP_SPEC_KNOWN = (
 def _parse_source(data: Any, where: str, warnings: list[str]) -> Source:
     f = _Fields(data, where, warnings)
     src = Source(
-        repo_url=f.str("repoURL", required=True),
-        path=f.str("path"),
-        target_revision=f.str("targetRevision", "HEAD") or "HEAD",
-        chart=f.str("chart"),
-        ref=f.str("ref"),
-        name=f.str("name"),
+        repo_url=f.text("repoURL", required=True),
+        path=f.text("path"),
+        target_revision=f.text("targetRevision", "HEAD") or "HEAD",
+        chart=f.text("chart"),
+        ref=f.text("ref"),
+        name=f.text("name"),
         helm=f.map("helm") or None,
         kustomize=f.map("kustomize") or None,
         directory=f.map("directory") or None,
@@ -413,10 +413,10 @@ def _parse_sync_policy(data: Any, where: str, warnings: list[str]) -> SyncPolicy
 def parse_application(doc: dict[str, Any], *, where: str, warnings: list[str]) -> Application:
     """Validate one Application document."""
     meta = _Fields(doc.get("metadata"), f"{where}.metadata", warnings)
-    name = meta.str("name", required=True)
+    name = meta.text("name", required=True)
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}.metadata.name: {name!r} is not a valid Kubernetes name")
-    namespace = meta.str("namespace", "argocd") or "argocd"
+    namespace = meta.text("namespace", "argocd") or "argocd"
     finalizers = tuple(str(x) for x in meta.list("finalizers"))
     labels = tuple(sorted((str(k), str(v)) for k, v in meta.map("labels").items()))
     annotations = tuple(sorted((str(k), str(v)) for k, v in meta.map("annotations").items()))
@@ -435,7 +435,7 @@ def parse_application(doc: dict[str, Any], *, where: str, warnings: list[str]) -
         raise ConfigError(f"{where}.spec.source: required field is missing")
     d = _Fields(spec.raw("destination"), f"{where}.spec.destination", warnings)
     destination = Destination(
-        server=d.str("server").rstrip("/"), name=d.str("name"), namespace=d.str("namespace")
+        server=d.text("server").rstrip("/"), name=d.text("name"), namespace=d.text("namespace")
     )
     d.done()
     if destination.server and destination.name:
@@ -445,7 +445,7 @@ def parse_application(doc: dict[str, Any], *, where: str, warnings: list[str]) -
         )
     if not destination.server and not destination.name:
         raise ConfigError(f"{where}.spec.destination: set server or name")
-    project = spec.str("project", required=True)
+    project = spec.text("project", required=True)
     policy = _parse_sync_policy(spec.raw("syncPolicy"), f"{where}.spec.syncPolicy", warnings)
     ignore = spec.list("ignoreDifferences")
     for i, item in enumerate(ignore):
@@ -474,7 +474,7 @@ def parse_application(doc: dict[str, Any], *, where: str, warnings: list[str]) -
 def parse_project(doc: dict[str, Any], *, where: str, warnings: list[str]) -> AppProject:
     """Validate one AppProject document (rules are enforced elsewhere)."""
     meta = _Fields(doc.get("metadata"), f"{where}.metadata", warnings)
-    name = meta.str("name", required=True)
+    name = meta.text("name", required=True)
     where = f"{where} (AppProject/{name})"
     spec = _Fields(doc.get("spec"), f"{where}.spec", warnings)
 
@@ -526,7 +526,7 @@ def _read_documents(path: Path) -> list[tuple[int, dict[str, Any]]]:
         raise ConfigError(
             f"invalid YAML: {getattr(e, 'problem', e)}", file=str(path), line=yamlio.error_line(e)
         ) from e
-    out = []
+    out: list[tuple[int, dict[str, Any]]] = []
     for i, doc in enumerate(docs, start=1):
         if doc is None:
             continue
@@ -579,10 +579,10 @@ def load(path: str | os.PathLike[str]) -> Config:
         health_timeout=dur("healthTimeout", d.health_timeout),
         sync_wave_delay=dur("syncWaveDelay", d.sync_wave_delay),
         max_manifest_bytes=pos_int("maxManifestBytes", d.max_manifest_bytes),
-        cache_dir=_resolve(base, s.str("cacheDir", d.cache_dir)),
-        state_dir=_resolve(base, s.str("stateDir", d.state_dir)),
-        inventory_namespace=s.str("inventoryNamespace", d.inventory_namespace),
-        listen=s.str("listen", d.listen),
+        cache_dir=_resolve(base, s.text("cacheDir", d.cache_dir)),
+        state_dir=_resolve(base, s.text("stateDir", d.state_dir)),
+        inventory_namespace=s.text("inventoryNamespace", d.inventory_namespace),
+        listen=s.text("listen", d.listen),
         self_heal_debounce=dur("selfHealDebounce", d.self_heal_debounce),
     )
     s.done()
@@ -591,12 +591,12 @@ def load(path: str | os.PathLike[str]) -> Config:
     for i, raw in enumerate(top.list("clusters")):
         c = _Fields(raw, f"{cfg_path}: clusters[{i}]", warnings)
         cluster = ClusterConfig(
-            name=c.str("name", required=True),
-            server=c.str("server").rstrip("/"),
-            kubeconfig=_resolve(base, c.str("kubeconfig")),
-            context=c.str("context"),
-            bearer_token_file=_resolve(base, c.str("bearerTokenFile")),
-            ca_file=_resolve(base, c.str("caFile")),
+            name=c.text("name", required=True),
+            server=c.text("server").rstrip("/"),
+            kubeconfig=_resolve(base, c.text("kubeconfig")),
+            context=c.text("context"),
+            bearer_token_file=_resolve(base, c.text("bearerTokenFile")),
+            ca_file=_resolve(base, c.text("caFile")),
             insecure=c.bool("insecure"),
             labels=tuple(sorted((str(k), str(v)) for k, v in c.map("labels").items())),
             annotations=tuple(sorted((str(k), str(v)) for k, v in c.map("annotations").items())),
@@ -613,11 +613,11 @@ def load(path: str | os.PathLike[str]) -> Config:
         r = _Fields(raw, f"{cfg_path}: repositories[{i}]", warnings)
         repos.append(
             RepositoryCredentials(
-                url=r.str("url", required=True),
-                username=r.str("username"),
-                password_file=_resolve(base, r.str("passwordFile")),
-                ssh_private_key_file=_resolve(base, r.str("sshPrivateKeyFile")),
-                known_hosts_file=_resolve(base, r.str("knownHostsFile")),
+                url=r.text("url", required=True),
+                username=r.text("username"),
+                password_file=_resolve(base, r.text("passwordFile")),
+                ssh_private_key_file=_resolve(base, r.text("sshPrivateKeyFile")),
+                known_hosts_file=_resolve(base, r.text("knownHostsFile")),
                 insecure=r.bool("insecure"),
             )
         )
@@ -626,13 +626,13 @@ def load(path: str | os.PathLike[str]) -> Config:
     tokens: list[ApiToken] = []
     for i, raw in enumerate(top.list("apiTokens")):
         t = _Fields(raw, f"{cfg_path}: apiTokens[{i}]", warnings)
-        role = t.str("role", "readonly")
+        role = t.text("role", "readonly")
         if role not in ("admin", "readonly"):
             raise ConfigError(f"{t.where}.role: must be admin or readonly, got {role!r}")
         tokens.append(
             ApiToken(
-                name=t.str("name", required=True),
-                token_file=_resolve(base, t.str("tokenFile", required=True)),
+                name=t.text("name", required=True),
+                token_file=_resolve(base, t.text("tokenFile", required=True)),
                 role=role,
                 groups=tuple(str(g) for g in t.list("groups")),
             )
@@ -642,7 +642,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     webhooks: dict[str, dict[str, str]] = {}
     for provider, raw in top.map("webhooks").items():
         w = _Fields(raw, f"{cfg_path}: webhooks.{provider}", warnings)
-        webhooks[str(provider)] = {"secretFile": _resolve(base, w.str("secretFile"))}
+        webhooks[str(provider)] = {"secretFile": _resolve(base, w.text("secretFile"))}
         w.done()
 
     patterns = [str(p) for p in top.list("applications")]

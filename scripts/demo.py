@@ -46,8 +46,10 @@ def git(*args: str) -> str:
 
 
 def api(path: str, method: str = "GET") -> dict:
-    req = urllib.request.Request(API + path, method=method, data=b"{}" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback only
+    req = urllib.request.Request(
+        API + path, method=method, data=b"{}" if method == "POST" else None
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
 
@@ -56,8 +58,10 @@ def app_table() -> str:
     for item in api("/api/v1/applications")["items"]:
         st = item["status"]
         op = (st.get("operationState") or {}).get("message", "")
-        rows.append(f"  {item['metadata']['name']:<10} {st.get('sync', {}).get('status', '?'):<10}"
-                    f" {st.get('health', {}).get('status', '?'):<12} {op[:70]}")
+        rows.append(
+            f"  {item['metadata']['name']:<10} {st.get('sync', {}).get('status', '?'):<10}"
+            f" {st.get('health', {}).get('status', '?'):<12} {op[:70]}"
+        )
     return "  APP        SYNC       HEALTH       LAST OPERATION\n" + "\n".join(rows)
 
 
@@ -92,8 +96,11 @@ def watch_waves(ns: str, until: float) -> None:
         try:
             item = api("/api/v1/applications/db-app")
             st = item["status"]
-            if (st.get("sync", {}).get("status") == "Synced"
-                    and st.get("health", {}).get("status") == "Healthy" and len(seen) >= 6):
+            if (
+                st.get("sync", {}).get("status") == "Synced"
+                and st.get("health", {}).get("status") == "Healthy"
+                and len(seen) >= 6
+            ):
                 return
         except OSError:
             pass
@@ -103,10 +110,14 @@ def watch_waves(ns: str, until: float) -> None:
 def main() -> int:
     started_cluster = False
     if not (ROOT / ".cluster" / "ready").exists():
-        say("Starting the local Kubernetes control plane (etcd, kube-apiserver, "
-            "kube-controller-manager, node simulator)")
-        subprocess.run([sys.executable, str(ROOT / "tests/testenv/cluster.py"), "up",
-                        str(ROOT / ".cluster")], check=True)
+        say(
+            "Starting the local Kubernetes control plane (etcd, kube-apiserver, "
+            "kube-controller-manager, node simulator)"
+        )
+        subprocess.run(
+            [sys.executable, str(ROOT / "tests/testenv/cluster.py"), "up", str(ROOT / ".cluster")],
+            check=True,
+        )
         started_cluster = True
     daemon: subprocess.Popen[bytes] | None = None
     try:
@@ -133,14 +144,18 @@ settings:
   listen: 127.0.0.1:{PORT}
   reconcileInterval: 60s
   syncWaveDelay: 1s
-  cacheDir: {DEMO / 'cache'}
-  stateDir: {DEMO / 'state'}
+  cacheDir: {DEMO / "cache"}
+  stateDir: {DEMO / "state"}
 """)
         say(f"Running: gitopsd run -c .demo/gitopsd.yaml   (logs in .demo/gitopsd.log, API {API})")
         log = (DEMO / "gitopsd.log").open("wb")
         env = {**os.environ, "GITOPSD_HELM": helm}
-        daemon = subprocess.Popen([str(VENV_BIN / "gitopsd"), "run", "-c",
-                                   str(DEMO / "gitopsd.yaml")], stdout=log, stderr=log, env=env)
+        daemon = subprocess.Popen(
+            [str(VENV_BIN / "gitopsd"), "run", "-c", str(DEMO / "gitopsd.yaml")],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
         wait_api()
         say("db-app syncs wave by wave; each wave waits until the previous one is Healthy")
         watch_waves("demo-db", time.monotonic() + 120)
@@ -150,7 +165,9 @@ settings:
         say("Commit: scale the web tier to 1 replica and remove webapp-service from git")
         manifest = DEMO / "work" / "db-app" / "db.yaml"
         text = manifest.read_text().replace("  replicas: 3\n", "  replicas: 1\n")
-        text = text.split("---\napiVersion: v1\nkind: Service\nmetadata:\n  name: webapp-service")[0]
+        text = text.split("---\napiVersion: v1\nkind: Service\nmetadata:\n  name: webapp-service")[
+            0
+        ]
         manifest.write_text(text)
         git("commit", "-q", "-am", "scale web tier down, drop webapp-service")
         git("push", "-q", str(DEMO / "repo.git"), "HEAD:main")
@@ -167,8 +184,9 @@ settings:
             time.sleep(0.5)
         for r in st["operationState"]["syncResult"]["resources"]:
             print(f"  {r['status']:<8} {r['kind']}/{r['namespace']}/{r['name']}: {r['message']}")
-        svc = kubectl("get", "svc", "webapp-service", "-n", "demo-db", "--ignore-not-found",
-                      "-o", "name")
+        svc = kubectl(
+            "get", "svc", "webapp-service", "-n", "demo-db", "--ignore-not-found", "-o", "name"
+        )
         print(f"  webapp-service in the cluster: {'still there' if svc.strip() else 'gone'}")
         print(app_table())
 
@@ -176,8 +194,9 @@ settings:
         kubectl("scale", "deploy/webapp", "-n", "demo-db", "--replicas=4")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            reps = kubectl("get", "deploy", "webapp", "-n", "demo-db", "-o",
-                           "jsonpath={.spec.replicas}")
+            reps = kubectl(
+                "get", "deploy", "webapp", "-n", "demo-db", "-o", "jsonpath={.spec.replicas}"
+            )
             if reps.strip() == "1":
                 print("  webapp back to 1 replica (watch-based self-heal)")
                 break
@@ -186,7 +205,7 @@ settings:
         say("Where to look")
         print(f"  {API}/api/v1/applications      Argo CD-shaped application status")
         print(f"  {API}/metrics                   Prometheus metrics (argocd_app_info, ...)")
-        metrics = urllib.request.urlopen(API + "/metrics", timeout=5).read().decode()  # noqa: S310
+        metrics = urllib.request.urlopen(API + "/metrics", timeout=5).read().decode()
         for line in metrics.splitlines():
             if line.startswith(("argocd_app_info", "argocd_app_sync_total")):
                 print("   ", line[:160])
@@ -203,8 +222,15 @@ settings:
         for ns in ("demo-db", "demo-web"):
             kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
         if started_cluster:
-            subprocess.run([sys.executable, str(ROOT / "tests/testenv/cluster.py"), "down",
-                            str(ROOT / ".cluster")], check=False)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "tests/testenv/cluster.py"),
+                    "down",
+                    str(ROOT / ".cluster"),
+                ],
+                check=False,
+            )
 
 
 if __name__ == "__main__":

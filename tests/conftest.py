@@ -118,9 +118,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         if os.environ.get("GITOPSD_TEST_PRIVATE_CLUSTER") != "1" and _alive(shared):
             kubeconfig = shared / "kubeconfig"
         else:
-            kubeconfig = stack.enter_context(
-                start_cluster(tmp_path_factory.mktemp("cluster"))
-            )
+            kubeconfig = stack.enter_context(start_cluster(tmp_path_factory.mktemp("cluster")))
         server, ctx = _ssl_from_kubeconfig(kubeconfig)
         yield Cluster(kubeconfig=kubeconfig, server=server, ssl_context=ctx)
 
@@ -202,8 +200,14 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     port = _free_port()
     proc = subprocess.Popen(
         [
-            "git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
-            "--listen=127.0.0.1", f"--port={port}", str(base),
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            f"--base-path={base}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(base),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -234,11 +238,14 @@ class GitRepo:
     def git(self, *args: str) -> str:
         env = {
             **os.environ,
-            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.invalid",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.invalid",
         }
-        r = subprocess.run(["git", *args], cwd=self.work, env=env, capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            ["git", *args], cwd=self.work, env=env, capture_output=True, text=True, timeout=60
+        )
         if r.returncode != 0:
             raise AssertionError(f"git {' '.join(args)}: {r.stderr}")
         return r.stdout.strip()
@@ -292,8 +299,11 @@ def write_config(
     cfg = {
         "applications": ["apps/*.yaml"],
         "clusters": [
-            {"name": "in-cluster", "server": "https://kubernetes.default.svc",
-             "kubeconfig": str(cluster.kubeconfig)}
+            {
+                "name": "in-cluster",
+                "server": "https://kubernetes.default.svc",
+                "kubeconfig": str(cluster.kubeconfig),
+            }
         ],
         "settings": base,
     }
@@ -303,15 +313,27 @@ def write_config(
 
 
 def application(
-    name: str, repo_url: str, path: str, namespace: str, *, automated: bool = True,
-    prune: bool = True, self_heal: bool = True, options: list[str] | None = None,
-    source_extra: dict[str, Any] | None = None, **spec_extra: Any,
+    name: str,
+    repo_url: str,
+    path: str,
+    namespace: str,
+    *,
+    automated: bool = True,
+    prune: bool = True,
+    self_heal: bool = True,
+    options: list[str] | None = None,
+    source_extra: dict[str, Any] | None = None,
+    **spec_extra: Any,
 ) -> dict[str, Any]:
     """An Argo CD Application document as users write it."""
     spec: dict[str, Any] = {
         "project": "default",
-        "source": {"repoURL": repo_url, "targetRevision": "main", "path": path,
-                   **(source_extra or {})},
+        "source": {
+            "repoURL": repo_url,
+            "targetRevision": "main",
+            "path": path,
+            **(source_extra or {}),
+        },
         "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
         "syncPolicy": {"syncOptions": options or []},
     }

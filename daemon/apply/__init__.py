@@ -98,8 +98,14 @@ async def apply_one(
             out = await client.apply(rt, body, dry_run=dry_run, validate=opts.validate)
     except KubeError as e:
         return ResourceResult(
-            key, version, Action.FAILED, ResultCode.SYNC_FAILED, e.api_message, task.phase,
-            task.wave, task.hook_type,
+            key,
+            version,
+            Action.FAILED,
+            ResultCode.SYNC_FAILED,
+            e.api_message,
+            task.phase,
+            task.wave,
+            task.hook_type,
         )
     action = Action.CONFIGURED if existed else Action.CREATED
     verb = "configured" if existed else "created"
@@ -111,8 +117,9 @@ async def apply_one(
     )
 
 
-async def _wait_gone(client: KubeClient, rt: ResourceType, key: ResourceKey, *,
-                     timeout: float) -> None:
+async def _wait_gone(
+    client: KubeClient, rt: ResourceType, key: ResourceKey, *, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await client.get(rt, key.namespace, key.name) is None:
@@ -136,29 +143,53 @@ async def prune_one(
     opts = options.merged(resource_sync_options(task.live))
     if not prune_enabled:
         return ResourceResult(
-            key, version, Action.SKIPPED, ResultCode.PRUNE_SKIPPED,
-            "ignored (requires pruning)", task.phase, task.wave,
+            key,
+            version,
+            Action.SKIPPED,
+            ResultCode.PRUNE_SKIPPED,
+            "ignored (requires pruning)",
+            task.phase,
+            task.wave,
         )
     if opts.prune is RemovalPolicy.NEVER:
         return ResourceResult(
-            key, version, Action.SKIPPED, ResultCode.PRUNE_SKIPPED, "ignored (no prune)",
-            task.phase, task.wave,
+            key,
+            version,
+            Action.SKIPPED,
+            ResultCode.PRUNE_SKIPPED,
+            "ignored (no prune)",
+            task.phase,
+            task.wave,
         )
     if opts.prune is RemovalPolicy.CONFIRM:
         return ResourceResult(
-            key, version, Action.SKIPPED, ResultCode.PRUNE_SKIPPED,
+            key,
+            version,
+            Action.SKIPPED,
+            ResultCode.PRUNE_SKIPPED,
             "ignored (prune requires confirmation, which gitopsd does not support yet)",
-            task.phase, task.wave,
+            task.phase,
+            task.wave,
         )
     if dry_run:
         return ResourceResult(
-            key, version, Action.DELETED, ResultCode.PRUNED, "pruned (dry run)", task.phase,
+            key,
+            version,
+            Action.DELETED,
+            ResultCode.PRUNED,
+            "pruned (dry run)",
+            task.phase,
             task.wave,
         )
     if (task.live.get("metadata") or {}).get("deletionTimestamp"):
         return ResourceResult(
-            key, version, Action.DELETED, ResultCode.PRUNED, "pruned (deletion in progress)",
-            task.phase, task.wave,
+            key,
+            version,
+            Action.DELETED,
+            ResultCode.PRUNED,
+            "pruned (deletion in progress)",
+            task.phase,
+            task.wave,
         )
     try:
         await client.delete(
@@ -170,8 +201,13 @@ async def prune_one(
         )
     except KubeError as e:
         return ResourceResult(
-            key, version, Action.FAILED, ResultCode.SYNC_FAILED, f"prune failed: {e.api_message}",
-            task.phase, task.wave,
+            key,
+            version,
+            Action.FAILED,
+            ResultCode.SYNC_FAILED,
+            f"prune failed: {e.api_message}",
+            task.phase,
+            task.wave,
         )
     return ResourceResult(
         key, version, Action.DELETED, ResultCode.PRUNED, "pruned", task.phase, task.wave

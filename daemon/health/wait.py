@@ -1,4 +1,5 @@
-"""The only poller of health: wait until a wave's resources are Healthy, one fails, or time runs out."""
+"""The only poller of health: wait until a wave's resources are Healthy, one fails, or time
+runs out."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ class WaitResult:
 def _verdict(item: WaitItem, body: Body | None) -> tuple[str, Health]:
     """('done' | 'wait' | 'fail', health) for one object, per Argo CD's gating rules."""
     if body is None:
-        return "fail", Health(HealthStatus.MISSING, "resource is missing, it might have been deleted")
+        return "fail", Health(
+            HealthStatus.MISSING, "resource is missing, it might have been deleted"
+        )
     health = assess(body)
     if health is None:
         return "done", Health(HealthStatus.HEALTHY, "")
@@ -52,6 +55,28 @@ def _verdict(item: WaitItem, body: Body | None) -> tuple[str, Health]:
     if item.is_hook and health.status is HealthStatus.UNKNOWN:
         return "fail", health
     return "wait", health
+
+
+async def _fetch_all(
+    client: KubeClient,
+    items: Sequence[WaitItem],
+    limiter: anyio.CapacityLimiter,
+    healths: dict[ResourceKey, Health],
+) -> dict[ResourceKey, Body | None]:
+    """GET every item (bounded); API errors become Unknown health instead of bodies."""
+    bodies: dict[ResourceKey, Body | None] = {}
+
+    async def fetch(item: WaitItem) -> None:
+        async with limiter:
+            try:
+                bodies[item.key] = await client.get(item.rt, item.key.namespace, item.key.name)
+            except KubeError as e:
+                healths[item.key] = Health(HealthStatus.UNKNOWN, str(e))
+
+    async with anyio.create_task_group() as tg:
+        for item in items:
+            tg.start_soon(fetch, item)
+    return bodies
 
 
 async def wait_healthy(
@@ -69,24 +94,9 @@ async def wait_healthy(
     failed: list[ResourceKey] = []
     deadline = time.monotonic() + timeout
     delay = min(interval, 0.2)
+    limiter = anyio.CapacityLimiter(16)
     while pending:
-        bodies: dict[ResourceKey, Body | None] = {}
-
-        async def fetch(item: WaitItem) -> None:
-            try:
-                bodies[item.key] = await client.get(item.rt, item.key.namespace, item.key.name)
-            except KubeError as e:
-                healths[item.key] = Health(HealthStatus.UNKNOWN, str(e))
-
-        async with anyio.create_task_group() as tg:
-            limiter = anyio.CapacityLimiter(16)
-
-            async def guarded(item: WaitItem) -> None:
-                async with limiter:
-                    await fetch(item)
-
-            for item in pending.values():
-                tg.start_soon(guarded, item)
+        bodies = await _fetch_all(client, list(pending.values()), limiter, healths)
         for key, item in list(pending.items()):
             if key not in bodies:
                 continue

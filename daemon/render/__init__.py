@@ -290,9 +290,7 @@ class Renderer:
             if any(opts.get(k) for k in _KUSTOMIZE_OVERLAY_KEYS):
                 # Argo CD edits the kustomization in a scratch copy; we add an overlay instead.
                 work = Path(tmp) / "repo"
-                await anyio.to_thread.run_sync(
-                    lambda: shutil.copytree(root, work, symlinks=True)
-                )
+                await anyio.to_thread.run_sync(lambda: shutil.copytree(root, work, symlinks=True))
                 base = work / app_dir.relative_to(root.resolve())
                 target = Path(tmp) / "overlay"
                 target.mkdir()
@@ -393,7 +391,9 @@ class Renderer:
                     safe_path(root, rel, what=f"chart dependency {name}")
                 except SourceError as e:
                     raise RenderError(str(e)) from e
-            vendored = list((chart / "charts").glob(f"{name}*")) if (chart / "charts").is_dir() else []
+            vendored = (
+                list((chart / "charts").glob(f"{name}*")) if (chart / "charts").is_dir() else []
+            )
             if not vendored and not repo.startswith("file://"):
                 raise RenderError(
                     f"helm: chart dependency {name!r} from {repo!r} is not vendored in charts/ "
@@ -425,7 +425,9 @@ class Renderer:
         except proc.CommandTimeout as e:
             raise RenderError(f"{tool} timed out after {self.timeout:g}s") from e
         except proc.OutputTooLarge as e:
-            raise RenderError(f"{tool} output exceeds the size limit of {self.max_bytes} bytes") from e
+            raise RenderError(
+                f"{tool} output exceeds the size limit of {self.max_bytes} bytes"
+            ) from e
         except FileNotFoundError as e:
             raise RenderError(f"{tool}: {argv[0]} is not installed") from e
         if result.returncode != 0:
@@ -477,7 +479,9 @@ def _overlay(opts: dict[str, Any], base: str) -> dict[str, Any]:
             old, _, new = text.partition("=") if "=" in text else (text, "", text)
             name = re.split(r"[:@]", old.rsplit("/", 1)[-1])[0]
             old_name = old.split("@")[0]
-            old_name = old_name.rsplit(":", 1)[0] if ":" in old_name.rsplit("/", 1)[-1] else old_name
+            old_name = (
+                old_name.rsplit(":", 1)[0] if ":" in old_name.rsplit("/", 1)[-1] else old_name
+            )
             entry: dict[str, str] = {"name": old_name or name}
             if "@" in new:
                 new_name, digest = new.split("@", 1)

@@ -239,8 +239,9 @@ class Repo:
     async def rev_parse(self, rev: str) -> str | None:
         async with self.lock:
             try:
-                out = await self._git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}",
-                                      kind="local")
+                out = await self._git(
+                    "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", kind="local"
+                )
             except SourceError:
                 return None
             return out.stdout.decode().strip() or None

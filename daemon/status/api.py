@@ -8,7 +8,6 @@ are configured); tokens are compared by hash and never logged or echoed.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import ipaddress
 import json
 from pathlib import Path
@@ -108,24 +107,30 @@ def build_app(daemon: Daemon) -> web.Application:
 
     def need(name: str) -> None:
         if name not in daemon.workers:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"application {name!r} not found"}),
-                                   content_type="application/json")
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"application {name!r} not found"}),
+                content_type="application/json",
+            )
 
     async def body_json(request: web.Request) -> dict[str, Any]:
         if request.content_length and request.content_length > MAX_BODY_BYTES:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES,
-                                                actual_size=request.content_length)
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=MAX_BODY_BYTES, actual_size=request.content_length
+            )
         raw = await request.content.read(MAX_BODY_BYTES + 1)
         if not raw:
             return {}
         try:
             data = json.loads(raw)
         except ValueError as e:
-            raise web.HTTPBadRequest(text=json.dumps({"error": f"invalid JSON: {e}"}),
-                                     content_type="application/json") from e
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": f"invalid JSON: {e}"}), content_type="application/json"
+            ) from e
         if not isinstance(data, dict):
-            raise web.HTTPBadRequest(text=json.dumps({"error": "expected a JSON object"}),
-                                     content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "expected a JSON object"}),
+                content_type="application/json",
+            )
         return data
 
     @routes.get("/healthz")
@@ -136,25 +141,31 @@ def build_app(daemon: Daemon) -> web.Application:
     async def readyz(request: web.Request) -> web.Response:
         ok = daemon.ready
         return web.json_response(
-            {"ready": ok, "configError": daemon.config_error,
-             "clusters": sorted(daemon.clusters_ok)},
+            {
+                "ready": ok,
+                "configError": daemon.config_error,
+                "clusters": sorted(daemon.clusters_ok),
+            },
             status=200 if ok else 503,
         )
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=daemon.metrics.render(),
-                            headers={"Content-Type": "text/plain; version=0.0.4"})
+        return web.Response(
+            body=daemon.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
 
     @routes.get("/api/v1/status")
     async def status(request: web.Request) -> web.Response:
         auth.check(request, mutating=False)
-        return web.json_response({
-            "configFile": daemon.config_path,
-            "configError": daemon.config_error,
-            "apps": len(daemon.workers),
-            "ready": daemon.ready,
-        })
+        return web.json_response(
+            {
+                "configFile": daemon.config_path,
+                "configError": daemon.config_error,
+                "apps": len(daemon.workers),
+                "ready": daemon.ready,
+            }
+        )
 
     @routes.get("/api/v1/applications")
     async def list_apps(request: web.Request) -> web.Response:
@@ -201,22 +212,31 @@ def build_app(daemon: Daemon) -> web.Application:
         need(name)
         worker = daemon.workers[name]
         if worker.app.sync_policy.automated is not None:
-            raise web.HTTPBadRequest(text=json.dumps(
-                {"error": "rollback cannot be initiated when auto-sync is enabled"}),
-                content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=json.dumps(
+                    {"error": "rollback cannot be initiated when auto-sync is enabled"}
+                ),
+                content_type="application/json",
+            )
         data = await body_json(request)
         try:
             wanted = int(data.get("id", -1))
         except (TypeError, ValueError) as e:
-            raise web.HTTPBadRequest(text=json.dumps({"error": "id must be an integer"}),
-                                     content_type="application/json") from e
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "id must be an integer"}), content_type="application/json"
+            ) from e
         history = worker.last_status.get("history") or []
         entry = next((h for h in history if h.get("id") == wanted), None)
         if entry is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"history id {wanted} not found"}),
-                                   content_type="application/json")
-        req = SyncRequest(revision=entry["revision"], prune=bool(data.get("prune", False)),
-                          initiated_by=str(data.get("username") or "api"))
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"history id {wanted} not found"}),
+                content_type="application/json",
+            )
+        req = SyncRequest(
+            revision=entry["revision"],
+            prune=bool(data.get("prune", False)),
+            initiated_by=str(data.get("username") or "api"),
+        )
         daemon.request(name, req, f"rollback to {wanted}")
         return web.json_response({"accepted": True, "revision": entry["revision"]}, status=202)
 
@@ -240,18 +260,28 @@ def build_app(daemon: Daemon) -> web.Application:
             if st is None or str(st) == "Synced":
                 continue
             d = cmp.diffs.get(m.key)
-            items.append({
-                "resource": str(m.key),
-                "status": "modified" if m.key in cmp.live else "missing",
-                "error": cmp.errors.get(m.key, ""),
-                "diff": diffing.unified_diff(d.normalized_live if d else None,
-                                             d.normalized_desired if d else m.body,
-                                             from_name="live", to_name="desired"),
-            })
+            items.append(
+                {
+                    "resource": str(m.key),
+                    "status": "modified" if m.key in cmp.live else "missing",
+                    "error": cmp.errors.get(m.key, ""),
+                    "diff": diffing.unified_diff(
+                        d.normalized_live if d else None,
+                        d.normalized_desired if d else m.body,
+                        from_name="live",
+                        to_name="desired",
+                    ),
+                }
+            )
         for key, body in cmp.owned_extra.items():
-            items.append({"resource": str(key), "status": "requires pruning", "error": "",
-                          "diff": diffing.unified_diff(body, None, from_name="live",
-                                                       to_name="desired")})
+            items.append(
+                {
+                    "resource": str(key),
+                    "status": "requires pruning",
+                    "error": "",
+                    "diff": diffing.unified_diff(body, None, from_name="live", to_name="desired"),
+                }
+            )
         return web.json_response({"items": items})
 
     @routes.post("/api/webhook")
@@ -272,8 +302,9 @@ def build_app(daemon: Daemon) -> web.Application:
             return web.json_response({"error": str(e)}, status=e.status)
         if event is None:
             return web.json_response({"ignored": True})
-        names = daemon.refresh_matching(event.urls, event.branch,
-                                        reason=f"webhook {event.provider}")
+        names = daemon.refresh_matching(
+            event.urls, event.branch, reason=f"webhook {event.provider}"
+        )
         daemon.metrics.webhooks.labels(event.provider, "ok").inc()
         log.info("webhook", provider=event.provider, branch=event.branch, apps=names)
         return web.json_response({"refreshed": names})

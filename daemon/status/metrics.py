@@ -26,19 +26,35 @@ class AppInfoCollector:
             "argocd_app_info",
             "Information about application.",
             labels=[
-                "name", "namespace", "project", "dest_server", "dest_namespace", "repo",
-                "sync_status", "health_status", "operation", "autosync_enabled",
+                "name",
+                "namespace",
+                "project",
+                "dest_server",
+                "dest_namespace",
+                "repo",
+                "sync_status",
+                "health_status",
+                "operation",
+                "autosync_enabled",
             ],
         )
         condition = GaugeMetricFamily(
-            "argocd_app_condition", "Report application conditions.",
+            "argocd_app_condition",
+            "Report application conditions.",
             labels=["name", "namespace", "project", "condition"],
         )
         for name, a in sorted(self.apps.items()):
             info.add_metric(
                 [
-                    name, a["namespace"], a["project"], a["dest_server"], a["dest_namespace"],
-                    a["repo"], a["sync_status"], a["health_status"], a["operation"],
+                    name,
+                    a["namespace"],
+                    a["project"],
+                    a["dest_server"],
+                    a["dest_namespace"],
+                    a["repo"],
+                    a["sync_status"],
+                    a["health_status"],
+                    a["operation"],
                     a["autosync"],
                 ],
                 1,
@@ -56,44 +72,52 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.app_info = AppInfoCollector()
-        r.register(self.app_info)  # type: ignore[arg-type]
+        r.register(self.app_info)
         self.sync_total = Counter(
-            "argocd_app_sync", "Number of application syncs.",
-            ["name", "namespace", "project", "dest_server", "phase"], registry=r,
+            "argocd_app_sync",
+            "Number of application syncs.",
+            ["name", "namespace", "project", "dest_server", "phase"],
+            registry=r,
         )
         self.reconcile = Histogram(
-            "argocd_app_reconcile", "Application reconciliation performance in seconds.",
-            ["namespace", "dest_server"], registry=r,
+            "argocd_app_reconcile",
+            "Application reconciliation performance in seconds.",
+            ["namespace", "dest_server"],
+            registry=r,
             buckets=(0.25, 0.5, 1, 2, 4, 8, 16),
         )
         self.k8s_requests = Counter(
-            "argocd_app_k8s_request", "Number of Kubernetes requests executed.",
-            ["server", "verb", "resource_kind", "response_code"], registry=r,
+            "argocd_app_k8s_request",
+            "Number of Kubernetes requests executed.",
+            ["server", "verb", "resource_kind", "response_code"],
+            registry=r,
         )
         self.git_requests = Counter(
-            "argocd_git_request", "Number of git requests performed.",
-            ["repo", "request_type"], registry=r,
+            "argocd_git_request",
+            "Number of git requests performed.",
+            ["repo", "request_type"],
+            registry=r,
         )
         self.git_duration = Histogram(
-            "argocd_git_request_duration_seconds", "Git requests duration seconds.",
-            ["repo", "request_type"], registry=r,
+            "argocd_git_request_duration_seconds",
+            "Git requests duration seconds.",
+            ["repo", "request_type"],
+            registry=r,
             buckets=(0.1, 0.25, 0.5, 1, 2, 4, 10, 20),
         )
         self.cluster_info = Gauge(
-            "argocd_cluster_info", "Information about cluster.",
-            ["name", "server", "k8s_version"], registry=r,
+            "argocd_cluster_info",
+            "Information about cluster.",
+            ["name", "server", "k8s_version"],
+            registry=r,
         )
-        self.queue_depth = Gauge(
-            "gitopsd_queue_depth", "Apps waiting for a sync slot.", registry=r
-        )
-        self.syncs_in_use = Gauge(
-            "gitopsd_sync_pool_in_use", "Syncs running now.", registry=r
-        )
-        self.sync_pool_size = Gauge(
-            "gitopsd_sync_pool_size", "maxConcurrentSyncs.", registry=r
-        )
+        self.queue_depth = Gauge("gitopsd_queue_depth", "Apps waiting for a sync slot.", registry=r)
+        self.syncs_in_use = Gauge("gitopsd_sync_pool_in_use", "Syncs running now.", registry=r)
+        self.sync_pool_size = Gauge("gitopsd_sync_pool_size", "maxConcurrentSyncs.", registry=r)
         self.queue_wait = Histogram(
-            "gitopsd_queue_wait_seconds", "Time an app waited for a sync slot.", registry=r,
+            "gitopsd_queue_wait_seconds",
+            "Time an app waited for a sync slot.",
+            registry=r,
             buckets=(0.01, 0.1, 0.5, 1, 5, 30, 120),
         )
         self.config_reload_errors = Counter(
@@ -101,14 +125,19 @@ class Metrics:
         )
         self.config_valid = Gauge(
             "gitopsd_config_last_reload_successful",
-            "1 when the last config (re)load was valid.", registry=r,
+            "1 when the last config (re)load was valid.",
+            registry=r,
         )
         self.last_sync = Gauge(
             "gitopsd_app_last_successful_sync_timestamp_seconds",
-            "Unix time of the app's last successful sync.", ["name"], registry=r,
+            "Unix time of the app's last successful sync.",
+            ["name"],
+            registry=r,
         )
         self.webhooks = Counter(
-            "gitopsd_webhook_requests", "Webhook deliveries.", ["provider", "result"],
+            "gitopsd_webhook_requests",
+            "Webhook deliveries.",
+            ["provider", "result"],
             registry=r,
         )
 

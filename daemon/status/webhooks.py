@@ -43,15 +43,20 @@ def _secret(secrets: dict[str, dict[str, str]], provider: str) -> str:
     try:
         return Path(path).read_text().strip()
     except OSError as e:
-        raise WebhookError(f"{provider} webhook secret unreadable", status=500,
-                           provider=provider, result="error") from e
+        raise WebhookError(
+            f"{provider} webhook secret unreadable", status=500, provider=provider, result="error"
+        ) from e
 
 
 def _verify_hmac(body: bytes, secret: str, given: str, *, provider: str, prefix: str) -> None:
     expected = prefix + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     if not given or not hmac.compare_digest(expected, given.strip()):
-        raise WebhookError(f"{provider} webhook signature mismatch", status=401,
-                           provider=provider, result="bad_signature")
+        raise WebhookError(
+            f"{provider} webhook signature mismatch",
+            status=401,
+            provider=provider,
+            result="bad_signature",
+        )
 
 
 def _branch(ref: Any) -> str:
@@ -79,39 +84,61 @@ def parse_webhook(
         provider = "github"
         secret = _secret(secrets, "github")
         if secret:
-            _verify_hmac(body, secret, h.get("x-hub-signature-256", ""), provider=provider,
-                         prefix="sha256=")
+            _verify_hmac(
+                body, secret, h.get("x-hub-signature-256", ""), provider=provider, prefix="sha256="
+            )
         event = h["x-github-event"]
     elif "x-gitlab-event" in h:
         provider = "gitlab"
         secret = _secret(secrets, "gitlab")
         if secret and not hmac.compare_digest(secret, h.get("x-gitlab-token", "")):
-            raise WebhookError("gitlab webhook token mismatch", status=401, provider=provider,
-                               result="bad_signature")
+            raise WebhookError(
+                "gitlab webhook token mismatch",
+                status=401,
+                provider=provider,
+                result="bad_signature",
+            )
         event = h["x-gitlab-event"]
     elif "x-event-key" in h:
         provider = "bitbucket"
         secret = _secret(secrets, "bitbucket") or _secret(secrets, "bitbucketserver")
         if secret:
-            _verify_hmac(body, secret, h.get("x-hub-signature", ""), provider=provider,
-                         prefix="sha256=")
+            _verify_hmac(
+                body, secret, h.get("x-hub-signature", ""), provider=provider, prefix="sha256="
+            )
         event = h["x-event-key"]
     else:
-        raise WebhookError("unknown webhook provider (no event header)", status=400,
-                           provider="unknown", result="unknown_provider")
+        raise WebhookError(
+            "unknown webhook provider (no event header)",
+            status=400,
+            provider="unknown",
+            result="unknown_provider",
+        )
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        raise WebhookError(f"{provider} webhook payload is not JSON", status=400,
-                           provider=provider, result="malformed") from e
+        raise WebhookError(
+            f"{provider} webhook payload is not JSON",
+            status=400,
+            provider=provider,
+            result="malformed",
+        ) from e
     if not isinstance(payload, dict):
-        raise WebhookError(f"{provider} webhook payload is not an object", status=400,
-                           provider=provider, result="malformed")
+        raise WebhookError(
+            f"{provider} webhook payload is not an object",
+            status=400,
+            provider=provider,
+            result="malformed",
+        )
     try:
         return _extract(provider, str(event), payload)
     except (AttributeError, TypeError, KeyError) as e:
-        raise WebhookError(f"{provider} webhook payload is malformed: {e}", status=400,
-                           provider=provider, result="malformed") from e
+        raise WebhookError(
+            f"{provider} webhook payload is malformed: {e}",
+            status=400,
+            provider=provider,
+            result="malformed",
+        ) from e
 
 
 def _extract(provider: str, event: str, p: dict[str, Any]) -> PushEvent | None:
@@ -119,29 +146,40 @@ def _extract(provider: str, event: str, p: dict[str, Any]) -> PushEvent | None:
         if event != "push":
             return None
         repo = p.get("repository") or {}
-        urls = _urls(repo.get("clone_url"), repo.get("ssh_url"), repo.get("html_url"),
-                     repo.get("git_url"), repo.get("url"))
+        urls = _urls(
+            repo.get("clone_url"),
+            repo.get("ssh_url"),
+            repo.get("html_url"),
+            repo.get("git_url"),
+            repo.get("url"),
+        )
         return PushEvent(provider, urls, _branch(p.get("ref")))
     if provider == "gitlab":
         if event not in ("Push Hook", "Tag Push Hook", "System Hook"):
             return None
         proj = p.get("project") or {}
         repo = p.get("repository") or {}
-        urls = _urls(proj.get("git_http_url"), proj.get("git_ssh_url"), proj.get("web_url"),
-                     repo.get("git_http_url"), repo.get("git_ssh_url"), repo.get("homepage"))
+        urls = _urls(
+            proj.get("git_http_url"),
+            proj.get("git_ssh_url"),
+            proj.get("web_url"),
+            repo.get("git_http_url"),
+            repo.get("git_ssh_url"),
+            repo.get("homepage"),
+        )
         return PushEvent(provider, urls, _branch(p.get("ref")))
     # Bitbucket Cloud (repo:push) and Server (repo:refs_changed)
     if event not in ("repo:push", "repo:refs_changed"):
         return None
     repo = p.get("repository") or {}
     links = repo.get("links") or {}
-    urls: set[str] = set()
+    found: set[str] = set()
     html = links.get("html")
     if isinstance(html, dict):
-        urls |= _urls(html.get("href"))
+        found |= _urls(html.get("href"))
     for clone in links.get("clone") or []:
         if isinstance(clone, dict):
-            urls |= _urls(clone.get("href"))
+            found |= _urls(clone.get("href"))
     branch = ""
     for change in (p.get("push") or {}).get("changes") or []:
         new = (change or {}).get("new") or {}
@@ -151,4 +189,4 @@ def _extract(provider: str, event: str, p: dict[str, Any]) -> PushEvent | None:
         ref = (change or {}).get("ref") or {}
         if ref.get("type") == "BRANCH":
             branch = str(ref.get("displayId", ""))
-    return PushEvent(provider, urls, branch)
+    return PushEvent(provider, found, branch)

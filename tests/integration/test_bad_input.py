@@ -1,4 +1,4 @@
-"""Bad input never causes a partial apply or a prune, and the error names file, resource and reason."""
+"""Bad input never causes a partial apply or a prune; errors name file, resource and reason."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ async def synced_baseline(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path, **app_kw: Any
 ) -> Path:
     git_repo.write({"app/a.yaml": configmap("a"), "app/b.yaml": configmap("b")})
-    cfg = write_config(tmp_path, cluster, [application("bad", git_repo.url, "app", namespace,
-                                                      **app_kw)])
+    cfg = write_config(
+        tmp_path, cluster, [application("bad", git_repo.url, "app", namespace, **app_kw)]
+    )
     status = await reconcile(cfg, "bad")
     assert status["operationState"]["phase"] == "Succeeded"
     return cfg
@@ -42,32 +43,62 @@ async def assert_untouched(cluster: Cluster, namespace: str, cfg: Path) -> dict[
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
-        ({"app/b.yaml": None, "app/c.yaml": "kind: ConfigMap\nmetadata: {name: c\n"},
-         "app/c.yaml:"),
-        ({"app/b.yaml": None, "app/c.yaml": "apiVersion: v1\nmetadata: {name: c}\n"},
-         "has no kind"),
-        ({"app/b.yaml": None, "app/c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n"},
-         "has no metadata.name"),
+        (
+            {"app/b.yaml": None, "app/c.yaml": "kind: ConfigMap\nmetadata: {name: c\n"},
+            "app/c.yaml:",
+        ),
+        (
+            {"app/b.yaml": None, "app/c.yaml": "apiVersion: v1\nmetadata: {name: c}\n"},
+            "has no kind",
+        ),
+        (
+            {"app/b.yaml": None, "app/c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n"},
+            "has no metadata.name",
+        ),
         ({"app/b.yaml": None, "app/c.yaml": configmap("a")}, "defined more than once"),
-        ({"app/b.yaml": None,
-          "app/c.yaml": "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n"},
-         "no resource type Widget in example.com/v1"),
-        ({"app/b.yaml": None,
-          "app/c.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
-                        "spec: {ports: [{port: 99999}]}\n"},
-         "Invalid value: 99999"),
-        ({"app/b.yaml": None,
-          "app/c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\nbogusField: 1\n"},
-         "bogusField"),
+        (
+            {
+                "app/b.yaml": None,
+                "app/c.yaml": "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n",
+            },
+            "no resource type Widget in example.com/v1",
+        ),
+        (
+            {
+                "app/b.yaml": None,
+                "app/c.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+                "spec: {ports: [{port: 99999}]}\n",
+            },
+            "Invalid value: 99999",
+        ),
+        (
+            {
+                "app/b.yaml": None,
+                "app/c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"
+                "bogusField: 1\n",
+            },
+            "bogusField",
+        ),
     ],
-    ids=["malformed-yaml", "no-kind", "no-name", "duplicate", "unknown-kind", "api-rejects",
-         "unknown-field"],
+    ids=[
+        "malformed-yaml",
+        "no-kind",
+        "no-name",
+        "duplicate",
+        "unknown-kind",
+        "api-rejects",
+        "unknown-field",
+    ],
 )
 async def test_broken_commit_applies_nothing_and_prunes_nothing(
-    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path,
-    files: dict[str, str | None], expected: str,
+    cluster: Cluster,
+    namespace: str,
+    git_repo: GitRepo,
+    tmp_path: Path,
+    files: dict[str, str | None],
+    expected: str,
 ) -> None:
-    """A broken manifest (and the removal of b in the same commit) changes nothing in the cluster."""
+    """A broken manifest (plus removing b in the same commit) changes nothing in the cluster."""
     cfg = await synced_baseline(cluster, namespace, git_repo, tmp_path)
     git_repo.write(files)
     status = await assert_untouched(cluster, namespace, cfg)
@@ -94,16 +125,18 @@ async def test_unreachable_repository_keeps_last_state(
     cfg = await synced_baseline(cluster, namespace, git_repo, tmp_path)
     text = cfg.read_text()
     (tmp_path / "apps" / "bad.yaml").write_text(
-        (tmp_path / "apps" / "bad.yaml").read_text().replace(git_repo.url,
-                                                               "git://127.0.0.1:1/none.git")
+        (tmp_path / "apps" / "bad.yaml")
+        .read_text()
+        .replace(git_repo.url, "git://127.0.0.1:1/none.git")
     )
     status = await assert_untouched(cluster, namespace, cfg)
     assert "git ls-remote failed" in condition_text(status)
     assert status["sync"]["status"] == "Unknown"
     cfg.write_text(text)
     (tmp_path / "apps" / "bad.yaml").write_text(
-        (tmp_path / "apps" / "bad.yaml").read_text().replace("git://127.0.0.1:1/none.git",
-                                                               git_repo.url)
+        (tmp_path / "apps" / "bad.yaml")
+        .read_text()
+        .replace("git://127.0.0.1:1/none.git", git_repo.url)
         .replace("targetRevision: main", "targetRevision: no-such-branch")
     )
     status = await assert_untouched(cluster, namespace, cfg)

@@ -34,9 +34,12 @@ def created(obj: dict[str, Any]) -> dt.datetime:
     return dt.datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
 
 
-def deployment(name: str, image: str, wave: int | None = None, replicas: int = 1,
-               min_ready: int = 0) -> str:
-    ann = f'\n  annotations:\n    argocd.argoproj.io/sync-wave: "{wave}"' if wave is not None else ""
+def deployment(
+    name: str, image: str, wave: int | None = None, replicas: int = 1, min_ready: int = 0
+) -> str:
+    ann = (
+        f'\n  annotations:\n    argocd.argoproj.io/sync-wave: "{wave}"' if wave is not None else ""
+    )
     return f"""apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -71,7 +74,7 @@ data:
 async def test_database_app_pattern_syncs_wave_by_wave(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
-    """The seed's Database-App pattern syncs in six waves, each created after the last is healthy."""
+    """The seed's Database-App pattern syncs in six waves, each after the last is healthy."""
     # minReadySeconds makes the database wave take >= 3s to become healthy, so a wave that
     # did not wait would show up as the next wave being created too early.
     slow_db = DB_APP.replace("  replicas: 1\n", "  replicas: 1\n  minReadySeconds: 3\n", 1)
@@ -99,12 +102,14 @@ async def test_database_app_pattern_syncs_wave_by_wave(
 async def test_crashloop_fails_its_wave_and_stops_later_waves(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
-    """A :crashloop Deployment makes its wave Degraded, fails the sync, and later waves never apply."""
-    git_repo.write({
-        "app/a.yaml": configmap("first", wave=0),
-        "app/b.yaml": deployment("broken", "app:crashloop", wave=1),
-        "app/c.yaml": configmap("after", wave=2),
-    })
+    """A :crashloop Deployment makes its wave Degraded fails the sync; later waves never apply."""
+    git_repo.write(
+        {
+            "app/a.yaml": configmap("first", wave=0),
+            "app/b.yaml": deployment("broken", "app:crashloop", wave=1),
+            "app/c.yaml": configmap("after", wave=2),
+        }
+    )
     cfg = write_config(tmp_path, cluster, [application("crash", git_repo.url, "app", namespace)])
     status = await reconcile(cfg, "crash")
     op = status["operationState"]
@@ -125,8 +130,9 @@ async def test_prune_removes_what_git_no_longer_has(
     keep = configmap("keep").replace(
         "annotations:\n", "annotations:\n    argocd.argoproj.io/sync-options: Prune=false\n"
     )
-    git_repo.write({"app/a.yaml": configmap("a"), "app/b.yaml": configmap("b"),
-                    "app/keep.yaml": keep})
+    git_repo.write(
+        {"app/a.yaml": configmap("a"), "app/b.yaml": configmap("b"), "app/keep.yaml": keep}
+    )
     cluster.kubectl("create", "configmap", "bystander", "-n", namespace)
     cfg = write_config(tmp_path, cluster, [application("pr", git_repo.url, "app", namespace)])
     assert (await reconcile(cfg, "pr"))["operationState"]["phase"] == "Succeeded"
@@ -162,9 +168,13 @@ async def test_prune_survives_losing_local_state(
 async def test_self_heal_restores_scaled_deployment(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
-    """A Deployment scaled by hand is OutOfSync and is put back by self-heal; nothing else is written."""
-    git_repo.write({"app/web.yaml": deployment("web", "nginx:1", replicas=2),
-                    "app/cm.yaml": configmap("settings")})
+    """A hand-scaled Deployment is OutOfSync and self-heal restores it, writing nothing else."""
+    git_repo.write(
+        {
+            "app/web.yaml": deployment("web", "nginx:1", replicas=2),
+            "app/cm.yaml": configmap("settings"),
+        }
+    )
     cfg = write_config(tmp_path, cluster, [application("heal", git_repo.url, "app", namespace)])
     assert (await reconcile(cfg, "heal"))["operationState"]["phase"] == "Succeeded"
     cluster.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=5")
@@ -198,7 +208,9 @@ async def test_noop_resync_makes_no_writes(
 ) -> None:
     """A resync with nothing changed sends no write (not even a dry-run) to the API server."""
     git_repo.write({f"app/cm{i}.yaml": configmap(f"cm{i}") for i in range(10)})
-    cfg_path = write_config(tmp_path, cluster, [application("noop", git_repo.url, "app", namespace)])
+    cfg_path = write_config(
+        tmp_path, cluster, [application("noop", git_repo.url, "app", namespace)]
+    )
     cfg = settings.load(cfg_path)
     async with Engine.open(cfg) as engine:
         app = cfg.app("noop")
@@ -218,6 +230,7 @@ async def test_hooks_run_in_their_phases(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
     """PreSync runs before Sync resources, PostSync after; HookSucceeded hooks are deleted."""
+
     def job(name: str, hook: str, policy: str) -> str:
         return f"""apiVersion: batch/v1
 kind: Job
@@ -232,11 +245,14 @@ spec:
       restartPolicy: Never
       containers: [{{name: main, image: "busybox:1"}}]
 """
-    git_repo.write({
-        "app/pre.yaml": job("migrate", "PreSync", "BeforeHookCreation"),
-        "app/post.yaml": job("smoke", "PostSync", "HookSucceeded"),
-        "app/web.yaml": deployment("web", "nginx:1"),
-    })
+
+    git_repo.write(
+        {
+            "app/pre.yaml": job("migrate", "PreSync", "BeforeHookCreation"),
+            "app/post.yaml": job("smoke", "PostSync", "HookSucceeded"),
+            "app/web.yaml": deployment("web", "nginx:1"),
+        }
+    )
     cfg = write_config(tmp_path, cluster, [application("hooks", git_repo.url, "app", namespace)])
     status = await reconcile(cfg, "hooks")
     op = status["operationState"]
@@ -248,8 +264,11 @@ spec:
     assert migrate and web
     assert migrate["status"].get("succeeded") == 1
     assert "argocd.argoproj.io/hook-finalizer" not in migrate["metadata"].get("finalizers", [])
-    wait_for(lambda: get(cluster, namespace, "job/smoke") is None, timeout=30,
-             what="HookSucceeded PostSync job deleted")
+    wait_for(
+        lambda: get(cluster, namespace, "job/smoke") is None,
+        timeout=30,
+        what="HookSucceeded PostSync job deleted",
+    )
     assert status["sync"]["status"] == "Synced"
 
 
@@ -257,8 +276,9 @@ async def test_failed_presync_hook_blocks_sync_and_runs_syncfail(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
     """A failing PreSync Job fails the operation before any Sync resource; SyncFail hooks run."""
-    git_repo.write({
-        "app/pre.yaml": """apiVersion: batch/v1
+    git_repo.write(
+        {
+            "app/pre.yaml": """apiVersion: batch/v1
 kind: Job
 metadata:
   name: migrate
@@ -270,15 +290,16 @@ spec:
       restartPolicy: Never
       containers: [{name: main, image: "busybox:fail"}]
 """,
-        "app/onfail.yaml": """apiVersion: v1
+            "app/onfail.yaml": """apiVersion: v1
 kind: ConfigMap
 metadata:
   name: sync-failed-marker
   annotations: {argocd.argoproj.io/hook: SyncFail}
 data: {failed: "yes"}
 """,
-        "app/web.yaml": deployment("web", "nginx:1"),
-    })
+            "app/web.yaml": deployment("web", "nginx:1"),
+        }
+    )
     cfg = write_config(tmp_path, cluster, [application("prefail", git_repo.url, "app", namespace)])
     status = await reconcile(cfg, "prefail")
     op = status["operationState"]
@@ -292,28 +313,41 @@ async def test_helm_and_kustomize_sources_render_with_options(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
     """Helm (values, valuesObject, parameters) and Kustomize (namePrefix, images) apps sync."""
-    git_repo.write({
-        "chart/Chart.yaml": "apiVersion: v2\nname: demo\nversion: 0.1.0\n",
-        "chart/values.yaml": "replicas: 1\ncolor: blue\n",
-        "chart/values-prod.yaml": "color: green\n",
-        "chart/templates/cm.yaml": (
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cfg\n"
-            "data:\n  color: {{ .Values.color }}\n  replicas: \"{{ .Values.replicas }}\"\n"
-            "  tier: {{ .Values.tier | default \"none\" }}\n"
-        ),
-        "kust/base/kustomization.yaml": "resources: [cm.yaml, dep.yaml]\n",
-        "kust/base/cm.yaml": configmap("kcfg"),
-        "kust/base/dep.yaml": deployment("kweb", "nginx:1.0"),
-        "kust/overlay/kustomization.yaml": "resources: [../base]\n",
-    })
+    git_repo.write(
+        {
+            "chart/Chart.yaml": "apiVersion: v2\nname: demo\nversion: 0.1.0\n",
+            "chart/values.yaml": "replicas: 1\ncolor: blue\n",
+            "chart/values-prod.yaml": "color: green\n",
+            "chart/templates/cm.yaml": (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cfg\n"
+                'data:\n  color: {{ .Values.color }}\n  replicas: "{{ .Values.replicas }}"\n'
+                '  tier: {{ .Values.tier | default "none" }}\n'
+            ),
+            "kust/base/kustomization.yaml": "resources: [cm.yaml, dep.yaml]\n",
+            "kust/base/cm.yaml": configmap("kcfg"),
+            "kust/base/dep.yaml": deployment("kweb", "nginx:1.0"),
+            "kust/overlay/kustomization.yaml": "resources: [../base]\n",
+        }
+    )
     helm_app = application(
-        "helmapp", git_repo.url, "chart", namespace,
-        source_extra={"helm": {"releaseName": "rel", "valueFiles": ["values-prod.yaml"],
-                               "valuesObject": {"tier": "gold"},
-                               "parameters": [{"name": "replicas", "value": "3"}]}},
+        "helmapp",
+        git_repo.url,
+        "chart",
+        namespace,
+        source_extra={
+            "helm": {
+                "releaseName": "rel",
+                "valueFiles": ["values-prod.yaml"],
+                "valuesObject": {"tier": "gold"},
+                "parameters": [{"name": "replicas", "value": "3"}],
+            }
+        },
     )
     kust_app = application(
-        "kustapp", git_repo.url, "kust/overlay", namespace,
+        "kustapp",
+        git_repo.url,
+        "kust/overlay",
+        namespace,
         source_extra={"kustomize": {"namePrefix": "p-", "images": ["nginx=nginx:1.27"]}},
     )
     cfg = write_config(tmp_path, cluster, [helm_app, kust_app])
@@ -337,7 +371,7 @@ async def test_run_once_reports_synced_and_healthy(
     git_repo.write({"app/web.yaml": deployment("web", "nginx:1", replicas=2)})
     cfg = write_config(tmp_path, cluster, [application("once", git_repo.url, "app", namespace)])
     results = await run_once(settings.load(cfg))
-    (name, status), = results
+    ((name, status),) = results
     assert name == "once"
     assert status["sync"]["status"] == "Synced"
     assert status["health"]["status"] == "Healthy"

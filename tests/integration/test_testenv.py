@@ -33,7 +33,9 @@ def deployment(name: str, ns: str, image: str, replicas: int = 2) -> str:
 
 def test_deployment_becomes_available(cluster: Cluster, namespace: str) -> None:
     """A 2-replica Deployment applied server-side becomes Available within a minute."""
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=deployment("web", namespace, "nginx:1.27"))
+    cluster.kubectl(
+        "apply", "--server-side", "-f", "-", input=deployment("web", namespace, "nginx:1.27")
+    )
     cluster.kubectl(
         "wait", "-n", namespace, "--for=condition=Available", "deployment/web", "--timeout=60s"
     )
@@ -52,7 +54,9 @@ def test_namespace_deletion_completes(cluster: Cluster) -> None:
         what="default ServiceAccount",
     )
     cluster.kubectl("apply", "--server-side", "-f", "-", input=deployment("web", ns, "nginx:1", 1))
-    cluster.kubectl("wait", "-n", ns, "--for=condition=Available", "deployment/web", "--timeout=60s")
+    cluster.kubectl(
+        "wait", "-n", ns, "--for=condition=Available", "deployment/web", "--timeout=60s"
+    )
     cluster.kubectl("delete", "namespace", ns, "--timeout=90s")
     out = cluster.kubectl("get", "namespace", ns, "--ignore-not-found", "-o", "name")
     assert out.strip() == ""
@@ -137,7 +141,12 @@ def test_load_balancer_and_ingress_get_addresses(cluster: Cluster, namespace: st
         "metadata": {"name": "web", "namespace": namespace},
         "spec": {"defaultBackend": {"service": {"name": "lb", "port": {"number": 80}}}},
     }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [svc, ing]}))
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [svc, ing]}),
+    )
     for ref in ("service/lb", "ingress/web"):
         cluster.kubectl(
             "wait",
