@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -144,6 +143,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return anyio.run(run_daemon, args.config)
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    """`gitopsd app ...` (the API client)."""
+    from daemon.client import cmd_app as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gitopsd",
@@ -178,6 +184,45 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sp.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     sp.set_defaults(func=cmd_run)
+
+    app = sub.add_parser("app", help="talk to a running daemon (list, get, sync, diff, ...)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server",
+        default=argparse.SUPPRESS,
+        help="daemon URL (env GITOPSD_SERVER, default http://127.0.0.1:8080)",
+    )
+    common.add_argument(
+        "--token-file", default=argparse.SUPPRESS, help="bearer token file (or env GITOPSD_TOKEN)"
+    )
+    common.add_argument(
+        "-o", "--output", default=argparse.SUPPRESS, choices=["table", "json", "yaml"]
+    )
+    app.add_argument("--server", help=argparse.SUPPRESS)
+    app.add_argument("--token-file", help=argparse.SUPPRESS)
+    app.add_argument("-o", "--output", default="table", choices=["table", "json", "yaml"])
+    verbs = app.add_subparsers(dest="verb", metavar="VERB", required=True)
+    verbs.add_parser("list", help="list applications", parents=[common])
+    for verb, text in (
+        ("get", "show one application"),
+        ("diff", "live vs desired"),
+        ("history", "deployment history"),
+        ("refresh", "refresh now"),
+    ):
+        v = verbs.add_parser(verb, help=text, parents=[common])
+        v.add_argument("name")
+    v = verbs.add_parser("sync", help="sync an application", parents=[common])
+    v.add_argument("name")
+    v.add_argument("--revision", help="sync to this revision instead of targetRevision")
+    v.add_argument("--prune", action="store_true", help="allow pruning")
+    v.add_argument("--dry-run", action="store_true")
+    v.add_argument("--wait", action="store_true", help="follow the sync wave by wave")
+    v = verbs.add_parser("rollback", help="sync to a revision from history", parents=[common])
+    v.add_argument("name")
+    v.add_argument("id", type=int)
+    v.add_argument("--prune", action="store_true")
+    v.add_argument("--wait", action="store_true")
+    app.set_defaults(func=cmd_app)
     return p
 
 
@@ -205,7 +250,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

@@ -13,7 +13,7 @@ import datetime as dt
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,7 @@ class SyncRequest:
     initiated_by: str = "automated"
     self_heal: bool = False
     options: tuple[str, ...] = ()
+    retry_count: int = 0
 
 
 @dataclass
@@ -136,6 +137,8 @@ class Reconciler:
         self.clusters = clusters
         self.store = store
         self.stopping = False  # set on shutdown: running syncs stop at the next wave boundary
+        # Called with (app name, Argo CD-shaped operationState) while a sync runs.
+        self.progress: Callable[[str, dict[str, Any]], None] | None = None
 
     def stop_requested(self) -> bool:
         """True once shutdown began (read between waves; set from the signal handler)."""
@@ -623,6 +626,7 @@ class Reconciler:
         interrupted = False
         for index, step in enumerate(steps):
             bound.info("wave", phase=str(step.phase), wave=step.wave, resources=len(step.tasks))
+            self._report(app, started, revision, results, f"{step.phase} wave {step.wave}")
             step_results = await self._run_step(
                 app,
                 client,
@@ -734,6 +738,26 @@ class Reconciler:
         if failure:
             return done(OperationPhase.FAILED, failure, results)
         return done(OperationPhase.SUCCEEDED, "successfully synced (all tasks run)", results)
+
+    def _report(
+        self,
+        app: Application,
+        started: str,
+        revision: str,
+        results: Sequence[ResourceResult],
+        message: str,
+    ) -> None:
+        if self.progress is None:
+            return
+        self.progress(
+            app.name,
+            {
+                "phase": str(OperationPhase.RUNNING),
+                "message": f"running {message}",
+                "startedAt": started,
+                "syncResult": {"revision": revision, "resources": [r.to_status() for r in results]},
+            },
+        )
 
     async def _create_namespace(self, app: Application, client: KubeClient) -> None:
         ns = app.destination.namespace
@@ -1095,6 +1119,7 @@ class Reconciler:
                 },
                 "startedAt": operation.started_at,
                 "finishedAt": operation.finished_at,
+                "retryCount": request.retry_count,
             }
             if operation.phase is OperationPhase.SUCCEEDED and not request.dry_run:
                 history = status["history"]

@@ -29,7 +29,7 @@ from daemon.engine import Engine
 from daemon.errors import ConfigError, GitopsdError, KubeError
 from daemon.kube import KubeClient, ResourceType
 from daemon.reconciler import SyncRequest
-from daemon.settings import Application, Config
+from daemon.settings import Application, Config, Retry
 from daemon.status.metrics import Metrics
 
 log = structlog.get_logger("gitopsd.runner")
@@ -203,6 +203,7 @@ class Daemon:
         self._last_op: dict[str, str] = {}
         self.api_address = ""
         engine.repos.counter.listeners.append(self._git_metric)
+        engine.reconciler.progress = self._progress
 
     # --- metrics hooks ----------------------------------------------------------------------
 
@@ -357,7 +358,8 @@ class Daemon:
                 structlog.contextvars.unbind_contextvars("app", "trigger")
                 self.metrics.syncs_in_use.set(self.sync_limiter.borrowed_tokens - 1)
         worker.last_status = status
-        self._record_metrics(app, status, time.monotonic() - started)
+        if self._record_metrics(app, status, time.monotonic() - started):
+            self._maybe_retry(worker, status, sync)
         try:
             cluster = self.engine.clusters.lookup(
                 server=app.destination.server, name=app.destination.name
@@ -368,7 +370,47 @@ class Daemon:
         except GitopsdError:
             pass
 
-    def _record_metrics(self, app: Application, status: dict[str, Any], seconds: float) -> None:
+    def _maybe_retry(
+        self, worker: AppWorker, status: dict[str, Any], sync: SyncRequest | None
+    ) -> None:
+        """After a failed sync, schedule a retry with Argo CD's backoff (syncPolicy.retry)."""
+        op = status.get("operationState") or {}
+        if op.get("phase") not in ("Failed", "Error"):
+            return
+        app = worker.app
+        automated = (op.get("operation") or {}).get("initiatedBy", {}).get("automated", False)
+        policy = app.sync_policy.retry
+        if policy is None and automated and app.sync_policy.automated is not None:
+            policy = Retry(limit=5)  # Argo CD's default for automated operations
+        if policy is None:
+            return
+        count = int(op.get("retryCount") or 0)
+        if 0 <= policy.limit <= count:
+            log.info("sync retries exhausted", app=app.name, retries=count)
+            return
+        delay = policy.delay(count)
+        revision = "" if policy.refresh else str((op.get("syncResult") or {}).get("revision") or "")
+        request = SyncRequest(
+            revision=revision,
+            prune=sync.prune
+            if sync
+            else (app.sync_policy.automated.prune if app.sync_policy.automated else None),
+            initiated_by=sync.initiated_by if sync else "automated",
+            retry_count=count + 1,
+        )
+        log.info("sync failed; retrying", app=app.name, attempt=count + 1, delay=delay)
+        assert self.tg is not None
+
+        async def later() -> None:
+            await anyio.sleep(delay)
+            if not worker.stopped and worker.app is app:
+                worker.trigger(f"retry {count + 1}", request)
+
+        self.tg.start_soon(later)
+
+    def _record_metrics(self, app: Application, status: dict[str, Any], seconds: float) -> bool:
+        """Update metrics; True when this reconcile finished a new operation."""
+        new_op = False
         dest = app.destination.server or app.destination.name
         self.metrics.reconcile.labels(app.namespace, dest).observe(seconds)
         op = status.get("operationState") or {}
@@ -386,11 +428,18 @@ class Daemon:
         }
         finished = op.get("finishedAt")
         if finished and finished != self._last_op.get(app.name):
+            new_op = True
             self._last_op[app.name] = finished
             phase = op.get("phase", "")
             self.metrics.sync_total.labels(app.name, app.namespace, app.project, dest, phase).inc()
             if phase == "Succeeded":
                 self.metrics.last_sync.labels(app.name).set(time.time())
+        return new_op
+
+    def _progress(self, app_name: str, operation: dict[str, Any]) -> None:
+        worker = self.workers.get(app_name)
+        if worker is not None:
+            worker.last_status = {**worker.last_status, "operationState": operation}
 
     def app_health(self, app_name: str) -> str:
         worker = self.workers.get(app_name)

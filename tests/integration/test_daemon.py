@@ -1,0 +1,370 @@
+"""The daemon as users run it: `gitopsd run -c FILE` steered by config edits, API and webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import Cluster, GitRepo, _free_port, application, wait_for, write_config
+from tests.integration.test_sync import configmap, deployment, get
+
+pytestmark = pytest.mark.cluster
+GITOPSD = str(Path(sys.executable).parent / "gitopsd")
+
+
+class Daemon:
+    """A running `gitopsd run` subprocess and its API."""
+
+    def __init__(self, cfg: Path, url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.cfg, self.url, self.proc, self.log = cfg, url, proc, log
+
+    def api(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        token: str = "",
+        headers: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> httpx.Response:
+        all_headers = {"Authorization": f"Bearer {token}"} if token else {}
+        all_headers.update(headers or {})
+        return httpx.request(method, self.url + path, headers=all_headers, timeout=10, **kw)
+
+    def app(self, name: str) -> dict[str, Any] | None:
+        r = self.api(f"/api/v1/applications/{name}")
+        return r.json() if r.status_code == 200 else None
+
+    def status(self, name: str) -> dict[str, Any]:
+        app = self.app(name)
+        return (app or {}).get("status") or {}
+
+    def synced(self, name: str, revision: str = "") -> bool:
+        st = self.status(name)
+        ok = (st.get("sync") or {}).get("status") == "Synced"
+        return ok and (not revision or (st.get("sync") or {}).get("revision") == revision)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
+
+
+@contextmanager
+def running(cfg: Path, *, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    port = _free_port()
+    data = yaml.safe_load(cfg.read_text())
+    data["settings"]["listen"] = f"127.0.0.1:{port}"
+    data["settings"].setdefault("reconcileInterval", "60s")
+    data["settings"].setdefault("selfHealDebounce", "0.2s")
+    cfg.write_text(yaml.safe_dump(data))
+    log = cfg.parent / f"daemon-{port}.log"
+    import os
+
+    proc = subprocess.Popen(
+        [GITOPSD, "run", "-c", str(cfg), "--log-format", "json"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    d = Daemon(cfg, f"http://127.0.0.1:{port}", proc, log)
+    try:
+        wait_for(lambda: _ready(d), timeout=30, what=f"daemon ready (log: {d.logs()[-500:]})")
+        yield d
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _ready(d: Daemon) -> bool:
+    if d.proc.poll() is not None:
+        raise AssertionError(f"daemon exited with {d.proc.returncode}:\n{d.logs()}")
+    try:
+        return d.api("/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_config_edit_adds_and_removes_apps_without_restart(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """Adding an Application file starts managing it; removing it (with finalizer) deletes its
+    resources; all without a restart."""
+    git_repo.write({"a/cm.yaml": configmap("from-a"), "b/cm.yaml": configmap("from-b")})
+    cfg = write_config(tmp_path, cluster, [application("app-a", git_repo.url, "a", namespace)])
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("app-a"), timeout=30, what="app-a synced")
+        app_b = application("app-b", git_repo.url, "b", namespace)
+        app_b["metadata"]["finalizers"] = ["resources-finalizer.argocd.argoproj.io"]
+        (tmp_path / "apps" / "app-b.yaml").write_text(yaml.safe_dump(app_b))
+        wait_for(lambda: d.synced("app-b"), timeout=30, what="app-b added and synced")
+        assert get(cluster, namespace, "configmap/from-b") is not None
+        (tmp_path / "apps" / "app-b.yaml").unlink()
+        wait_for(lambda: d.app("app-b") is None, timeout=30, what="app-b removed")
+        wait_for(
+            lambda: get(cluster, namespace, "configmap/from-b") is None,
+            timeout=30,
+            what="app-b's resources deleted (resources finalizer)",
+        )
+        (tmp_path / "apps" / "app-a.yaml").unlink()
+        wait_for(lambda: d.app("app-a") is None, timeout=30, what="app-a removed")
+        time.sleep(2)
+        assert get(cluster, namespace, "configmap/from-a") is not None, (
+            "an app without the resources finalizer must leave its resources"
+        )
+        assert d.proc.poll() is None
+
+
+def test_broken_config_edit_keeps_running_config(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A broken edit is rejected whole: the old config keeps running; API and metrics say why."""
+    git_repo.write({"a/cm.yaml": configmap("keep-me")})
+    cfg = write_config(tmp_path, cluster, [application("steady", git_repo.url, "a", namespace)])
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("steady"), timeout=30, what="steady synced")
+        app_file = tmp_path / "apps" / "steady.yaml"
+        good = app_file.read_text()
+        app_file.write_text(good + "\n  broken: [unclosed\n")
+        wait_for(
+            lambda: d.api("/readyz").json().get("configError"),
+            timeout=15,
+            what="config error reported",
+        )
+        err = d.api("/readyz").json()["configError"]
+        assert "steady.yaml" in err and "invalid YAML" in err, err
+        assert d.app("steady") is not None
+        metrics = d.api("/metrics").text
+        assert "gitopsd_config_last_reload_successful 0.0" in metrics
+        assert "gitopsd_config_reload_errors_total 1.0" in metrics
+        git_repo.write({"a/cm.yaml": configmap("keep-me", data="changed")})
+        d.api("/api/v1/applications/steady/refresh", method="POST")
+        wait_for(
+            lambda: (
+                (get(cluster, namespace, "configmap/keep-me") or {}).get("data", {}).get("key")
+                == "changed"
+            ),
+            timeout=30,
+            what="the old config still syncs",
+        )
+        app_file.write_text(good)
+        wait_for(
+            lambda: not d.api("/readyz").json().get("configError"),
+            timeout=15,
+            what="error cleared after fix",
+        )
+
+
+def test_webhook_signature_and_fast_sync(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A webhook with a bad signature is refused (401); a good one syncs the push within seconds."""
+    git_repo.write({"a/cm.yaml": configmap("hooked", data="v1")})
+    secret = tmp_path / "gh-secret"
+    secret.write_text("s3cret\n")
+    cfg = write_config(
+        tmp_path,
+        cluster,
+        [application("hooked", git_repo.url, "a", namespace)],
+        reconcileInterval="600s",
+    )
+    data = yaml.safe_load(cfg.read_text())
+    data["webhooks"] = {"github": {"secretFile": str(secret)}}
+    cfg.write_text(yaml.safe_dump(data))
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("hooked"), timeout=30, what="initial sync")
+        sha = git_repo.write({"a/cm.yaml": configmap("hooked", data="v2")})
+        payload = json.dumps(
+            {
+                "ref": "refs/heads/main",
+                "repository": {"clone_url": git_repo.url, "html_url": "https://example.invalid/x"},
+            }
+        ).encode()
+        headers = {"X-GitHub-Event": "push", "Content-Type": "application/json"}
+        bad = d.api(
+            "/api/webhook",
+            method="POST",
+            content=payload,
+            headers={**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64},
+        )
+        assert bad.status_code == 401
+        garbage = d.api(
+            "/api/webhook", method="POST", content=b"{not json", headers={"X-GitHub-Event": "push"}
+        )
+        assert garbage.status_code in (400, 401)
+        sig = "sha256=" + hmac.new(b"s3cret", payload, hashlib.sha256).hexdigest()
+        t0 = time.monotonic()
+        ok = d.api(
+            "/api/webhook",
+            method="POST",
+            content=payload,
+            headers={**headers, "X-Hub-Signature-256": sig},
+        )
+        assert ok.status_code == 200 and ok.json()["refreshed"] == ["hooked"], ok.text
+        wait_for(
+            lambda: (
+                (get(cluster, namespace, "configmap/hooked") or {}).get("data", {}).get("key")
+                == "v2"
+            ),
+            timeout=10,
+            interval=0.1,
+            what="webhook-triggered sync",
+        )
+        latency = time.monotonic() - t0
+        assert d.synced("hooked", sha) or latency < 10
+        assert d.proc.poll() is None
+
+
+def test_sigterm_mid_sync_saves_state_and_resumes(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """SIGTERM during a multi-wave sync exits 0 with state saved; a restart finishes the sync."""
+    git_repo.write(
+        {
+            "a/1.yaml": configmap("wave0", wave=0),
+            "a/2.yaml": deployment("slow", "nginx:1", wave=1, min_ready=6),
+            "a/3.yaml": configmap("wave2", wave=2),
+        }
+    )
+    cfg = write_config(tmp_path, cluster, [application("resume", git_repo.url, "a", namespace)])
+    with running(cfg) as d:
+        wait_for(
+            lambda: get(cluster, namespace, "deployment/slow") is not None,
+            timeout=30,
+            what="wave 1 applied",
+        )
+        d.proc.send_signal(signal.SIGTERM)
+        code = d.proc.wait(60)
+        assert code == 0, d.logs()
+    state = json.loads((tmp_path / "state" / "apps" / "resume.json").read_text())
+    op = state["status"]["operationState"]
+    assert op["phase"] == "Terminating", op
+    assert get(cluster, namespace, "configmap/wave2") is None
+    with running(cfg) as d:
+        wait_for(
+            lambda: d.synced("resume") and get(cluster, namespace, "configmap/wave2"),
+            timeout=60,
+            what="sync resumed after restart",
+        )
+        st = d.status("resume")
+        assert st["operationState"]["phase"] == "Succeeded"
+    items = json.loads(cluster.kubectl("get", "cm,deploy", "-n", namespace, "-o", "json"))
+    names = sorted(
+        i["metadata"]["name"] for i in items["items"] if i["metadata"]["name"] != "kube-root-ca.crt"
+    )
+    assert names == ["slow", "wave0", "wave2"]
+
+
+def test_metrics_and_api_shape(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """/metrics carries Argo CD's metric names and labels; the API returns Argo CD-shaped apps."""
+    git_repo.write({"a/cm.yaml": configmap("m")})
+    cfg = write_config(tmp_path, cluster, [application("metered", git_repo.url, "a", namespace)])
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("metered"), timeout=30, what="synced")
+        wait_for(
+            lambda: 'health_status="Healthy"' in d.api("/metrics").text,
+            timeout=15,
+            what="healthy in metrics",
+        )
+        text = d.api("/metrics").text
+        info = next(line for line in text.splitlines() if line.startswith("argocd_app_info{"))
+        for label in (
+            'name="metered"',
+            'sync_status="Synced"',
+            'health_status="Healthy"',
+            f'dest_namespace="{namespace}"',
+            'project="default"',
+            'autosync_enabled="true"',
+        ):
+            assert label in info, info
+        assert "argocd_app_sync_total{" in text and 'phase="Succeeded"' in text
+        assert "argocd_git_request_total{repo=" in text and 'request_type="ls-remote"' in text
+        assert "argocd_app_reconcile_bucket" in text
+        assert "argocd_app_k8s_request_total{" in text
+        assert "argocd_cluster_info{" in text
+        app = d.app("metered")
+        assert app and app["kind"] == "Application" and app["apiVersion"] == "argoproj.io/v1alpha1"
+        st = app["status"]
+        assert st["history"][0]["id"] == 0
+        assert {r["name"] for r in st["resources"]} == {"m"}
+        assert st["operationState"]["syncResult"]["resources"][0]["status"] == "Synced"
+
+
+def test_api_tokens_and_roles(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """With tokens configured, reads need a token, syncs need the admin role."""
+    git_repo.write({"a/cm.yaml": configmap("auth")})
+    (tmp_path / "admin").write_text("admin-token")
+    (tmp_path / "ro").write_text("ro-token")
+    cfg = write_config(tmp_path, cluster, [application("guarded", git_repo.url, "a", namespace)])
+    data = yaml.safe_load(cfg.read_text())
+    data["apiTokens"] = [
+        {"name": "admin", "tokenFile": str(tmp_path / "admin"), "role": "admin"},
+        {"name": "ro", "tokenFile": str(tmp_path / "ro"), "role": "readonly"},
+    ]
+    cfg.write_text(yaml.safe_dump(data))
+    with running(cfg) as d:
+        assert d.api("/api/v1/applications").status_code == 401
+        assert d.api("/api/v1/applications", token="ro-token").status_code == 200
+        assert (
+            d.api("/api/v1/applications/guarded/sync", method="POST", token="ro-token").status_code
+            == 403
+        )
+        assert (
+            d.api("/api/v1/applications/guarded/sync", method="POST", token="wrong").status_code
+            == 401
+        )
+        r = d.api("/api/v1/applications/guarded/sync", method="POST", token="admin-token")
+        assert r.status_code == 202
+        assert "admin-token" not in d.logs() and "ro-token" not in d.logs()
+
+
+def test_cli_client_lists_syncs_and_shows_history(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """`gitopsd app list/get/sync --wait/history/diff` work against the running daemon."""
+    git_repo.write({"a/1.yaml": configmap("c1", wave=0), "a/2.yaml": configmap("c2", wave=1)})
+    app = application("manual", git_repo.url, "a", namespace, automated=False)
+    cfg = write_config(tmp_path, cluster, [app])
+    with running(cfg) as d:
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [GITOPSD, "app", "--server", d.url, *args],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        wait_for(lambda: d.status("manual").get("sync"), timeout=30, what="first compare")
+        out = cli("list")
+        assert out.returncode == 0 and "manual" in out.stdout and "OutOfSync" in out.stdout
+        diff = cli("diff", "manual")
+        assert diff.returncode == 1 and "c1" in diff.stdout
+        sync = cli("sync", "manual", "--wait")
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        assert "wave   0" in sync.stdout and "wave   1" in sync.stdout
+        assert "Succeeded" in sync.stdout
+        hist = cli("history", "manual", "-o", "json")
+        assert json.loads(hist.stdout)[0]["id"] == 0
+        got = cli("get", "manual", "-o", "yaml")
+        assert yaml.safe_load(got.stdout)["status"]["sync"]["status"] == "Synced"
+        assert cli("diff", "manual").returncode == 0
