@@ -34,8 +34,8 @@ unit: venv
 	$(PY) -m pytest tests/unit
 
 lint: venv
-	$(VENV)/bin/ruff check daemon tests bench
-	$(VENV)/bin/ruff format --check daemon tests bench
+	$(VENV)/bin/ruff check daemon tests bench scripts packaging
+	$(VENV)/bin/ruff format --check daemon tests bench scripts packaging
 	$(VENV)/bin/mypy
 
 demo: tools
@@ -43,11 +43,12 @@ demo: tools
 
 bench: tools
 	$(PY) bench/bench_sync.py
+	$(PY) bench/bench_daemon.py
 
 dist: venv
-	$(PY) -m pip install --quiet 'pyinstaller>=6.10'
-	$(VENV)/bin/pyinstaller --onefile --name gitopsd --distpath dist --workpath build/pyinstaller \
-		--specpath build --collect-submodules daemon --log-level WARN daemon/__main__.py
+	$(PY) -m pip install --quiet 'pyinstaller>=6.10,<7'
+	$(PY) -m PyInstaller --noconfirm --log-level WARN --distpath dist \
+		--workpath build/pyinstaller packaging/gitopsd.spec
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

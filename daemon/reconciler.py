@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import time
 import uuid
 from collections import defaultdict
@@ -137,6 +138,9 @@ class Reconciler:
         self.clusters = clusters
         self.store = store
         self.stopping = False  # set on shutdown: running syncs stop at the next wave boundary
+        self._states: dict[str, dict[str, Any]] = {}  # last state per app, as saved
+        self._saved: set[str] = set()
+        self._inventories: dict[tuple[str, str], set[ResourceKey]] = {}
         # Called with (app name, Argo CD-shaped operationState) while a sync runs.
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
 
@@ -157,9 +161,9 @@ class Reconciler:
         """Compare `app` with its cluster, sync when asked or when its policy says so, and
         return (and persist) its Argo CD-shaped status."""
         run_id = uuid.uuid4().hex[:8]
-        state = self.store.load(app.name)
-        status: dict[str, Any] = dict(state.get("status") or {})
-        fingerprints: dict[str, list[str]] = dict(state.get("fingerprints") or {})
+        state = self._states.get(app.name) or self.store.load(app.name)
+        status: dict[str, Any] = copy.deepcopy(dict(state.get("status") or {}))
+        fingerprints: dict[str, list[str]] = copy.deepcopy(dict(state.get("fingerprints") or {}))
         started = time.monotonic()
         bound = log.bind(app=app.name, run=run_id)
         conditions: list[dict[str, str]] = []
@@ -199,7 +203,8 @@ class Reconciler:
             status = self.build_status(
                 app, status, desired, comparison, operation, conditions, request
             )
-        except GitopsdError as e:
+        except* GitopsdError as group:
+            e = _first(group)
             bound.warning("reconcile failed", error=str(e))
             kind = (
                 "InvalidSpecError"
@@ -208,15 +213,22 @@ class Reconciler:
             )
             conditions.append(_condition(kind, str(e)))
             status = self.error_status(app, status, conditions)
-        except Exception as e:  # a bug must not take the daemon down with it
+        except* Exception as crash:  # a bug must not take the daemon down with it
+            e = _first(crash)
             bound.exception("reconcile crashed")
             conditions.append(_condition("UnknownError", f"{type(e).__name__}: {e}"))
             status = self.error_status(app, status, conditions)
         finally:
             status["reconciledAt"] = now_iso()
             status["reconcileDuration"] = round(time.monotonic() - started, 3)
-            self.store.save(app.name, {"status": status, "fingerprints": fingerprints})
-            bound.info(
+            record = {"status": status, "fingerprints": fingerprints}
+            changed = _meaningful(record) != _meaningful(state)
+            if changed or app.name not in self._saved:
+                # Unchanged no-op reconciles skip the disk (an fsync per poll adds up).
+                self.store.save(app.name, record)
+                self._saved.add(app.name)
+            self._states[app.name] = copy.deepcopy(record)
+            (bound.info if changed else bound.debug)(
                 "reconciled",
                 sync=status.get("sync", {}).get("status"),
                 health=status.get("health", {}).get("status"),
@@ -324,6 +336,9 @@ class Reconciler:
 
     async def inventory(self, app: Application, client: KubeClient) -> set[ResourceKey]:
         """What the app owned after its last sync, as recorded in the destination cluster."""
+        cached = self._inventories.get((client.name, app.name))
+        if cached is not None:
+            return set(cached)
         rt = await client.resource_for("v1", "ConfigMap", subject="inventory")
         try:
             cm = await client.get(
@@ -335,7 +350,9 @@ class Reconciler:
         if not cm:
             return set()
         entries = str((cm.get("data") or {}).get("entries", ""))
-        return {k for k in (tracking.key_from_str(e) for e in entries.splitlines()) if k}
+        keys = {k for k in (tracking.key_from_str(e) for e in entries.splitlines()) if k}
+        self._inventories[(client.name, app.name)] = set(keys)
+        return keys
 
     async def save_inventory(
         self, app: Application, client: KubeClient, keys: set[ResourceKey]
@@ -344,6 +361,8 @@ class Reconciler:
         ns_rt = await client.resource_for("v1", "Namespace", subject="inventory")
         cm_rt = await client.resource_for("v1", "ConfigMap", subject="inventory")
         ns = self.settings.inventory_namespace
+        if self._inventories.get((client.name, app.name)) == keys:
+            return  # already recorded exactly this
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -364,6 +383,7 @@ class Reconciler:
                     manager="gitopsd-inventory",
                 )
                 await client.apply(cm_rt, body, manager="gitopsd-inventory")
+            self._inventories[(client.name, app.name)] = set(keys)
         except KubeError as e:
             log.warning("inventory not saved", app=app.name, error=str(e))
 
@@ -377,6 +397,18 @@ class Reconciler:
         live: dict[ResourceKey, Body] = {}
 
         async def fetch_group(rt: ResourceType, ns: str, wanted: list[ResourceKey]) -> None:
+            try:
+                await fetch_group_unguarded(rt, ns, wanted)
+            except KubeError as e:
+                if e.status != 403:
+                    raise
+                # Not allowed to read it: live state unknown. If it is desired, the dry-run
+                # apply fails next with the API's own Forbidden message, naming the resource.
+                log.debug("live state forbidden", kind=rt.kind, namespace=ns, error=str(e))
+
+        async def fetch_group_unguarded(
+            rt: ResourceType, ns: str, wanted: list[ResourceKey]
+        ) -> None:
             if len(wanted) > 3 and "list" in rt.verbs:
                 items, _ = await client.list(rt, ns)
                 names = {k.name for k in wanted}
@@ -1025,6 +1057,9 @@ class Reconciler:
         cm_rt = await client.resource_for("v1", "ConfigMap", subject="inventory")
         await client.delete(cm_rt, self.settings.inventory_namespace, INVENTORY_PREFIX + app.name)
         self.store.delete(app.name)
+        self._inventories.pop((client.name, app.name), None)
+        self._states.pop(app.name, None)
+        self._saved.discard(app.name)
         log.info("app resources deleted", app=app.name, deleted=len(results))
         return results
 
@@ -1156,6 +1191,28 @@ class Reconciler:
         status.setdefault("health", {"status": str(HealthStatus.UNKNOWN), "message": ""})
         status["conditions"] = conditions
         return status
+
+
+def _meaningful(record: dict[str, Any]) -> str:
+    """A state record without the fields that change on every reconcile."""
+    status = {
+        k: v
+        for k, v in (record.get("status") or {}).items()
+        if k not in ("reconciledAt", "observedAt", "reconcileDuration")
+    }
+    conditions = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"}
+        for c in status.get("conditions") or []
+    ]
+    status["conditions"] = conditions
+    return json.dumps([status, record.get("fingerprints")], sort_keys=True, default=str)
+
+
+def _first(group: BaseException) -> BaseException:
+    """The first leaf of a (possibly nested) exception group: task groups wrap errors."""
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
 
 
 def _bind_prune(

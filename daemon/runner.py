@@ -351,7 +351,7 @@ class Daemon:
                 # Shield: a shutdown must let the sync reach a wave boundary, not tear it apart.
                 with anyio.CancelScope(shield=True):
                     status = await self.engine.reconciler.reconcile(
-                        app, sync=sync, poll_max_age=min(5.0, settings_interval(self.config))
+                        app, sync=sync, poll_max_age=settings_interval(self.config)
                     )
             finally:
                 worker.running = False

@@ -91,6 +91,8 @@ class Repo:
         self.refs: dict[str, str] = {}
         self.refs_at = -1e18
         self.refs_error: SourceError | None = None
+        self.verified = False  # clone checked healthy since this process started
+        self.commits: set[str] = set()  # commits known to be present locally
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -171,16 +173,20 @@ class Repo:
             lock.unlink(missing_ok=True)
 
     async def _ensure_clone(self) -> None:
+        if self.verified:
+            return
         if (self.dir / "HEAD").exists():
             self._remove_stale_locks()
             try:
                 await self._git("rev-parse", "--git-dir", kind="local")
+                self.verified = True
                 return
             except SourceError:
                 shutil.rmtree(self.dir, ignore_errors=True)  # corrupt: rebuild below
         self.dir.mkdir(parents=True, exist_ok=True)
         await self._git("init", "--bare", "--quiet", kind="local")
         await self._git("remote", "add", "origin", self.url, kind="local")
+        self.verified = True
 
     # --- operations -------------------------------------------------------------------------
 
@@ -206,10 +212,13 @@ class Repo:
             return refs
 
     async def has_commit(self, sha: str) -> bool:
+        if sha in self.commits:
+            return True
         try:
             await self._git("cat-file", "-e", f"{sha}^{{commit}}", kind="local")
         except SourceError:
             return False
+        self.commits.add(sha)
         return True
 
     async def fetch(self, sha: str | None = None) -> None:
@@ -226,6 +235,8 @@ class Repo:
                 if not any(w in text for w in ("corrupt", "bad object", "not a git", "broken")):
                     raise
                 shutil.rmtree(self.dir, ignore_errors=True)
+                self.verified = False
+                self.commits.clear()
                 await self._ensure_clone()
                 await self._git("fetch", "--quiet", "--prune", "origin", *specs, kind="fetch")
             if sha and not await self.has_commit(sha):
