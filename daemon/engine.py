@@ -80,7 +80,15 @@ async def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:
         async with anyio.create_task_group() as tg:
             for app in config.applications:
                 tg.start_soon(one, app)
-    return [(a.name, results[a.name]) for a in config.applications]
+        # Children of app-of-apps parents were reconciled inline; report their final state.
+        children = engine.reconciler.children.apps
+        for name, (_, child, _) in sorted(children.items()):
+            if name not in results:
+                results[name] = await engine.reconciler.reconcile(child, auto=False)
+    order = [a.name for a in config.applications] + sorted(
+        n for n in results if n not in {a.name for a in config.applications}
+    )
+    return [(n, results[n]) for n in order]
 
 
 async def _await_health(engine: Engine, app: Application, status: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import structlog
 
 from daemon import yamlio
 from daemon.apply import ResourceResult, apply_one, prune_one, run_bounded
+from daemon.children import ANCESTRY, ChildRegistry, clean, is_child_kind
 from daemon.errors import GitopsdError, KubeError, KubeNotFound, PlanError
 from daemon.health.checks import aggregate, assess
 from daemon.health.wait import WaitItem, wait_healthy
@@ -53,7 +54,7 @@ from daemon.plan.options import (
 )
 from daemon.plan.order import SyncTask, build_tasks, group_steps, split_syncfail
 from daemon.render import Renderer, RenderRequest
-from daemon.settings import Application, Config
+from daemon.settings import Application, AppProject, Config
 from daemon.sources.git import RepoCache
 from daemon.status.state import StateStore
 
@@ -141,8 +142,18 @@ class Reconciler:
         self._states: dict[str, dict[str, Any]] = {}  # last state per app, as saved
         self._saved: set[str] = set()
         self._inventories: dict[tuple[str, str], set[ResourceKey]] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self.children = ChildRegistry()
+        self._restored: set[str] = set()
+        # The daemon hooks these to start / stop workers for child apps (app of apps).
+        self.on_child_added: Callable[[Application], None] | None = None
+        self.on_child_removed: Callable[[Application], Awaitable[None]] | None = None
         # Called with (app name, Argo CD-shaped operationState) while a sync runs.
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
+
+    def project(self, name: str) -> AppProject | None:
+        """A project from the config files, the built-in default, or one a parent app defined."""
+        return self.config.project(name) or self.children.project(name)
 
     def stop_requested(self) -> bool:
         """True once shutdown began (read between waves; set from the signal handler)."""
@@ -159,7 +170,19 @@ class Reconciler:
         poll_max_age: float = 0.0,
     ) -> dict[str, Any]:
         """Compare `app` with its cluster, sync when asked or when its policy says so, and
-        return (and persist) its Argo CD-shaped status."""
+        return (and persist) its Argo CD-shaped status. One run per app at a time."""
+        lock = self._locks.setdefault(app.name, anyio.Lock())
+        async with lock:
+            return await self._reconcile(app, sync=sync, auto=auto, poll_max_age=poll_max_age)
+
+    async def _reconcile(
+        self,
+        app: Application,
+        *,
+        sync: SyncRequest | None,
+        auto: bool,
+        poll_max_age: float,
+    ) -> dict[str, Any]:
         run_id = uuid.uuid4().hex[:8]
         state = self._states.get(app.name) or self.store.load(app.name)
         status: dict[str, Any] = copy.deepcopy(dict(state.get("status") or {}))
@@ -167,8 +190,11 @@ class Reconciler:
         started = time.monotonic()
         bound = log.bind(app=app.name, run=run_id)
         conditions: list[dict[str, str]] = []
+        if app.name not in self._restored:
+            self._restored.add(app.name)
+            self._restore_children(app, state.get("children") or {})
         try:
-            project = self.config.project(app.project)
+            project = self.project(app.project)
             if project is None:
                 raise PlanError(
                     f"Application/{app.name}: project {app.project!r} does not exist; "
@@ -221,7 +247,11 @@ class Reconciler:
         finally:
             status["reconciledAt"] = now_iso()
             status["reconcileDuration"] = round(time.monotonic() - started, 3)
-            record = {"status": status, "fingerprints": fingerprints}
+            record = {
+                "status": status,
+                "fingerprints": fingerprints,
+                "children": self.children.saved(app.name),
+            }
             changed = _meaningful(record) != _meaningful(state)
             if changed or app.name not in self._saved:
                 # Unchanged no-op reconciles skip the disk (an fsync per poll adds up).
@@ -287,6 +317,18 @@ class Reconciler:
         seen: dict[ResourceKey, str] = {}
         for m in manifests:
             if is_skipped(m.body):
+                continue
+            if is_child_kind(m.key):
+                # Managed by gitopsd itself (app of apps); never applied to the cluster.
+                body = copy.deepcopy(m.body)
+                body["metadata"].setdefault("namespace", "argocd")
+                key = ResourceKey.of(body)
+                if key in seen:
+                    errors.append(f"{key}: defined more than once ({seen[key]} and {m.source})")
+                    continue
+                seen[key] = m.source
+                out.append(Manifest(key=key, body=body, source=m.source))
+                types[key] = None
                 continue
             rt: ResourceType | None = client.known(m.api_version, m.key.kind)
             if rt is None:
@@ -443,14 +485,15 @@ class Reconciler:
         fingerprints: dict[str, list[str]],
     ) -> Comparison:
         """Per-resource Synced/OutOfSync: fingerprint fast path, else server-side dry-run diff."""
-        targets = [m for m in desired.manifests if not is_hook(m.body)]
+        children = [m for m in desired.manifests if is_child_kind(m.key)]
+        targets = [m for m in desired.manifests if not is_hook(m.body) and not is_child_kind(m.key)]
         wanted: dict[ResourceKey, ResourceType] = {}
         for m in targets:
             rt = desired.types.get(m.key)
             if rt is not None:
                 wanted[m.key] = rt
         for key in await self.inventory(app, client):
-            if key in wanted:
+            if key in wanted or is_child_kind(key):
                 continue
             rt = client.preferred(key.group, key.kind)
             if rt is not None:
@@ -476,6 +519,7 @@ class Reconciler:
             list(app.ignore_differences), where=f"Application/{app.name}.spec.ignoreDifferences"
         )
         comparison = Comparison(live=live, owned_extra=owned_extra, status={})
+        self._compare_children(app, children, comparison)
         limiter = anyio.CapacityLimiter(self.settings.kube_parallelism)
         ns_created = {m.key.name for m in targets if m.key.kind == "Namespace" and not m.key.group}
         opts = parse_sync_options(app.sync_policy.sync_options)
@@ -527,6 +571,190 @@ class Reconciler:
             for m in targets:
                 tg.start_soon(one, m)
         return comparison
+
+    # === app of apps =========================================================================
+
+    def _child_live(self, name: str) -> Body:
+        """A child app as a pseudo live object whose status carries the child's health."""
+        doc = self.children.document(name) or {}
+        status = (self._states.get(name) or {}).get("status") or {}
+        return {**doc, "status": status}
+
+    def _compare_children(
+        self, app: Application, children: Sequence[Manifest], comparison: Comparison
+    ) -> None:
+        """Child documents are Synced when registered exactly as rendered."""
+        desired_keys = set()
+        for m in children:
+            desired_keys.add(m.key)
+            doc = clean(m.body)
+            if m.key.kind == "Application":
+                registered = self.children.document(m.key.name)
+                mine = self.children.parent_of(m.key.name) == app.name
+                synced = mine and registered == doc
+                if mine:
+                    comparison.live[m.key] = self._child_live(m.key.name)
+            elif m.key.kind == "AppProject":
+                entry = self.children.projects.get(m.key.name)
+                synced = entry is not None and entry[0] == app.name and entry[2] == doc
+                if entry is not None and entry[0] == app.name:
+                    comparison.live[m.key] = doc
+            else:
+                comparison.errors[m.key] = (
+                    f"{m.key}: ApplicationSets inside an app are not supported yet; "
+                    "define them in the config files"
+                )
+                synced = False
+            comparison.status[m.key] = SyncStatus.SYNCED if synced else SyncStatus.OUT_OF_SYNC
+        for name in self.children.children_of(app.name):
+            doc = self.children.document(name) or {}
+            key = ResourceKey.of(
+                {**doc, "apiVersion": "argoproj.io/v1alpha1", "kind": "Application"}
+            )
+            if key not in desired_keys:
+                comparison.owned_extra[key] = doc
+        for name, (parent, _, doc) in self.children.projects.items():
+            key = ResourceKey(
+                "argoproj.io",
+                "AppProject",
+                str((doc.get("metadata") or {}).get("namespace") or "argocd"),
+                name,
+            )
+            if parent == app.name and key not in desired_keys:
+                comparison.owned_extra[key] = doc
+
+    def _restore_children(self, app: Application, saved: dict[str, Any]) -> None:
+        """Re-register the children a parent had before a restart."""
+        for doc in saved.get("projects") or []:
+            try:
+                proj = self.children.parse_project(
+                    app, doc, top_level={p.name for p in self.config.projects}
+                )
+            except GitopsdError as e:
+                log.warning("child project not restored", parent=app.name, error=str(e))
+                continue
+            self.children.register_project(app.name, proj, doc)
+        for doc in saved.get("apps") or []:
+            try:
+                child = self.children.parse_child(
+                    app, doc, top_level={a.name for a in self.config.applications}
+                )
+            except GitopsdError as e:
+                log.warning("child app not restored", parent=app.name, error=str(e))
+                continue
+            self.children.register(app.name, child, doc)
+            if self.on_child_added is not None:
+                self.on_child_added(child)
+
+    def _child_job(self, parent: Application, task: SyncTask) -> Any:
+        async def job() -> ResourceResult:
+            assert task.target is not None
+            key = task.key
+
+            def result(code: ResultCode, message: str, action: Action) -> ResourceResult:
+                return ResourceResult(
+                    key, "v1alpha1", action, code, message, task.phase, task.wave, task.hook_type
+                )
+
+            try:
+                if key.kind == "AppProject":
+                    proj = self.children.parse_project(
+                        parent, task.target, top_level={p.name for p in self.config.projects}
+                    )
+                    self.children.register_project(parent.name, proj, clean(task.target))
+                    return result(
+                        ResultCode.SYNCED, f"appproject/{key.name} registered", Action.CONFIGURED
+                    )
+                if key.kind != "Application":
+                    return result(
+                        ResultCode.SYNC_FAILED,
+                        f"{key.kind} inside an app is not supported yet",
+                        Action.FAILED,
+                    )
+                child = self.children.parse_child(
+                    parent, task.target, top_level={a.name for a in self.config.applications}
+                )
+            except GitopsdError as e:
+                return result(ResultCode.SYNC_FAILED, str(e), Action.FAILED)
+            if self.children.register(parent.name, child, clean(task.target)) and (
+                self.on_child_added is not None
+            ):
+                self.on_child_added(child)
+            token = ANCESTRY.set((*ANCESTRY.get(), parent.name))
+            try:
+                status = await self.reconcile(child)
+                deadline = time.monotonic() + self.settings.health_timeout
+                while True:
+                    sync = (status.get("sync") or {}).get("status")
+                    health = (status.get("health") or {}).get("status")
+                    op = status.get("operationState") or {}
+                    if sync == "Synced" and health == "Healthy":
+                        return result(
+                            ResultCode.SYNCED,
+                            f"application/{child.name} synced and healthy",
+                            Action.CONFIGURED,
+                        )
+                    failed = op.get("phase") in ("Failed", "Error")
+                    if (
+                        failed
+                        or health == "Degraded"
+                        or any(
+                            c.get("type") in ("ComparisonError", "InvalidSpecError")
+                            for c in status.get("conditions") or []
+                        )
+                    ):
+                        why = (
+                            op.get("message")
+                            if failed
+                            else "; ".join(
+                                c.get("message", "") for c in status.get("conditions") or []
+                            )
+                            or f"health {health}"
+                        )
+                        return result(
+                            ResultCode.SYNC_FAILED,
+                            f"child application {child.name} failed: {why}",
+                            Action.FAILED,
+                        )
+                    if time.monotonic() > deadline or self.stop_requested():
+                        return result(
+                            ResultCode.SYNC_FAILED,
+                            f"timed out waiting for child application {child.name} "
+                            f"(sync {sync}, health {health})",
+                            Action.FAILED,
+                        )
+                    await anyio.sleep(1)
+                    status = await self.reconcile(child)
+            finally:
+                ANCESTRY.reset(token)
+
+        return job
+
+    def _remove_child_job(self, task: SyncTask, *, prune: bool) -> Any:
+        async def job() -> ResourceResult:
+            key = task.key
+
+            def result(code: ResultCode, message: str, action: Action) -> ResourceResult:
+                return ResourceResult(key, "v1alpha1", action, code, message, task.phase, task.wave)
+
+            if not prune:
+                return result(
+                    ResultCode.PRUNE_SKIPPED, "ignored (requires pruning)", Action.SKIPPED
+                )
+            if key.kind == "AppProject":
+                self.children.unregister_project(key.name)
+                return result(ResultCode.PRUNED, "appproject removed", Action.DELETED)
+            child = self.children.unregister(key.name)
+            if child is None:
+                return result(ResultCode.PRUNED, "already removed", Action.DELETED)
+            if self.on_child_removed is not None:
+                await self.on_child_removed(child)
+            elif child.cascade_delete:
+                await self.delete_app(child)
+            note = " and its resources deleted" if child.cascade_delete else ""
+            return result(ResultCode.PRUNED, f"child application removed{note}", Action.DELETED)
+
+        return job
 
     # === automated policy ====================================================================
 
@@ -824,6 +1052,9 @@ class Reconciler:
         if prunes:
             jobs = []
             for t in prunes:
+                if is_child_kind(t.key):
+                    jobs.append(self._remove_child_job(t, prune=prune))
+                    continue
                 rt = client.preferred(t.key.group, t.key.kind)
                 if rt is None:
                     continue
@@ -864,6 +1095,9 @@ class Reconciler:
         run_stamp: str,
         hooks_created: list[tuple[ResourceKey, ResourceType, Body]],
     ) -> Any:
+        if is_child_kind(task.key):
+            return self._child_job(app, task)
+
         async def job() -> ResourceResult:
             assert task.target is not None
             rt = desired.types.get(task.key) or client.known(

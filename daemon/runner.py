@@ -204,6 +204,8 @@ class Daemon:
         self.api_address = ""
         engine.repos.counter.listeners.append(self._git_metric)
         engine.reconciler.progress = self._progress
+        engine.reconciler.on_child_added = self._child_added
+        engine.reconciler.on_child_removed = self._child_removed
 
     # --- metrics hooks ----------------------------------------------------------------------
 
@@ -435,6 +437,30 @@ class Daemon:
             if phase == "Succeeded":
                 self.metrics.last_sync.labels(app.name).set(time.time())
         return new_op
+
+    def _child_added(self, app: Application) -> None:
+        """A parent rendered a child Application: manage it like a configured app."""
+        worker = self.workers.get(app.name)
+        if worker is None:
+            if self.tg is None:
+                return
+            log.info("child app added", app=app.name)
+            self._start_worker(app)
+        elif worker.app != app:
+            worker.app = app
+            worker.trigger("parent changed child")
+
+    async def _child_removed(self, app: Application) -> None:
+        """A parent no longer renders a child: stop it; delete its resources only with the
+        resources finalizer."""
+        worker = self.workers.pop(app.name, None)
+        self.metrics.app_info.apps.pop(app.name, None)
+        if worker is not None:
+            worker.stopped = True
+            worker.wake.set()
+        log.info("child app removed", app=app.name, cascade=app.cascade_delete)
+        if app.cascade_delete:
+            await self.engine.reconciler.delete_app(app)
 
     def _progress(self, app_name: str, operation: dict[str, Any]) -> None:
         worker = self.workers.get(app_name)
