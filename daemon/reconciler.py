@@ -1423,6 +1423,10 @@ class Reconciler:
         sync["status"] = str(SyncStatus.UNKNOWN)
         status["sync"] = sync
         status.setdefault("health", {"status": str(HealthStatus.UNKNOWN), "message": ""})
+        if any("unreachable" in c.get("message", "") for c in conditions):
+            # The cluster cannot be asked: its health is as unknown as its sync state.
+            status["health"] = {"status": str(HealthStatus.UNKNOWN),
+                                "message": "destination cluster unreachable"}
         status["conditions"] = conditions
         return status
 

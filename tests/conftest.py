@@ -346,3 +346,95 @@ def application(
         "metadata": {"name": name, "namespace": "argocd"},
         "spec": spec,
     }
+
+
+@pytest.fixture(scope="session")
+def cluster2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A second, independent control plane (multi-cluster tests)."""
+    with start_cluster(tmp_path_factory.mktemp("cluster2")) as kubeconfig:
+        server, ctx = _ssl_from_kubeconfig(kubeconfig)
+        yield Cluster(kubeconfig=kubeconfig, server=server, ssl_context=ctx)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder the test can cut and restore (a cluster going away)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target = (target_host, target_port)
+        self.port = _free_port()
+        self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._server: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import socket
+        import threading
+
+        self._stop.clear()
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(64)
+        srv.settimeout(0.2)
+        self._server = srv
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        assert self._server is not None
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: Any, dst: Any) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.close()
+        if self._thread is not None:
+            self._thread.join(2)
+        import socket
+
+        for c in self._conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+        self._conns.clear()
