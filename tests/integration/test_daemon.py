@@ -368,3 +368,42 @@ def test_cli_client_lists_syncs_and_shows_history(
         got = cli("get", "manual", "-o", "yaml")
         assert yaml.safe_load(got.stdout)["status"]["sync"]["status"] == "Synced"
         assert cli("diff", "manual").returncode == 0
+
+
+def test_watch_based_self_heal_within_seconds(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """While the daemon runs, a scaled Deployment and a deleted ConfigMap are restored within
+    seconds by the drift watches (the poll interval is 10 minutes)."""
+    git_repo.write(
+        {"a/web.yaml": deployment("web", "nginx:1", replicas=2), "a/cm.yaml": configmap("settings")}
+    )
+    cfg = write_config(
+        tmp_path,
+        cluster,
+        [application("healer", git_repo.url, "a", namespace)],
+        reconcileInterval="600s",
+    )
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("healer"), timeout=30, what="initial sync")
+        time.sleep(1)  # let the drift watches start
+        cluster.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=5")
+        t0 = time.monotonic()
+        wait_for(
+            lambda: (
+                (get(cluster, namespace, "deployment/web") or {}).get("spec", {}).get("replicas")
+                == 2
+            ),
+            timeout=10,
+            interval=0.1,
+            what="scaled Deployment restored",
+        )
+        healed = time.monotonic() - t0
+        cluster.kubectl("delete", "configmap/settings", "-n", namespace)
+        wait_for(
+            lambda: get(cluster, namespace, "configmap/settings") is not None,
+            timeout=10,
+            interval=0.1,
+            what="deleted ConfigMap recreated",
+        )
+        assert healed < 5, f"self-heal took {healed:.1f}s"
