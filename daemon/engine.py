@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 
+from daemon import appsets
 from daemon.health.checks import aggregate, assess
 from daemon.kube import Clusters, KubeClient
 from daemon.model import HealthStatus
@@ -65,6 +66,14 @@ async def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:
     results: dict[str, dict[str, Any]] = {}
     async with Engine.open(config) as engine:
         limiter = anyio.CapacityLimiter(config.settings.max_concurrent_syncs)
+        expansion = await appsets.expand(config, engine.repos)
+        for name, error in expansion.errors.items():
+            results[f"ApplicationSet/{name}"] = {
+                "sync": {"status": "Unknown"},
+                "health": {"status": "Unknown"},
+                "conditions": [{"type": "ApplicationSetError", "message": error}],
+            }
+        apps = [*config.applications, *expansion.apps.values()]
 
         async def one(app: Application) -> None:
             async with limiter:
@@ -78,16 +87,14 @@ async def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:
                 results[app.name] = status
 
         async with anyio.create_task_group() as tg:
-            for app in config.applications:
+            for app in apps:
                 tg.start_soon(one, app)
         # Children of app-of-apps parents were reconciled inline; report their final state.
         children = engine.reconciler.children.apps
         for name, (_, child, _) in sorted(children.items()):
             if name not in results:
                 results[name] = await engine.reconciler.reconcile(child, auto=False)
-    order = [a.name for a in config.applications] + sorted(
-        n for n in results if n not in {a.name for a in config.applications}
-    )
+    order = [a.name for a in apps] + sorted(n for n in results if n not in {a.name for a in apps})
     return [(n, results[n]) for n in order]
 
 

@@ -44,6 +44,7 @@ from daemon.model import (
     annotations_of,
 )
 from daemon.plan import diff as diffing
+from daemon.plan import project as projects
 from daemon.plan import tracking
 from daemon.plan.options import (
     SyncOptions,
@@ -54,11 +55,17 @@ from daemon.plan.options import (
 )
 from daemon.plan.order import SyncTask, build_tasks, group_steps, split_syncfail
 from daemon.render import Renderer, RenderRequest
-from daemon.settings import Application, AppProject, Config
+from daemon.settings import Application, AppProject, ClusterConfig, Config
 from daemon.sources.git import RepoCache
 from daemon.status.state import StateStore
 
 log = structlog.get_logger("gitopsd.reconcile")
+
+
+class ProjectViolation(PlanError):
+    """The app breaks its AppProject's rules; nothing of it is synced."""
+
+
 INVENTORY_PREFIX = "gitopsd-inventory."
 
 
@@ -203,11 +210,23 @@ class Reconciler:
             cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
             client = await self.clusters.client(cluster)
             revision_override = sync.revision if sync and sync.revision else ""
+            # Sources and destination first: a forbidden repository is never even contacted.
+            early = self.project_violations(app, project, cluster, None)
+            if early:
+                raise ProjectViolation("; ".join(early))
             desired = await self.desired(
                 app, client, revision=revision_override, max_age=poll_max_age
             )
             bound = bound.bind(revision=desired.revision[:12])
+            violations = self.project_violations(app, project, cluster, desired)
+            if violations:
+                raise ProjectViolation("; ".join(violations))
             comparison = await self.compare(app, client, desired, fingerprints)
+            comparison.owned_extra = {
+                k: b
+                for k, b in comparison.owned_extra.items()
+                if is_child_kind(k) or self._permitted(project, cluster, client, k)
+            }
             if comparison.shared:
                 conditions.append(
                     _condition("SharedResourceWarning", "; ".join(comparison.shared.values()))
@@ -216,6 +235,12 @@ class Reconciler:
             request = sync or (
                 self.auto_sync_request(app, status, desired, comparison) if auto else None
             )
+            if request is not None and not request.dry_run:
+                allowed, why = self.window_allows(app, project, cluster, request)
+                if not allowed:
+                    bound.info("sync blocked by sync window", reason=why)
+                    conditions.append(_condition("SyncBlocked", why))
+                    request = None
             if request is not None:
                 bound.info(
                     "sync starting", initiated_by=request.initiated_by, self_heal=request.self_heal
@@ -234,7 +259,8 @@ class Reconciler:
             bound.warning("reconcile failed", error=str(e))
             kind = (
                 "InvalidSpecError"
-                if isinstance(e, PlanError) and "project" in str(e)
+                if isinstance(e, ProjectViolation)
+                or (isinstance(e, PlanError) and "project" in str(e))
                 else ("ComparisonError")
             )
             conditions.append(_condition(kind, str(e)))
@@ -571,6 +597,84 @@ class Reconciler:
             for m in targets:
                 tg.start_soon(one, m)
         return comparison
+
+    # === projects ============================================================================
+
+    def project_violations(
+        self,
+        app: Application,
+        project: AppProject,
+        cluster: ClusterConfig,
+        desired: Desired | None,
+    ) -> list[str]:
+        """Every way `app` breaks its AppProject's rules (sources, destination, resources)."""
+        out: list[str] = []
+        for src in app.sources:
+            v = projects.check_source(project, src.repo_url)
+            if v is not None:
+                out.append(v.message)
+        v = projects.check_destination(
+            project, server=cluster.server, name=cluster.name, namespace=app.destination.namespace
+        )
+        if v is not None:
+            out.append(v.message)
+        if desired is None:
+            return out
+        for m in desired.manifests:
+            rt = desired.types.get(m.key)
+            namespaced = True if rt is None else rt.namespaced
+            v = projects.check_resource(
+                project,
+                group=m.key.group,
+                kind=m.key.kind,
+                name=m.key.name,
+                namespace=m.key.namespace if namespaced else "",
+                namespaced=namespaced,
+                server=cluster.server,
+                cluster_name=cluster.name,
+            )
+            if v is not None:
+                out.append(f"{m.source}: {v.message}")
+        return out
+
+    def _permitted(
+        self, project: AppProject, cluster: ClusterConfig, client: KubeClient, key: ResourceKey
+    ) -> bool:
+        rt = client.preferred(key.group, key.kind)
+        namespaced = True if rt is None else rt.namespaced
+        return (
+            projects.check_resource(
+                project,
+                group=key.group,
+                kind=key.kind,
+                name=key.name,
+                namespace=key.namespace,
+                namespaced=namespaced,
+                server=cluster.server,
+                cluster_name=cluster.name,
+            )
+            is None
+        )
+
+    def window_allows(
+        self, app: Application, project: AppProject, cluster: ClusterConfig, request: SyncRequest
+    ) -> tuple[bool, str]:
+        """Whether the project's sync windows let this sync start now."""
+        try:
+            windows = projects.project_sync_windows(project)
+        except ValueError as e:
+            return False, f"invalid syncWindows in project {project.name}: {e}"
+        if not windows:
+            return True, ""
+        return projects.sync_allowed(
+            windows,
+            app=app.name,
+            namespace=app.destination.namespace,
+            cluster=cluster.name,
+            server=cluster.server,
+            now=dt.datetime.now(dt.UTC),
+            manual=request.initiated_by != "automated",
+        )
 
     # === app of apps =========================================================================
 
@@ -1425,8 +1529,10 @@ class Reconciler:
         status.setdefault("health", {"status": str(HealthStatus.UNKNOWN), "message": ""})
         if any("unreachable" in c.get("message", "") for c in conditions):
             # The cluster cannot be asked: its health is as unknown as its sync state.
-            status["health"] = {"status": str(HealthStatus.UNKNOWN),
-                                "message": "destination cluster unreachable"}
+            status["health"] = {
+                "status": str(HealthStatus.UNKNOWN),
+                "message": "destination cluster unreachable",
+            }
         status["conditions"] = conditions
         return status
 

@@ -24,6 +24,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from daemon import appsets
 from daemon import settings as settings_mod
 from daemon.engine import Engine
 from daemon.errors import ConfigError, GitopsdError, KubeError
@@ -201,6 +202,8 @@ class Daemon:
         self.metrics.config_valid.set(1)
         self._drift_at: dict[str, float] = {}
         self._last_op: dict[str, str] = {}
+        self.expansion = appsets.Expansion()
+        self._appset_wake = anyio.Event()
         self.api_address = ""
         engine.repos.counter.listeners.append(self._git_metric)
         engine.reconciler.progress = self._progress
@@ -236,6 +239,7 @@ class Daemon:
             await tg.start(serve_api, self)
             for app in self.config.applications:
                 self._start_worker(app)
+            tg.start_soon(self._appset_loop)
             tg.start_soon(self._config_watcher)
             tg.start_soon(self._heartbeat)
             await self._check_clusters()
@@ -462,6 +466,40 @@ class Daemon:
         if app.cascade_delete:
             await self.engine.reconciler.delete_app(app)
 
+    async def _appset_loop(self) -> None:
+        """Regenerate ApplicationSets every interval (and on reload or webhook)."""
+        while True:
+            await self.expand_appsets()
+            with anyio.move_on_after(self.config.settings.reconcile_interval):
+                await self._appset_wake.wait()
+            self._appset_wake = anyio.Event()
+
+    async def expand_appsets(self) -> None:
+        """Create, update and remove generated apps as the generators' output changes."""
+        if not self.config.application_sets and not self.expansion.apps:
+            return
+        expansion = await appsets.expand(self.config, self.engine.repos, self.expansion)
+        old = self.expansion.apps
+        for name, app in expansion.apps.items():
+            worker = self.workers.get(name)
+            if worker is None:
+                log.info("generated app added", app=name, appset=expansion.owner[name])
+                self._start_worker(app)
+            elif app != worker.app or app.raw != worker.app.raw:
+                worker.app = app
+                worker.trigger("ApplicationSet changed")
+        for name, app in old.items():
+            if name not in expansion.apps and name in self.workers:
+                worker = self.workers.pop(name)
+                worker.stopped = True
+                worker.wake.set()
+                self.metrics.app_info.apps.pop(name, None)
+                log.info("generated app removed", app=name, cascade=app.cascade_delete)
+                if app.cascade_delete:
+                    assert self.tg is not None
+                    self.tg.start_soon(self._delete_app_resources, app, worker)
+        self.expansion = expansion
+
     def _progress(self, app_name: str, operation: dict[str, Any]) -> None:
         worker = self.workers.get(app_name)
         if worker is not None:
@@ -547,6 +585,7 @@ class Daemon:
                 log.info("app changed", app=name)
                 self.workers[name].app = app
                 self.workers[name].trigger("config changed")
+        self._appset_wake.set()
         for name, app in old_apps.items():
             if name not in new_apps:
                 worker = self.workers.pop(name)
@@ -594,6 +633,8 @@ class Daemon:
                 w.trigger(reason)
                 names.append(name)
                 break
+        if self.config.application_sets:
+            self._appset_wake.set()  # git generators may see new directories or files
         return names
 
 

@@ -174,6 +174,7 @@ class Config:
     repositories: tuple[RepositoryCredentials, ...]
     applications: tuple[Application, ...]
     projects: tuple[AppProject, ...]
+    application_sets: tuple[ApplicationSetDoc, ...] = ()
     api_tokens: tuple[ApiToken, ...] = ()
     webhooks: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -310,6 +311,16 @@ class AppProject:
 
 
 DEFAULT_PROJECT = AppProject(name="default")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationSetDoc:
+    """An ApplicationSet document; generation happens at run time (it may read git)."""
+
+    name: str
+    where: str
+    raw: dict[str, Any] = field(compare=False, hash=False)
+
 
 _APP_SPEC_KNOWN = (
     "source",
@@ -627,8 +638,11 @@ def load(path: str | os.PathLike[str]) -> Config:
     for i, raw in enumerate(top.list("apiTokens")):
         t = _Fields(raw, f"{cfg_path}: apiTokens[{i}]", warnings)
         role = t.text("role", "readonly")
-        if role not in ("admin", "readonly"):
-            raise ConfigError(f"{t.where}.role: must be admin or readonly, got {role!r}")
+        if role not in ("admin", "readonly", "none"):
+            raise ConfigError(
+                f"{t.where}.role: must be admin, readonly or none (only project role policies "
+                f"for its groups), got {role!r}"
+            )
         tokens.append(
             ApiToken(
                 name=t.text("name", required=True),
@@ -658,11 +672,12 @@ def load(path: str | os.PathLike[str]) -> Config:
 
     apps: list[Application] = []
     projects: list[AppProject] = []
+    appsets: list[ApplicationSetDoc] = []
     for f in files:
         for i, doc in _read_documents(f):
             where = f"{f}: document {i}"
             kind, api = doc.get("kind"), doc.get("apiVersion")
-            if api != ARGO_API and kind in ("Application", "AppProject"):
+            if api != ARGO_API and kind in ("Application", "AppProject", "ApplicationSet"):
                 raise ConfigError(f"{where}: apiVersion must be {ARGO_API}, got {api!r}")
             if kind == "Application":
                 app = parse_application(doc, where=where, warnings=warnings)
@@ -679,11 +694,32 @@ def load(path: str | os.PathLike[str]) -> Config:
                     raise ConfigError(f"{where}: duplicate AppProject name {proj.name!r}")
                 projects.append(proj)
             elif kind == "ApplicationSet":
-                warnings.append(f"{where}: ApplicationSet is not supported yet (ignored)")
+                meta = _Fields(doc.get("metadata"), f"{where}.metadata", warnings)
+                name = meta.text("name", required=True)
+                spec = doc.get("spec")
+                if not isinstance(spec, dict) or not isinstance(spec.get("generators"), list):
+                    raise ConfigError(f"{where} (ApplicationSet/{name}).spec.generators: required")
+                if not isinstance(spec.get("template"), dict):
+                    raise ConfigError(f"{where} (ApplicationSet/{name}).spec.template: required")
+                if any(a.name == name for a in appsets):
+                    raise ConfigError(f"{where}: duplicate ApplicationSet name {name!r}")
+                appsets.append(
+                    ApplicationSetDoc(name=name, where=f"{where} (ApplicationSet/{name})", raw=doc)
+                )
             else:
                 raise ConfigError(
-                    f"{where}: expected an Argo CD Application or AppProject, got kind {kind!r}"
+                    f"{where}: expected an Argo CD Application, AppProject or ApplicationSet, "
+                    f"got kind {kind!r}"
                 )
+    # Role policies and sync windows are validated now so a bad edit is rejected as a whole.
+    from daemon.plan.project import parse_roles, project_sync_windows
+
+    for proj in projects:
+        try:
+            parse_roles(proj)
+            project_sync_windows(proj)
+        except ValueError as e:
+            raise ConfigError(str(e), file=proj.file) from e
     return Config(
         path=str(cfg_path),
         settings=settings,
@@ -691,6 +727,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         repositories=tuple(repos),
         applications=tuple(apps),
         projects=tuple(projects),
+        application_sets=tuple(appsets),
         api_tokens=tuple(tokens),
         webhooks=webhooks,
         warnings=tuple(warnings),

@@ -407,3 +407,41 @@ def safe_path(root: Path, rel: str, *, what: str) -> Path:
                     f"{what} {rel!r} goes through symlink {entry!r} that leaves the repository"
                 )
     return candidate
+
+
+class CheckoutReader:
+    """Directory listings and file contents at a revision, from the repo cache (for ApplicationSet
+    git generators)."""
+
+    def __init__(self, cache: RepoCache, *, max_file_bytes: int = 1024 * 1024) -> None:
+        self.cache = cache
+        self.max_file_bytes = max_file_bytes
+
+    async def _root(self, repo_url: str, revision: str) -> Path:
+        resolved = await self.cache.resolve(repo_url, revision, max_age=5.0)
+        return await self.cache.checkout(repo_url, resolved.sha)
+
+    async def list_dirs(self, repo_url: str, revision: str) -> list[str]:
+        """Every directory in the repository, relative and '/'-separated."""
+        root = await self._root(repo_url, revision)
+        out = []
+        for dirpath, dirnames, _ in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = os.path.relpath(dirpath, root)
+            if rel != ".":
+                out.append(rel.replace(os.sep, "/"))
+        return sorted(out)
+
+    async def read_files(self, repo_url: str, revision: str) -> dict[str, bytes]:
+        """Every (regular, not too large) file in the repository by relative path."""
+        root = await self._root(repo_url, revision)
+        out: dict[str, bytes] = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                p = Path(dirpath) / name
+                if name.startswith(".gitopsd") or p.is_symlink():
+                    continue
+                if p.stat().st_size <= self.max_file_bytes:
+                    out[str(p.relative_to(root)).replace(os.sep, "/")] = p.read_bytes()
+        return out

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from daemon.errors import GitopsdError
+from daemon.plan import project as projects
 from daemon.reconciler import SyncRequest
 
 if TYPE_CHECKING:
@@ -38,11 +39,11 @@ class Auth:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    def tokens(self) -> dict[str, str]:
+    def tokens(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         out = {}
         for t in self.daemon.config.api_tokens:
             try:
-                out[_hash(Path(t.token_file).read_text().strip())] = t.role
+                out[_hash(Path(t.token_file).read_text().strip())] = (t.role, t.groups)
             except OSError as e:
                 log.error("api token file unreadable", token=t.name, error=e.strerror)
         return out
@@ -56,19 +57,68 @@ class Auth:
         except ValueError:
             return False
 
-    def role(self, request: web.Request) -> str | None:
-        """'admin', 'readonly', or None (no or bad token)."""
+    def principal(self, request: web.Request) -> tuple[str, tuple[str, ...]] | None:
+        """(role, groups) of the request's token, or None (no or bad token)."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return None
         return self.tokens().get(_hash(header[7:].strip()))
 
-    def check(self, request: web.Request, *, mutating: bool) -> None:
-        tokens_configured = bool(self.daemon.config.api_tokens)
-        role = self.role(request)
-        if not tokens_configured and self.loopback_only():
+    def role(self, request: web.Request) -> str | None:
+        p = self.principal(request)
+        return p[0] if p else None
+
+    def open_access(self, *, mutating: bool) -> bool:
+        """No tokens configured: loopback is open; beyond it only reads are."""
+        if self.daemon.config.api_tokens:
+            return False
+        return self.loopback_only() or not mutating
+
+    def may(self, request: web.Request, action: str, app_name: str) -> bool:
+        """Whether the request may do `action` (get, sync, ...) on an app: admin may do all,
+        readonly may get, and AppProject role policies grant the token's groups more (deny wins)."""
+        if self.open_access(mutating=action != "get"):
+            return True
+        p = self.principal(request)
+        if p is None:
+            return False
+        role, groups = p
+        if role == "admin":
+            return True
+        worker = self.daemon.workers.get(app_name)
+        if worker is None:
+            return False
+        app = worker.app
+        all_projects = [
+            *self.daemon.config.projects,
+            *(e[1] for e in self.daemon.engine.reconciler.children.projects.values()),
+        ]
+        granted = projects.authorize(
+            all_projects,
+            groups=groups,
+            action=action,
+            app_project=app.project,
+            app_name=app.name,
+        )
+        # The built-in readonly role gets every app (project policies can only add to it).
+        return granted or (role == "readonly" and action == "get")
+
+    def check_app(self, request: web.Request, action: str, app_name: str) -> None:
+        if self.may(request, action, app_name):
             return
-        if not tokens_configured and not mutating:
+        if self.principal(request) is None:
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": "a valid bearer token is required"}),
+                content_type="application/json",
+            )
+        raise web.HTTPForbidden(
+            text=json.dumps({"error": f"not allowed to {action} application {app_name}"}),
+            content_type="application/json",
+        )
+
+    def check(self, request: web.Request, *, mutating: bool) -> None:
+        role = self.role(request)
+        if self.open_access(mutating=mutating):
             return
         if role is None:
             raise web.HTTPUnauthorized(
@@ -167,23 +217,43 @@ def build_app(daemon: Daemon) -> web.Application:
             }
         )
 
+    @routes.get("/api/v1/applicationsets")
+    async def list_appsets(request: web.Request) -> web.Response:
+        auth.check(request, mutating=False)
+        items = []
+        for aset in daemon.config.application_sets:
+            apps = sorted(n for n, o in daemon.expansion.owner.items() if o == aset.name)
+            items.append(
+                {
+                    "metadata": aset.raw.get("metadata", {}),
+                    "spec": aset.raw.get("spec", {}),
+                    "status": {
+                        "applications": apps,
+                        "error": daemon.expansion.errors.get(aset.name, ""),
+                    },
+                }
+            )
+        return web.json_response({"items": items})
+
     @routes.get("/api/v1/applications")
     async def list_apps(request: web.Request) -> web.Response:
-        auth.check(request, mutating=False)
-        return web.json_response({"items": [app_json(daemon, n) for n in sorted(daemon.workers)]})
+        if auth.principal(request) is None and not auth.open_access(mutating=False):
+            auth.check(request, mutating=False)
+        names = [n for n in sorted(daemon.workers) if auth.may(request, "get", n)]
+        return web.json_response({"items": [app_json(daemon, n) for n in names]})
 
     @routes.get("/api/v1/applications/{name}")
     async def get_app(request: web.Request) -> web.Response:
-        auth.check(request, mutating=False)
         name = request.match_info["name"]
         need(name)
+        auth.check_app(request, "get", name)
         return web.json_response(app_json(daemon, name))
 
     @routes.post("/api/v1/applications/{name}/sync")
     async def sync(request: web.Request) -> web.Response:
-        auth.check(request, mutating=True)
         name = request.match_info["name"]
         need(name)
+        auth.check_app(request, "sync", name)
         data = await body_json(request)
         prune = data.get("prune")
         req = SyncRequest(
@@ -197,9 +267,9 @@ def build_app(daemon: Daemon) -> web.Application:
 
     @routes.post("/api/v1/applications/{name}/refresh")
     async def refresh(request: web.Request) -> web.Response:
-        auth.check(request, mutating=True)
         name = request.match_info["name"]
         need(name)
+        auth.check_app(request, "get", name)
         for src in daemon.workers[name].app.sources:
             daemon.engine.repos.repo(src.repo_url).refs_at = -1e18
         daemon.request(name, None, "api refresh")
@@ -207,9 +277,9 @@ def build_app(daemon: Daemon) -> web.Application:
 
     @routes.post("/api/v1/applications/{name}/rollback")
     async def rollback(request: web.Request) -> web.Response:
-        auth.check(request, mutating=True)
         name = request.match_info["name"]
         need(name)
+        auth.check_app(request, "sync", name)
         worker = daemon.workers[name]
         if worker.app.sync_policy.automated is not None:
             raise web.HTTPBadRequest(
@@ -242,9 +312,9 @@ def build_app(daemon: Daemon) -> web.Application:
 
     @routes.get("/api/v1/applications/{name}/diff")
     async def diff(request: web.Request) -> web.Response:
-        auth.check(request, mutating=False)
         name = request.match_info["name"]
         need(name)
+        auth.check_app(request, "get", name)
         from daemon.plan import diff as diffing
 
         app = daemon.workers[name].app
