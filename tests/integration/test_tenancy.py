@@ -382,3 +382,122 @@ def test_project_roles_authorise_api_calls(
             ).status_code
             == 202
         )
+
+
+def test_generated_apps_follow_the_generators_in_the_daemon(
+    cluster: Cluster, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A git-directories ApplicationSet in the running daemon: a new directory adds an app, a
+    removed one removes the app and (finalizer by default) its resources."""
+    prefix = f"gd{int(time.time()) % 100000}"
+    git_repo.write({"envs/one/cm.yaml": configmap("one"), "envs/two/cm.yaml": configmap("two")})
+    aset = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "ApplicationSet",
+        "metadata": {"name": "envs", "namespace": "argocd"},
+        "spec": {
+            "generators": [
+                {
+                    "git": {
+                        "repoURL": git_repo.url,
+                        "revision": "main",
+                        "directories": [{"path": "envs/*"}],
+                    }
+                }
+            ],
+            "template": {
+                "metadata": {"name": f"{prefix}-{{{{path.basename}}}}"},
+                "spec": {
+                    "project": "default",
+                    "source": {
+                        "repoURL": git_repo.url,
+                        "targetRevision": "main",
+                        "path": "{{path}}",
+                    },
+                    "destination": {
+                        "server": "https://kubernetes.default.svc",
+                        "namespace": f"{prefix}-{{{{path.basename}}}}",
+                    },
+                    "syncPolicy": {
+                        "automated": {"prune": True},
+                        "syncOptions": ["CreateNamespace=true"],
+                    },
+                },
+            },
+        },
+    }
+    cfg = write_config(tmp_path, cluster, [], reconcileInterval="2s")
+    (tmp_path / "apps" / "appset.yaml").write_text(yaml.safe_dump(aset))
+    try:
+        with running(cfg) as d:
+            wait_for(
+                lambda: d.synced(f"{prefix}-one") and d.synced(f"{prefix}-two"),
+                timeout=60,
+                what="generated apps synced",
+            )
+            assert get(cluster, f"{prefix}-two", "cm/two") is not None
+            git_repo.write({"envs/three/cm.yaml": configmap("three"), "envs/two/cm.yaml": None})
+            wait_for(lambda: d.synced(f"{prefix}-three"), timeout=60, what="new dir -> new app")
+            wait_for(lambda: d.app(f"{prefix}-two") is None, timeout=60, what="app removed")
+            wait_for(
+                lambda: get(cluster, f"{prefix}-two", "cm/two") is None,
+                timeout=60,
+                what="removed app's resources deleted",
+            )
+            sets = d.api("/api/v1/applicationsets").json()["items"]
+            assert sets[0]["status"]["applications"] == [f"{prefix}-one", f"{prefix}-three"]
+    finally:
+        for n in ("one", "two", "three"):
+            cluster.kubectl(
+                "delete",
+                "namespace",
+                f"{prefix}-{n}",
+                "--wait=false",
+                "--ignore-not-found",
+                check=False,
+            )
+
+
+async def test_project_destinations_hold_per_cluster(
+    cluster: Cluster, cluster2: Cluster, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A project that permits a namespace only on one cluster refuses the same app on another."""
+    ns = f"pd-{int(time.time()) % 100000}"
+    git_repo.write({"app/cm.yaml": configmap("per-cluster")})
+    proj = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AppProject",
+        "metadata": {"name": "east-only", "namespace": "argocd"},
+        "spec": {"sourceRepos": ["*"], "destinations": [{"name": "east", "namespace": ns}]},
+    }
+    apps = []
+    for c in ("east", "west"):
+        a = application(f"pd-{c}", git_repo.url, "app", ns, options=["CreateNamespace=true"])
+        a["spec"]["project"] = "east-only"
+        a["spec"]["destination"] = {"name": c, "namespace": ns}
+        apps.append(a)
+    cfg_path = write_config(tmp_path, cluster, apps)
+    write_project(tmp_path, proj)
+    data = yaml.safe_load(cfg_path.read_text())
+    data["clusters"] = [
+        {
+            "name": "east",
+            "server": "https://east.example.invalid",
+            "kubeconfig": str(cluster.kubeconfig),
+        },
+        {
+            "name": "west",
+            "server": "https://west.example.invalid",
+            "kubeconfig": str(cluster2.kubeconfig),
+        },
+    ]
+    cfg_path.write_text(yaml.safe_dump(data))
+    try:
+        results = dict(await run_once(settings.load(cfg_path)))
+        assert results["pd-east"]["sync"]["status"] == "Synced"
+        west = " ".join(c["message"] for c in results["pd-west"]["conditions"])
+        assert "not permitted in project east-only" in west, west
+        assert get(cluster2, ns, "cm/per-cluster") is None
+    finally:
+        for c in (cluster, cluster2):
+            c.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
