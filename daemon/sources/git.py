@@ -232,20 +232,38 @@ class Repo:
                 await self._git("fetch", "--quiet", "--prune", "origin", *specs, kind="fetch")
             except SourceError as e:
                 text = str(e).lower()
-                if not any(w in text for w in ("corrupt", "bad object", "not a git", "broken")):
+                if ".lock" in text and "file exists" in text:
+                    # A git process killed mid-fetch left its lock; we hold the repo lock, so
+                    # nobody else is writing here.
+                    self._remove_stale_locks()
+                    await self._git("fetch", "--quiet", "--prune", "origin", *specs, kind="fetch")
+                    return await self._fetch_missing(sha)
+                if not any(
+                    w in text
+                    for w in (
+                        "corrupt",
+                        "bad object",
+                        "not a git",
+                        "broken",
+                        "does not appear to be a git",
+                    )
+                ):
                     raise
                 shutil.rmtree(self.dir, ignore_errors=True)
                 self.verified = False
                 self.commits.clear()
                 await self._ensure_clone()
                 await self._git("fetch", "--quiet", "--prune", "origin", *specs, kind="fetch")
-            if sha and not await self.has_commit(sha):
-                try:
-                    await self._git("fetch", "--quiet", "origin", sha, kind="fetch")
-                except SourceError as e:
-                    raise SourceError(
-                        f"repository {redact(self.url)}: commit {sha} not found"
-                    ) from e
+            await self._fetch_missing(sha)
+
+    async def _fetch_missing(self, sha: str | None) -> None:
+        """Fetch a commit that is on no branch or tag (servers that allow it)."""
+        if sha and not await self.has_commit(sha):
+            try:
+                await self._git("fetch", "--quiet", "origin", sha, kind="fetch")
+            except SourceError as e:
+                raise SourceError(f"repository {redact(self.url)}: commit {sha} not found") from e
+            self.commits.add(sha)
 
     async def rev_parse(self, rev: str) -> str | None:
         async with self.lock:
