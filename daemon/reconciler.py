@@ -944,6 +944,22 @@ class Reconciler:
                 and (not selective or comparison.status.get(m.key) is not SyncStatus.SYNCED)
             )
         ]
+        if opts.respect_ignore_differences and app.ignore_differences:
+            # Fields the app says to ignore keep their live values instead of being reset.
+            rules = diffing.parse_ignore_differences(
+                list(app.ignore_differences),
+                where=f"Application/{app.name}.spec.ignoreDifferences",
+            )
+            manifests = [
+                Manifest(
+                    m.key,
+                    diffing.respect_ignored(m.body, comparison.live[m.key], rules=rules, key=m.key),
+                    m.source,
+                )
+                if m.key in comparison.live and not is_child_kind(m.key) and not is_hook(m.body)
+                else m
+                for m in manifests
+            ]
         tasks = build_tasks(manifests, comparison.owned_extra, prune_last=opts.prune_last)
         main, syncfail = split_syncfail(tasks)
         results: list[ResourceResult] = []

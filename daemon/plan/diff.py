@@ -825,3 +825,68 @@ def _yaml_lines(obj: Body | None) -> list[str]:
     # A very wide line keeps long strings on one line, so a change shows as one changed line.
     text = yaml.safe_dump(obj, sort_keys=True, default_flow_style=False, width=1 << 20)
     return text.splitlines(keepends=True)
+
+
+# --------------------------------------------------------------------------- RespectIgnoreDifferences
+
+
+def respect_ignored(
+    desired: Body, live: Body, *, rules: Sequence[IgnoreRule], key: ResourceKey
+) -> Body:
+    """`RespectIgnoreDifferences=true`: a copy of `desired` whose ignored fields (json pointers
+    and jq paths of matching rules) carry the live values, so a sync leaves them as they are."""
+    out = copy.deepcopy(desired)
+    for rule in rules:
+        if not rule_matches(rule, key):
+            continue
+        paths: list[JsonPath] = []
+        for pointer in rule.json_pointers:
+            tokens = _pointer_tokens(pointer)
+            paths.append(tuple(int(t) if t.isdigit() else t for t in tokens))
+        for expression in rule.jq_path_expressions:
+            steps = _compile_jq(expression)
+            for root in (live, out):
+                try:
+                    paths.extend(_jq_paths(steps, root))
+                except _JqRuntimeError:
+                    continue
+        for path in paths:
+            if not path:
+                continue
+            present, value = _lookup(live, path)
+            if present:
+                _assign(out, path, copy.deepcopy(value))
+            else:
+                _delete_paths(out, [path])
+    return out
+
+
+def _lookup(obj: Any, path: JsonPath) -> tuple[bool, Any]:
+    current = obj
+    for element in path:
+        if (isinstance(current, dict) and isinstance(element, str) and element in current) or (
+            isinstance(current, list)
+            and isinstance(element, int)
+            and -len(current) <= element < len(current)
+        ):
+            current = current[element]
+        else:
+            return False, None
+    return True, current
+
+
+def _assign(obj: Any, path: JsonPath, value: Any) -> None:
+    current = obj
+    for i, element in enumerate(path[:-1]):
+        nxt = _jq_child(current, element)
+        if nxt is None:
+            if not isinstance(current, dict) or not isinstance(element, str):
+                return  # cannot create list slots that do not exist
+            nxt = {} if isinstance(path[i + 1], str) else []
+            current[element] = nxt
+        current = nxt
+    last = path[-1]
+    if (isinstance(current, dict) and isinstance(last, str)) or (
+        isinstance(current, list) and isinstance(last, int) and -len(current) <= last < len(current)
+    ):
+        current[last] = value

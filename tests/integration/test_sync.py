@@ -375,3 +375,32 @@ async def test_run_once_reports_synced_and_healthy(
     assert name == "once"
     assert status["sync"]["status"] == "Synced"
     assert status["health"]["status"] == "Healthy"
+
+
+async def test_respect_ignore_differences_keeps_live_values(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """With ignoreDifferences on /spec/replicas, a hand-scaled Deployment is Synced; with
+    RespectIgnoreDifferences a sync for another change keeps the live replica count."""
+    git_repo.write({"app/web.yaml": deployment("web", "nginx:1", replicas=1)})
+    app = application(
+        "rid",
+        git_repo.url,
+        "app",
+        namespace,
+        options=["RespectIgnoreDifferences=true"],
+        ignoreDifferences=[
+            {"group": "apps", "kind": "Deployment", "jsonPointers": ["/spec/replicas"]}
+        ],
+    )
+    cfg = write_config(tmp_path, cluster, [app])
+    assert (await reconcile(cfg, "rid"))["operationState"]["phase"] == "Succeeded"
+    cluster.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=3")
+    status = await reconcile(cfg, "rid")
+    assert status["sync"]["status"] == "Synced", "ignored field must not make the app OutOfSync"
+    git_repo.write({"app/web.yaml": deployment("web", "nginx:2", replicas=1)})
+    status = await reconcile(cfg, "rid")
+    assert status["operationState"]["phase"] == "Succeeded"
+    dep = get(cluster, namespace, "deployment/web")
+    assert dep and dep["spec"]["replicas"] == 3
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:2"
