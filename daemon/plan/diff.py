@@ -827,7 +827,7 @@ def _yaml_lines(obj: Body | None) -> list[str]:
     return text.splitlines(keepends=True)
 
 
-# --------------------------------------------------------------------------- RespectIgnoreDifferences
+# ----------------------------------------------------------------- RespectIgnoreDifferences
 
 
 def respect_ignored(
