@@ -138,20 +138,25 @@ class DriftWatches:
         rt: ResourceType,
     ) -> None:
         cluster, _, _, ns = scope_key
+        backoff = 1.0
         with scope:
             while True:
                 try:
                     items, rv = await client.list(rt, ns)
                     for item in items:
                         self._note(cluster, rt, item, initial=True)
+                    backoff = 1.0
                     async for ev in client.watch(rt, ns, resource_version=rv):
                         if ev.type == "ERROR":
                             break
                         if ev.type in ("MODIFIED", "DELETED", "ADDED"):
                             self._note(cluster, rt, ev.object, deleted=ev.type == "DELETED")
                 except (KubeError, ValueError) as e:
-                    log.debug("drift watch restarting", kind=rt.kind, namespace=ns, error=str(e))
-                    await anyio.sleep(2)
+                    # Forbidden or unreachable: back off (up to a minute), never spin.
+                    log.debug("drift watch restarting", kind=rt.kind, namespace=ns, error=str(e),
+                              retry_in=backoff)
+                    await anyio.sleep(backoff)
+                    backoff = min(60.0, backoff * 2)
 
     def _note(
         self,
