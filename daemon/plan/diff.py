@@ -864,11 +864,11 @@ def respect_ignored(
 def _lookup(obj: Any, path: JsonPath) -> tuple[bool, Any]:
     current = obj
     for element in path:
-        if (isinstance(current, dict) and isinstance(element, str) and element in current) or (
-            isinstance(current, list)
-            and isinstance(element, int)
-            and -len(current) <= element < len(current)
-        ):
+        if isinstance(current, dict) and isinstance(element, str) and element in current:
+            current = current[element]
+        elif isinstance(current, list) and isinstance(element, int):  # noqa: SIM114
+            if not -len(current) <= element < len(current):
+                return False, None
             current = current[element]
         else:
             return False, None
@@ -886,7 +886,8 @@ def _assign(obj: Any, path: JsonPath, value: Any) -> None:
             current[element] = nxt
         current = nxt
     last = path[-1]
-    if (isinstance(current, dict) and isinstance(last, str)) or (
-        isinstance(current, list) and isinstance(last, int) and -len(current) <= last < len(current)
-    ):
+    if isinstance(current, dict) and isinstance(last, str):
         current[last] = value
+    elif isinstance(current, list) and isinstance(last, int):  # noqa: SIM114
+        if -len(current) <= last < len(current):
+            current[last] = value
