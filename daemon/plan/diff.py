@@ -866,7 +866,7 @@ def _lookup(obj: Any, path: JsonPath) -> tuple[bool, Any]:
     for element in path:
         if isinstance(current, dict) and isinstance(element, str) and element in current:
             current = current[element]
-        elif isinstance(current, list) and isinstance(element, int):  # noqa: SIM114
+        elif isinstance(current, list) and isinstance(element, int):
             if not -len(current) <= element < len(current):
                 return False, None
             current = current[element]
@@ -888,6 +888,6 @@ def _assign(obj: Any, path: JsonPath, value: Any) -> None:
     last = path[-1]
     if isinstance(current, dict) and isinstance(last, str):
         current[last] = value
-    elif isinstance(current, list) and isinstance(last, int):  # noqa: SIM114
+    elif isinstance(current, list) and isinstance(last, int):
         if -len(current) <= last < len(current):
             current[last] = value
