@@ -153,8 +153,13 @@ class DriftWatches:
                             self._note(cluster, rt, ev.object, deleted=ev.type == "DELETED")
                 except (KubeError, ValueError) as e:
                     # Forbidden or unreachable: back off (up to a minute), never spin.
-                    log.debug("drift watch restarting", kind=rt.kind, namespace=ns, error=str(e),
-                              retry_in=backoff)
+                    log.debug(
+                        "drift watch restarting",
+                        kind=rt.kind,
+                        namespace=ns,
+                        error=str(e),
+                        retry_in=backoff,
+                    )
                     await anyio.sleep(backoff)
                     backoff = min(60.0, backoff * 2)
 

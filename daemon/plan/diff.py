@@ -888,6 +888,7 @@ def _assign(obj: Any, path: JsonPath, value: Any) -> None:
     last = path[-1]
     if isinstance(current, dict) and isinstance(last, str):
         current[last] = value
-    elif isinstance(current, list) and isinstance(last, int):
-        if -len(current) <= last < len(current):
-            current[last] = value
+    elif (
+        isinstance(current, list) and isinstance(last, int) and -len(current) <= last < len(current)
+    ):
+        current[last] = value
