@@ -886,7 +886,7 @@ def _assign(obj: Any, path: JsonPath, value: Any) -> None:
             current[element] = nxt
         current = nxt
     last = path[-1]
-    if isinstance(current, dict) and isinstance(last, str):
+    if isinstance(current, dict) and isinstance(last, str):  # noqa: SIM114 - typing narrows
         current[last] = value
     elif (
         isinstance(current, list) and isinstance(last, int) and -len(current) <= last < len(current)
