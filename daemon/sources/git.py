@@ -30,6 +30,8 @@ _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _SHORT_SHA_RE = re.compile(r"^[0-9a-f]{7,39}$")
 _USERINFO_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 UNSAFE_LINKS_FILE = ".gitopsd-unsafe-links"
+# Bumped whenever extraction rules change, so checkouts made by older rules are never reused.
+CHECKOUT_LAYOUT = "checkouts-v2"
 _ASKPASS = """#!/bin/sh
 case "$1" in
   Username*) printf '%s\\n' "$GITOPSD_GIT_USERNAME" ;;
@@ -341,7 +343,7 @@ class RepoCache:
 
     async def checkout(self, url: str, sha: str) -> Path:
         """A read-only directory holding exactly commit `sha` (shared, cached by SHA)."""
-        dest = self.root / "checkouts" / sha
+        dest = self.root / CHECKOUT_LAYOUT / sha
         if (dest / ".gitopsd-complete").exists():
             os.utime(dest)
             return dest
@@ -362,7 +364,7 @@ class RepoCache:
             return dest
 
     def _prune_checkouts(self) -> None:
-        base = self.root / "checkouts"
+        base = self.root / CHECKOUT_LAYOUT
         dirs = sorted(
             (d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")),
             key=lambda d: d.stat().st_mtime,
@@ -371,38 +373,71 @@ class RepoCache:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
 def _extract(data: bytes, dest: Path) -> None:
-    """Unpack a `git archive` tarball; symlinks that leave the tree are not created."""
+    """Unpack a `git archive` tarball without letting anything point outside `dest`.
+
+    Directories and files are written first (no symlink exists yet, so nothing can redirect
+    them); symlinks come last and are kept only if, resolved on the real filesystem, they stay
+    inside the tree. Duplicate names (a hand-made tree can hold both `d` and `d/`) are refused.
+    """
     unsafe: list[str] = []
-    root = dest.resolve()
+    root = str(dest.resolve())
     if not data.strip(b"\0"):
         return  # the archive of an empty tree
+    links: list[tarfile.TarInfo] = []
+    seen: set[str] = set()
     with tarfile.open(fileobj=BytesIO(data)) as tar:
         for member in tar.getmembers():
-            name = member.name
-            target = (root / name).resolve() if not member.issym() else root / name
-            if not str(target).startswith(str(root)) or name.startswith("/"):
+            name = os.path.normpath(member.name)
+            target = os.path.normpath(os.path.join(root, name))
+            if name.startswith(("/", "..")) or not _inside(target, root) or target == root:
                 continue
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif member.issym():
-                link = member.linkname
-                resolved = os.path.normpath(os.path.join(os.path.dirname(target), link))
-                if os.path.isabs(link) or not (resolved + "/").startswith(str(root) + "/"):
-                    unsafe.append(f"{name} -> {link}")
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(link, target)
+            if name in seen:
+                unsafe.append(f"{name} (duplicate entry)")
+                continue
+            seen.add(name)
+            if member.issym():
+                links.append(member)
+            elif member.isdir():
+                os.makedirs(target, exist_ok=True)
             elif member.isfile():
-                target.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
                 f = tar.extractfile(member)
                 if f is None:
                     continue
-                target.write_bytes(f.read())
+                with open(target, "wb") as out:
+                    out.write(f.read())
                 mode = stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH
                 if member.mode & 0o111:
                     mode |= stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
-                target.chmod(mode)
+                os.chmod(target, mode)
+    created: list[tuple[str, str]] = []
+    for member in links:
+        name = os.path.normpath(member.name)
+        lexical_parent = os.path.dirname(os.path.join(root, name))
+        real_parent = os.path.realpath(lexical_parent)
+        where = os.path.join(real_parent, os.path.basename(name))
+        resolved = os.path.normpath(os.path.join(real_parent, member.linkname))
+        if (
+            real_parent != lexical_parent
+            or os.path.isabs(member.linkname)
+            or not _inside(resolved, root)
+            or os.path.lexists(where)
+        ):
+            unsafe.append(f"{name} -> {member.linkname}")
+            continue
+        os.makedirs(real_parent, exist_ok=True)
+        os.symlink(member.linkname, where)
+        created.append((name, where))
+    # Chains of links are judged by where they finally lead.
+    for name, where in created:
+        if not _inside(os.path.realpath(where), root):
+            unsafe.append(f"{name} -> {os.readlink(where)}")
+            os.unlink(where)
     if unsafe:
         (dest / UNSAFE_LINKS_FILE).write_text("\n".join(unsafe) + "\n")
 
