@@ -12,30 +12,8 @@ from daemon.render import Renderer, RenderRequest
 from daemon.settings import Source
 from daemon.sources.git import RepoCache
 
-# Builds a tree holding both a symlink `dN -> .` and a directory `dN/` at every level, so a
-# naive extractor creates the final `leak` link higher up than its path says (Argo CD-style
-# path traversal). Needs only git.
-BUILD = r"""
-set -e
-export GIT_DIR="$1"
-git init -q --bare "$GIT_DIR"
-N=8
-dot=$(printf '.' | git hash-object -w --stdin)
-target=$(printf '../%.0s' $(seq 1 $((N+1))); printf 'SECRET_PATH')
-out=$(printf '%s' "$target" | git hash-object -w --stdin)
-t=$(printf "120000 blob $out\tleak\n" | git mktree)
-t=$(printf "040000 tree $t\tchart\n" | git mktree)
-for i in $(seq $N -1 2); do
-  t=$(printf "120000 blob $dot\td$i\n040000 tree $t\td$i\n" | git mktree --missing)
-done
-chartyaml=$(printf 'apiVersion: v2\nname: c\nversion: 0.1.0\n' | git hash-object -w --stdin)
-tpl=$(printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: leaked}\ndata:\n  host: {{ .Files.Get "leak" | quote }}\n' | git hash-object -w --stdin)
-templates=$(printf "100644 blob $tpl\tcm.yaml\n" | git mktree)
-chart=$(printf "100644 blob $chartyaml\tChart.yaml\n040000 tree $templates\ttemplates\n" | git mktree)
-root=$(printf "040000 tree $chart\tchart\n120000 blob $dot\td1\n040000 tree $t\td1\n" | git mktree --missing)
-c=$(GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@x.invalid GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@x.invalid git commit-tree $root -m x)
-git update-ref refs/heads/main $c
-"""
+# tests/fixtures/evil_tree.sh builds the malicious tree (Argo CD-style path traversal).
+BUILD = (Path(__file__).resolve().parents[1] / "fixtures" / "evil_tree.sh").read_text()
 
 
 async def test_duplicate_entry_symlink_trick_cannot_leak_host_files(tmp_path: Path) -> None:

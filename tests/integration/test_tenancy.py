@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,23 +18,18 @@ from tests.integration.test_daemon import running
 from tests.integration.test_sync import configmap, deployment, get
 
 pytestmark = pytest.mark.cluster
-SEED = next(Path(__file__).resolve().parents[3].glob("shared/seed/*.txt"), None)
+SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed.yaml"
 
 
 def seed_doc(kind: str, name: str) -> dict[str, Any]:
-    """A YAML document from the user's seed, by kind and metadata.name."""
-    assert SEED is not None, "the seed document is missing"
-    text = SEED.read_text()
-    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
-        # Some seed blocks put two objects one after the other without `---`.
-        parts = re.split(r"\n(?=apiVersion:)", block)
-        for doc in (d for part in parts for d in yaml.safe_load_all(part)):
-            if (
-                isinstance(doc, dict)
-                and doc.get("kind") == kind
-                and (doc.get("metadata", {}).get("name") == name)
-            ):
-                return doc
+    """A document from the user's seed (copied into tests/fixtures/seed.yaml)."""
+    for doc in yaml.safe_load_all(SEED.read_text()):
+        if (
+            isinstance(doc, dict)
+            and doc.get("kind") == kind
+            and (doc.get("metadata", {}).get("name") == name)
+        ):
+            return doc
     raise AssertionError(f"{kind}/{name} not in the seed")
 
 
