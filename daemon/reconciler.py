@@ -24,12 +24,13 @@ import structlog
 from daemon import yamlio
 from daemon.apply import ResourceResult, apply_one, prune_one, run_bounded
 from daemon.children import ANCESTRY, ChildRegistry, clean, is_child_kind
-from daemon.errors import GitopsdError, KubeError, KubeNotFound, PlanError
+from daemon.errors import GitopsdError, KubeError, KubeNotFound, PlanError, SyncFailed
 from daemon.health.checks import aggregate, assess
 from daemon.health.wait import WaitItem, wait_healthy
 from daemon.kube import FIELD_MANAGER, Clusters, KubeClient, ResourceType
 from daemon.model import (
     ANN_IGNORE_HEALTHCHECK,
+    ANN_SYNC_OPTIONS,
     Action,
     Body,
     Health,
@@ -52,6 +53,7 @@ from daemon.plan.options import (
     is_hook,
     is_skipped,
     parse_sync_options,
+    resource_sync_options,
 )
 from daemon.plan.order import SyncTask, build_tasks, group_steps, split_syncfail
 from daemon.render import Renderer, RenderRequest
@@ -281,8 +283,14 @@ class Reconciler:
             changed = _meaningful(record) != _meaningful(state)
             if changed or app.name not in self._saved:
                 # Unchanged no-op reconciles skip the disk (an fsync per poll adds up).
-                self.store.save(app.name, record)
-                self._saved.add(app.name)
+                try:
+                    self.store.save(app.name, record)
+                    self._saved.add(app.name)
+                except OSError as e:
+                    bound.error("state not saved", error=str(e))
+                    status.setdefault("conditions", []).append(
+                        _condition("UnknownError", f"state not saved under stateDir: {e}")
+                    )
             self._states[app.name] = copy.deepcopy(record)
             (bound.info if changed else bound.debug)(
                 "reconciled",
@@ -356,6 +364,11 @@ class Reconciler:
                 out.append(Manifest(key=key, body=body, source=m.source))
                 types[key] = None
                 continue
+            try:
+                resource_sync_options(m.body)
+            except ValueError as e:
+                errors.append(f"{m.source}: {m.key}: {ANN_SYNC_OPTIONS}: {e}")
+                continue
             rt: ResourceType | None = client.known(m.api_version, m.key.kind)
             if rt is None:
                 try:
@@ -413,7 +426,11 @@ class Reconciler:
                 rt, self.settings.inventory_namespace, INVENTORY_PREFIX + app.name
             )
         except KubeError as e:
-            log.warning("inventory unreadable; using annotations only", app=app.name, error=str(e))
+            if e.status != 403:
+                # Unknown is not empty: acting on an empty inventory would forget owned objects.
+                raise
+            log.warning("inventory not readable (forbidden); using local state only",
+                        app=app.name, error=str(e))
             return set()
         if not cm:
             return set()
@@ -566,6 +583,7 @@ class Reconciler:
                 body is not None
                 and fp is not None
                 and fp[0] == tracking.fingerprint(m.body)
+                and fp[1]
                 and fp[1] == tracking.manager_fields(body, FIELD_MANAGER)
                 and fp[2] == str(body["metadata"].get("uid"))
             ):
@@ -579,6 +597,12 @@ class Reconciler:
                     predicted = await client.apply(rt, m.body, dry_run=True)
                 except KubeError as e:
                     if body is None and e.status == 404 and m.key.namespace in ns_created:
+                        comparison.status[m.key] = SyncStatus.OUT_OF_SYNC
+                        return
+                    force = opts.merged(resource_sync_options(m.body)).force
+                    if body is not None and force and e.status == 422:
+                        # Force=true recreates the object, so an immutable-field change is
+                        # not an error: it is exactly what Force is for (e.g. a Job template).
                         comparison.status[m.key] = SyncStatus.OUT_OF_SYNC
                         return
                     comparison.errors[m.key] = f"{m.key}: {e.api_message}"
@@ -990,113 +1014,119 @@ class Reconciler:
             | {m.key for m in targets}
             | set(comparison.owned_extra),
         )
-        own_ns = any(
-            m.key.kind == "Namespace"
-            and not m.key.group
-            and m.key.name == app.destination.namespace
-            for m in desired.manifests
-        )
-        if opts.create_namespace and app.destination.namespace and not own_ns:
-            # A Namespace manifest of the same name in the app takes precedence.
-            await self._create_namespace(app, client)
-
-        steps = group_steps(main)
-        multi_step = len(steps) > 1
         failure = ""
         interrupted = False
-        for index, step in enumerate(steps):
-            bound.info("wave", phase=str(step.phase), wave=step.wave, resources=len(step.tasks))
-            self._report(app, started, revision, results, f"{step.phase} wave {step.wave}")
-            step_results = await self._run_step(
-                app,
-                client,
-                desired,
-                comparison,
-                step.tasks,
-                opts=opts,
-                prune=prune,
-                run_stamp=run_stamp,
-                hooks_created=hooks_created,
+        try:
+            own_ns = any(
+                m.key.kind == "Namespace"
+                and not m.key.group
+                and m.key.name == app.destination.namespace
+                for m in desired.manifests
             )
-            results.extend(step_results)
-            if self.stopping:
-                interrupted = True
-                failure = (
-                    f"interrupted by shutdown after {step.phase} wave {step.wave}; "
-                    "the sync resumes when gitopsd restarts"
-                )
-                break
-            bad = [r for r in step_results if r.failed]
-            if bad:
-                failure = "one or more objects failed to apply: " + "; ".join(
-                    f"{r.key}: {r.message}" for r in bad
-                )
-                break
-            last = index == len(steps) - 1
-            has_hooks = any(t.is_hook for t in step.tasks)
-            waits = self._wait_items(
-                client,
-                desired,
-                step_results,
-                step.tasks,
-                gate_resources=multi_step and (not last or has_hooks),
-            )
-            if waits:
-                result = await wait_healthy(
+            if opts.create_namespace and app.destination.namespace and not own_ns:
+                # A Namespace manifest of the same name in the app takes precedence.
+                await self._create_namespace(app, client)
+
+            steps = group_steps(main)
+            multi_step = len(steps) > 1
+            for index, step in enumerate(steps):
+                bound.info("wave", phase=str(step.phase), wave=step.wave, resources=len(step.tasks))
+                self._report(app, started, revision, results, f"{step.phase} wave {step.wave}")
+                step_results = await self._run_step(
+                    app,
                     client,
-                    waits,
-                    timeout=self.settings.health_timeout,
-                    should_stop=lambda: self.stopping,
+                    desired,
+                    comparison,
+                    step.tasks,
+                    opts=opts,
+                    prune=prune,
+                    run_stamp=run_stamp,
+                    hooks_created=hooks_created,
                 )
-                if self.stop_requested() and not result.failed:
+                results.extend(step_results)
+                if self.stopping:
                     interrupted = True
                     failure = (
-                        f"interrupted by shutdown in {step.phase} wave {step.wave}; "
+                        f"interrupted by shutdown after {step.phase} wave {step.wave}; "
                         "the sync resumes when gitopsd restarts"
                     )
                     break
-                if not result.ok:
-                    failure = _wait_failure(result, step.phase, step.wave)
-                    for r_i, r in enumerate(results):
-                        if r.key in result.failed:
-                            h = result.healths.get(r.key)
-                            results[r_i] = ResourceResult(
-                                r.key,
-                                r.version,
-                                r.action,
-                                ResultCode.SYNC_FAILED,
-                                h.message if h else "failed",
-                                r.phase,
-                                r.wave,
-                                r.hook_type,
-                                r.live,
-                            )
+                bad = [r for r in step_results if r.failed]
+                if bad:
+                    failure = "one or more objects failed to apply: " + "; ".join(
+                        f"{r.key}: {r.message}" for r in bad
+                    )
                     break
-            pruned = [r for r in step_results if r.status is ResultCode.PRUNED]
-            if pruned:
-                await self._wait_deleted(client, comparison, pruned)
-            if not last and self.settings.sync_wave_delay > 0:
-                await anyio.sleep(self.settings.sync_wave_delay)
+                last = index == len(steps) - 1
+                has_hooks = any(t.is_hook for t in step.tasks)
+                waits = self._wait_items(
+                    client,
+                    desired,
+                    step_results,
+                    step.tasks,
+                    gate_resources=multi_step and (not last or has_hooks),
+                )
+                if waits:
+                    result = await wait_healthy(
+                        client,
+                        waits,
+                        timeout=self.settings.health_timeout,
+                        should_stop=lambda: self.stopping,
+                    )
+                    if self.stop_requested() and not result.failed:
+                        interrupted = True
+                        failure = (
+                            f"interrupted by shutdown in {step.phase} wave {step.wave}; "
+                            "the sync resumes when gitopsd restarts"
+                        )
+                        break
+                    if not result.ok:
+                        failure = _wait_failure(result, step.phase, step.wave)
+                        for r_i, r in enumerate(results):
+                            if r.key in result.failed:
+                                h = result.healths.get(r.key)
+                                results[r_i] = ResourceResult(
+                                    r.key,
+                                    r.version,
+                                    r.action,
+                                    ResultCode.SYNC_FAILED,
+                                    h.message if h else "failed",
+                                    r.phase,
+                                    r.wave,
+                                    r.hook_type,
+                                    r.live,
+                                )
+                        break
+                pruned = [r for r in step_results if r.status is ResultCode.PRUNED]
+                if pruned:
+                    await self._wait_deleted(client, comparison, pruned)
+                if not last and self.settings.sync_wave_delay > 0:
+                    await anyio.sleep(self.settings.sync_wave_delay)
 
-        if failure and syncfail and not interrupted:
-            bound.info("running SyncFail hooks", count=len(syncfail))
-            fail_results = await self._run_step(
-                app,
-                client,
-                desired,
-                comparison,
-                tuple(syncfail),
-                opts=opts,
-                prune=False,
-                run_stamp=run_stamp,
-                hooks_created=hooks_created,
-            )
-            results.extend(fail_results)
-            waits = self._wait_items(
-                client, desired, fail_results, tuple(syncfail), gate_resources=False
-            )
-            if waits:
-                await wait_healthy(client, waits, timeout=self.settings.health_timeout)
+            if failure and syncfail and not interrupted:
+                bound.info("running SyncFail hooks", count=len(syncfail))
+                fail_results = await self._run_step(
+                    app,
+                    client,
+                    desired,
+                    comparison,
+                    tuple(syncfail),
+                    opts=opts,
+                    prune=False,
+                    run_stamp=run_stamp,
+                    hooks_created=hooks_created,
+                )
+                results.extend(fail_results)
+                waits = self._wait_items(
+                    client, desired, fail_results, tuple(syncfail), gate_resources=False
+                )
+                if waits:
+                    await wait_healthy(client, waits, timeout=self.settings.health_timeout)
+        except GitopsdError as e:
+            failure = f"sync failed: {e}"
+        except Exception as e:  # a bug or a bad object must end the operation, not the daemon
+            log.exception("sync crashed", app=app.name)
+            failure = f"sync failed unexpectedly: {type(e).__name__}: {e}"
 
         await self._hook_cleanup(client, hooks_created, succeeded=not failure)
         self._record_fingerprints(results, desired, fingerprints)
@@ -1369,7 +1399,15 @@ class Reconciler:
     # === deletion ============================================================================
 
     async def delete_app(self, app: Application) -> list[ResourceResult]:
-        """Cascade-delete what `app` owns (resources finalizer), in reverse wave order."""
+        """Cascade-delete what `app` owns (resources finalizer), in reverse wave order.
+
+        Ownership records are dropped only when every delete went through; otherwise a
+        `SyncFailed` is raised and the caller retries."""
+        lock = self._locks.setdefault(app.name, anyio.Lock())
+        async with lock:
+            return await self._delete_app(app)
+
+    async def _delete_app(self, app: Application) -> list[ResourceResult]:
         cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
         client = await self.clusters.client(cluster)
         await client.discover()
@@ -1402,12 +1440,18 @@ class Reconciler:
             jobs = []
             for t in step.tasks:
                 assert t.live is not None
-                from daemon.plan.options import RemovalPolicy, resource_sync_options
+                from daemon.plan.options import RemovalPolicy, live_sync_options
 
-                if resource_sync_options(t.live).delete is RemovalPolicy.NEVER:
+                if live_sync_options(t.live).delete is RemovalPolicy.NEVER:
                     continue
                 jobs.append(_bind_prune(client, keys[t.key], t, opts, True))
             results.extend(await run_bounded(jobs, limit=self.settings.kube_parallelism))
+        failed = [r for r in results if r.failed]
+        if failed:
+            raise SyncFailed(
+                f"Application/{app.name}: deleting its resources failed: "
+                + "; ".join(f"{r.key}: {r.message}" for r in failed)
+            )
         cm_rt = await client.resource_for("v1", "ConfigMap", subject="inventory")
         await client.delete(cm_rt, self.settings.inventory_namespace, INVENTORY_PREFIX + app.name)
         self.store.delete(app.name)

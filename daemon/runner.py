@@ -346,7 +346,11 @@ class Daemon:
                     sync, worker.pending = worker.pending, None
                     reason, worker.reason = worker.reason or "interval", ""
                     worker.refresh_requested = False
-                    await self._reconcile(worker, sync, reason)
+                    try:
+                        await self._reconcile(worker, sync, reason)
+                    except Exception:  # one app's failure must never stop the daemon
+                        log.exception("app worker error; will retry", app=worker.app.name)
+                        await anyio.sleep(min(30.0, settings.reconcile_interval))
         finally:
             worker.done.set()
 
@@ -473,6 +477,9 @@ class Daemon:
             worker.stopped = True
             worker.wake.set()
         log.info("child app removed", app=app.name, cascade=app.cascade_delete)
+        if worker is not None:
+            with anyio.move_on_after(SHUTDOWN_GRACE):
+                await worker.done.wait()  # let a running child sync finish first
         if app.cascade_delete:
             await self.engine.reconciler.delete_app(app)
 
@@ -608,11 +615,18 @@ class Daemon:
                     self.tg.start_soon(self._delete_app_resources, app, worker)
 
     async def _delete_app_resources(self, app: Application, worker: AppWorker) -> None:
+        """Cascade delete with retries (backoff up to 5 minutes); never crashes the daemon."""
         await worker.done.wait()
-        try:
-            await self.engine.reconciler.delete_app(app)
-        except GitopsdError as e:
-            log.error("deleting app resources failed", app=app.name, error=str(e))
+        delay = 5.0
+        for attempt in range(1, 11):
+            try:
+                await self.engine.reconciler.delete_app(app)
+                return
+            except Exception as e:
+                log.error("deleting app resources failed", app=app.name, error=str(e),
+                          attempt=attempt, retry_in=delay)
+            await anyio.sleep(delay)
+            delay = min(300.0, delay * 2)
 
     # --- API helpers ------------------------------------------------------------------------
 

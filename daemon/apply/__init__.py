@@ -17,7 +17,12 @@ import anyio
 from daemon.errors import KubeError
 from daemon.kube import KubeClient, ResourceType
 from daemon.model import Action, Body, HookType, ResourceKey, ResultCode, SyncPhase
-from daemon.plan.options import RemovalPolicy, SyncOptions, resource_sync_options
+from daemon.plan.options import (
+    RemovalPolicy,
+    SyncOptions,
+    live_sync_options,
+    resource_sync_options,
+)
 from daemon.plan.order import SyncTask
 
 HOOK_FINALIZER = "argocd.argoproj.io/hook-finalizer"
@@ -81,7 +86,23 @@ async def apply_one(
     key = task.key
     version = _version(body)
     try:
-        if opts.replace and key.kind not in ("CustomResourceDefinition", "Namespace"):
+        if opts.force and opts.replace and existed and not dry_run:
+            # kubectl replace --force: always delete and recreate.
+            await client.delete(rt, key.namespace, key.name, propagation="Foreground")
+            await _wait_gone(client, rt, key, timeout=60)
+            out = await client.create(rt, body)
+        elif opts.force and existed and not dry_run:
+            # kubectl apply --force: recreate only when the update itself is refused
+            # (an immutable field changed).
+            try:
+                out = await client.apply(rt, body, validate=opts.validate)
+            except KubeError as e:
+                if e.status != 422:
+                    raise
+                await client.delete(rt, key.namespace, key.name, propagation="Foreground")
+                await _wait_gone(client, rt, key, timeout=60)
+                out = await client.apply(rt, body, validate=opts.validate)
+        elif opts.replace and key.kind not in ("CustomResourceDefinition", "Namespace"):
             if existed:
                 live = await client.get(rt, key.namespace, key.name)
                 replaced = copy.deepcopy(body)
@@ -90,10 +111,6 @@ async def apply_one(
                 out = await client.replace(rt, replaced, dry_run=dry_run)
             else:
                 out = await client.create(rt, body, dry_run=dry_run)
-        elif opts.force and existed and not dry_run:
-            await client.delete(rt, key.namespace, key.name, propagation="Foreground")
-            await _wait_gone(client, rt, key, timeout=60)
-            out = await client.apply(rt, body, validate=opts.validate)
         else:
             out = await client.apply(rt, body, dry_run=dry_run, validate=opts.validate)
     except KubeError as e:
@@ -140,7 +157,7 @@ async def prune_one(
     assert task.live is not None
     key = task.key
     version = _version(task.live)
-    opts = options.merged(resource_sync_options(task.live))
+    opts = options.merged(live_sync_options(task.live))
     if not prune_enabled:
         return ResourceResult(
             key,

@@ -222,6 +222,23 @@ def resource_sync_options(body: Body) -> SyncOptions:
     return parse_sync_options(_csv(annotations_of(body).get(ANN_SYNC_OPTIONS, "")))
 
 
+def live_sync_options(body: Body) -> SyncOptions:
+    """Options of a LIVE object, leniently: invalid entries are dropped (as Argo CD ignores
+    option strings it does not recognise) so a bad annotation in the cluster never breaks a sync
+    or a prune; desired manifests are validated strictly instead."""
+    kept: dict[str, str] = {}
+    for raw in _csv(annotations_of(body).get(ANN_SYNC_OPTIONS, "")):
+        key, sep, value = raw.strip().partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or key in kept:
+            continue
+        allowed = _ALLOWED.get(key)
+        if allowed is not None and value not in allowed:
+            continue
+        kept[key] = value
+    return SyncOptions(tuple(kept.items()))
+
+
 _ARGO_HOOK_TYPES = {t.value: t for t in HookType}
 
 # Helm hooks Argo CD can honour; pre/post-rollback and tests have no equivalent and are dropped.

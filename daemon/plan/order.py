@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 from daemon.model import Body, HookType, Manifest, ResourceKey, SyncPhase
-from daemon.plan.options import hook_types, is_hook, is_skipped, resource_sync_options, sync_wave
+from daemon.plan.options import hook_types, is_hook, is_skipped, live_sync_options, sync_wave
 
 # Helm's install order (kind_sorter.go), which Argo CD uses within a wave; group is ignored.
 KIND_ORDER: tuple[str, ...] = (
@@ -193,10 +193,7 @@ def _apply_prune_last(tasks: list[SyncTask], *, app_prune_last: bool) -> list[Sy
 def _live_prune_last(task: SyncTask) -> bool:
     if task.live is None:
         return False
-    try:
-        return resource_sync_options(task.live).prune_last
-    except ValueError as exc:
-        raise ValueError(f"{task.key}: {exc}") from exc
+    return live_sync_options(task.live).prune_last
 
 
 def _sort_key(task: SyncTask) -> tuple[int, int, int, str, str, str, str]:

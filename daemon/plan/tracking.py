@@ -85,14 +85,15 @@ def fingerprint(body: Body) -> str:
 
 
 def manager_fields(live: Body, manager: str) -> str:
-    """Hash of the fields `manager` owns through Apply; changes when anyone takes one over."""
+    """Hash of the fields `manager` owns (Apply, or Update for Replace=true writes); it changes
+    when anyone takes one of them over."""
     entries = (live.get("metadata") or {}).get("managedFields") or []
     owned = [
-        e.get("fieldsV1")
+        [e.get("operation"), e.get("fieldsV1")]
         for e in entries
         if isinstance(e, dict)
         and e.get("manager") == manager
-        and e.get("operation") == "Apply"
+        and e.get("operation") in ("Apply", "Update")
         and not e.get("subresource")
     ]
     if not owned:

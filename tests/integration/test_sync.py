@@ -404,3 +404,33 @@ async def test_respect_ignore_differences_keeps_live_values(
     dep = get(cluster, namespace, "deployment/web")
     assert dep and dep["spec"]["replicas"] == 3
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:2"
+
+
+async def test_force_recreates_a_job_whose_template_changed(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """Force=true on a Job lets a changed (immutable) pod template sync by recreating the Job;
+    without it the dry-run refuses the change and nothing is written."""
+
+    def job(image: str, force: bool) -> str:
+        ann = "\n  annotations: {argocd.argoproj.io/sync-options: Force=true}" if force else ""
+        return (
+            f"apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate{ann}\n"
+            "spec:\n  template:\n    spec:\n      restartPolicy: Never\n"
+            f"      containers: [{{name: m, image: '{image}'}}]\n"
+        )
+
+    git_repo.write({"app/job.yaml": job("busybox:1", force=True)})
+    cfg = write_config(tmp_path, cluster, [application("force", git_repo.url, "app", namespace)])
+    assert (await reconcile(cfg, "force"))["operationState"]["phase"] == "Succeeded"
+    first = get(cluster, namespace, "job/migrate")
+    git_repo.write({"app/job.yaml": job("busybox:2", force=True)})
+    status = await reconcile(cfg, "force")
+    assert status["operationState"]["phase"] == "Succeeded", status["operationState"]["message"]
+    second = get(cluster, namespace, "job/migrate")
+    assert first and second and first["metadata"]["uid"] != second["metadata"]["uid"]
+    assert second["spec"]["template"]["spec"]["containers"][0]["image"] == "busybox:2"
+    git_repo.write({"app/job.yaml": job("busybox:3", force=False)})
+    status = await reconcile(cfg, "force")
+    assert status["operationState"]["phase"] == "Failed"
+    assert "field is immutable" in status["operationState"]["message"]

@@ -309,13 +309,15 @@ def test_prune_last_annotation_on_live_object() -> None:
     ]
 
 
-def test_bad_sync_options_on_live_object_name_the_object() -> None:
-    """A malformed sync-options annotation on a pruned object raises naming that object."""
+def test_bad_sync_options_on_live_object_are_ignored() -> None:
+    """A malformed sync-options annotation on a live object is ignored (as Argo CD ignores
+    option strings it does not recognise) instead of breaking the sync."""
     live = live_of(
         obj("ConfigMap", "bad", annotations={"argocd.argoproj.io/sync-options": "PruneLast=yes"})
     )
-    with pytest.raises(ValueError, match=r"^ConfigMap/shop/bad: .*PruneLast=yes"):
-        build_tasks([], live, prune_last=False)
+    (task,) = build_tasks([], live, prune_last=False)
+    assert task.is_prune
+    assert task.wave == 0
 
 
 def test_namespace_bubbles_before_first_task_in_it() -> None:
