@@ -152,6 +152,8 @@ class Reconciler:
         self._saved: set[str] = set()
         self._inventories: dict[tuple[str, str], set[ResourceKey]] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        self._heal: dict[str, tuple[str, int, float]] = {}  # app -> (revision, attempts, at)
+        self.heal_retry_in: dict[str, float] = {}  # app -> seconds until self-heal may run
         self.children = ChildRegistry()
         self._restored: set[str] = set()
         # The daemon hooks these to start / stop workers for child apps (app of apps).
@@ -202,6 +204,8 @@ class Reconciler:
         if app.name not in self._restored:
             self._restored.add(app.name)
             self._restore_children(app, state.get("children") or {})
+        if sync is None and auto:
+            sync = _resume_request(status)
         try:
             project = self.project(app.project)
             if project is None:
@@ -237,6 +241,8 @@ class Reconciler:
             request = sync or (
                 self.auto_sync_request(app, status, desired, comparison) if auto else None
             )
+            if request is not None and self.stop_requested():
+                request = None  # shutting down: start nothing new
             if request is not None and not request.dry_run:
                 allowed, why = self.window_allows(app, project, cluster, request)
                 if not allowed:
@@ -907,6 +913,20 @@ class Reconciler:
         self_heal = last_rev == desired.revision and last.get("phase") == "Succeeded"
         if self_heal and not auto.self_heal:
             return None
+        if self_heal:
+            # Argo CD's self-heal backoff (2s x3, capped at 5m) so a controller fighting us
+            # over a field is not answered every second.
+            rev, count, last_at = self._heal.get(app.name, (desired.revision, 0, 0.0))
+            if rev != desired.revision:
+                count = 0
+            if count > 0:
+                remaining = min(300.0, 2.0 * 3 ** (count - 1)) - (time.monotonic() - last_at)
+                if remaining > 0:
+                    self.heal_retry_in[app.name] = remaining
+                    return None
+            self._heal[app.name] = (desired.revision, count + 1, time.monotonic())
+        else:
+            self._heal.pop(app.name, None)
         return SyncRequest(prune=auto.prune, initiated_by="automated", self_heal=self_heal)
 
     # === sync ================================================================================
@@ -1030,6 +1050,13 @@ class Reconciler:
             steps = group_steps(main)
             multi_step = len(steps) > 1
             for index, step in enumerate(steps):
+                if index > 0 and self.stop_requested():
+                    interrupted = True
+                    failure = (
+                        f"interrupted by shutdown before {step.phase} wave {step.wave}; "
+                        "the sync resumes when gitopsd restarts"
+                    )
+                    break
                 bound.info("wave", phase=str(step.phase), wave=step.wave, resources=len(step.tasks))
                 self._report(app, started, revision, results, f"{step.phase} wave {step.wave}")
                 step_results = await self._run_step(
@@ -1099,7 +1126,14 @@ class Reconciler:
                         break
                 pruned = [r for r in step_results if r.status is ResultCode.PRUNED]
                 if pruned:
-                    await self._wait_deleted(client, comparison, pruned)
+                    lingering = await self._wait_deleted(client, comparison, pruned)
+                    if lingering and not self.stop_requested():
+                        failure = (
+                            f"{step.phase} wave {step.wave} failed: deletion of "
+                            + ", ".join(str(k) for k in lingering)
+                            + " did not complete in time (a finalizer may be holding it)"
+                        )
+                        break
                 if not last and self.settings.sync_wave_delay > 0:
                     await anyio.sleep(self.settings.sync_wave_delay)
 
@@ -1328,16 +1362,23 @@ class Reconciler:
 
     async def _wait_deleted(
         self, client: KubeClient, comparison: Comparison, pruned: Sequence[ResourceResult]
-    ) -> None:
+    ) -> list[ResourceKey]:
+        """Wait (bounded; stops on shutdown) until pruned objects are gone; returns those that
+        are still there."""
         deadline = time.monotonic() + self.settings.health_timeout
+        lingering: list[ResourceKey] = []
         for r in pruned:
             rt = client.preferred(r.key.group, r.key.kind)
-            if rt is None:
+            if rt is None or is_child_kind(r.key):
                 continue
-            while time.monotonic() < deadline:
+            while True:
                 if await client.get(rt, r.key.namespace, r.key.name) is None:
                     break
+                if time.monotonic() >= deadline or self.stop_requested():
+                    lingering.append(r.key)
+                    break
                 await anyio.sleep(0.5)
+        return lingering
 
     async def _wait_crd(self, client: KubeClient, name: str) -> None:
         rt = await client.resource_for(
@@ -1595,6 +1636,20 @@ class Reconciler:
             }
         status["conditions"] = conditions
         return status
+
+
+def _resume_request(status: dict[str, Any]) -> SyncRequest | None:
+    """An operation interrupted by a shutdown (phase Terminating) runs again after restart."""
+    op = status.get("operationState") or {}
+    if op.get("phase") != "Terminating":
+        return None
+    spec = (op.get("operation") or {}).get("sync") or {}
+    who = (op.get("operation") or {}).get("initiatedBy") or {}
+    return SyncRequest(
+        revision=str((op.get("syncResult") or {}).get("revision") or ""),
+        prune=bool(spec.get("prune")),
+        initiated_by=str(who.get("username") or "automated"),
+    )
 
 
 def _meaningful(record: dict[str, Any]) -> str:

@@ -215,6 +215,7 @@ class Daemon:
         self.expansion = appsets.Expansion()
         self._appset_wake = anyio.Event()
         self.api_address = ""
+        self._shields: set[anyio.CancelScope] = set()
         engine.repos.counter.listeners.append(self._git_metric)
         engine.reconciler.progress = self._progress
         engine.reconciler.on_child_added = self._child_added
@@ -266,6 +267,12 @@ class Daemon:
                     w.wake.set()
                 for w in list(self.workers.values()):
                     await w.done.wait()
+            for scope in list(self._shields):
+                # Past the grace period: stop syncs that are still waiting (state is saved in
+                # the reconcile's finally; the operation resumes on restart).
+                log.warning("shutdown grace over; cancelling a running sync")
+                scope.shield = False
+                scope.cancel()
             tg.cancel_scope.cancel()
         log.info("gitopsd stopped")
 
@@ -368,11 +375,18 @@ class Daemon:
             started = time.monotonic()
             structlog.contextvars.bind_contextvars(app=app.name, trigger=reason)
             try:
-                # Shield: a shutdown must let the sync reach a wave boundary, not tear it apart.
-                with anyio.CancelScope(shield=True):
-                    status = await self.engine.reconciler.reconcile(
-                        app, sync=sync, poll_max_age=settings_interval(self.config)
-                    )
+                # Shield: a shutdown must let the sync reach a wave boundary, not tear it apart
+                # (bounded: run() lifts the shield after the grace period).
+                with anyio.CancelScope(shield=True) as scope:
+                    self._shields.add(scope)
+                    try:
+                        status = await self.engine.reconciler.reconcile(
+                            app, sync=sync, poll_max_age=settings_interval(self.config)
+                        )
+                    finally:
+                        self._shields.discard(scope)
+                if scope.cancelled_caught:
+                    return
             finally:
                 worker.running = False
                 structlog.contextvars.unbind_contextvars("app", "trigger")
@@ -380,6 +394,15 @@ class Daemon:
         worker.last_status = status
         if self._record_metrics(app, status, time.monotonic() - started):
             self._maybe_retry(worker, status, sync)
+        wait = self.engine.reconciler.heal_retry_in.pop(app.name, None)
+        if wait is not None and self.tg is not None:
+            # Self-heal is backing off: look again once the backoff has passed.
+            async def heal_later() -> None:
+                await anyio.sleep(wait + 0.1)
+                if not worker.stopped:
+                    worker.trigger("self-heal backoff over")
+
+            self.tg.start_soon(heal_later)
         try:
             cluster = self.engine.clusters.lookup(
                 server=app.destination.server, name=app.destination.name

@@ -7,6 +7,8 @@ All git calls go through the git CLI with a timeout. Credentials come from the c
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -15,7 +17,7 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -156,6 +158,7 @@ class Repo:
                 max_output=256 * 1024 * 1024,
             )
         except proc.CommandTimeout as e:
+            self._remove_stale_locks(force=True)  # the git we just killed cannot unlock
             raise SourceError(
                 f"repository {redact(self.url)}: git {args[0]} timed out after "
                 f"{self.cache.timeout:g}s"
@@ -168,11 +171,41 @@ class Repo:
         ok = True
         return result
 
-    def _remove_stale_locks(self) -> None:
-        # We hold the only lock for this clone, so any git lock file left here is stale
-        # (a killed git process); git would refuse to work until it is gone.
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """This clone, exclusively: within the process (anyio lock) and across processes
+        sharing the cache dir (flock), e.g. `gitopsd diff` next to the running daemon."""
+        async with self.lock:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(f"{self.dir}.flock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                deadline = time.monotonic() + self.cache.timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise SourceError(
+                                f"repository {redact(self.url)}: another process holds the "
+                                f"cache lock {self.dir}.flock"
+                            ) from None
+                        await anyio.sleep(0.05)
+                yield
+            finally:
+                os.close(fd)  # closing releases the flock
+
+    def _remove_stale_locks(self, *, force: bool = False) -> None:
+        # We hold this clone's lock (in-process and flock), so a git lock file here belongs to
+        # a git that was killed; one younger than a git call's timeout might still belong to a
+        # git outside gitopsd, so it is left alone.
+        now = time.time()
         for lock in self.dir.rglob("*.lock"):
-            lock.unlink(missing_ok=True)
+            try:
+                if force or now - lock.stat().st_mtime > min(self.cache.timeout, 60.0):
+                    lock.unlink(missing_ok=True)
+            except OSError:
+                continue
 
     async def _ensure_clone(self) -> None:
         if self.verified:
@@ -194,7 +227,7 @@ class Repo:
 
     async def ls_remote(self, *, max_age: float) -> dict[str, str]:
         """The remote's refs, fetched at most once per `max_age` seconds (one call per poll)."""
-        async with self.lock:
+        async with self.locked():
             if time.monotonic() - self.refs_at < max_age:
                 if self.refs_error is not None:
                     raise self.refs_error
@@ -225,7 +258,7 @@ class Repo:
 
     async def fetch(self, sha: str | None = None) -> None:
         """Fetch branches and tags (and `sha` itself if it is on no ref); rebuild if corrupt."""
-        async with self.lock:
+        async with self.locked():
             await self._ensure_clone()
             if sha and await self.has_commit(sha):
                 return
@@ -268,7 +301,7 @@ class Repo:
             self.commits.add(sha)
 
     async def rev_parse(self, rev: str) -> str | None:
-        async with self.lock:
+        async with self.locked():
             try:
                 out = await self._git(
                     "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", kind="local"
@@ -278,7 +311,7 @@ class Repo:
             return out.stdout.decode().strip() or None
 
     async def archive(self, sha: str) -> bytes:
-        async with self.lock:
+        async with self.locked():
             out = await self._git("archive", "--format=tar", sha, kind="checkout")
             return out.stdout
 

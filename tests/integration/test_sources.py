@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.cluster
 
 
 def clone_dir(tmp_path: Path) -> Path:
-    (repo,) = (tmp_path / "cache" / "git" / "repos").iterdir()
+    (repo,) = (p for p in (tmp_path / "cache" / "git" / "repos").iterdir() if p.is_dir())
     return repo
 
 
@@ -30,7 +32,10 @@ async def test_stale_lock_and_corrupt_clone_are_repaired(
         app = cfg.app("src")
         assert (await engine.reconciler.reconcile(app))["operationState"]["phase"] == "Succeeded"
         (clone_dir(tmp_path) / "refs" / "heads").mkdir(parents=True, exist_ok=True)
-        (clone_dir(tmp_path) / "refs" / "heads" / "main.lock").write_text("stale")
+        lock = clone_dir(tmp_path) / "refs" / "heads" / "main.lock"
+        lock.write_text("stale")
+        old = time.time() - 3600  # left by a git killed an hour ago
+        os.utime(lock, (old, old))
         sha = git_repo.write({"app/cm.yaml": configmap("c", data="v2")})
         status = await engine.reconciler.reconcile(app)
         assert status["sync"]["revision"] == sha, status.get("conditions")
