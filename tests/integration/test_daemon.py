@@ -407,3 +407,72 @@ def test_watch_based_self_heal_within_seconds(
             what="deleted ConfigMap recreated",
         )
         assert healed < 5, f"self-heal took {healed:.1f}s"
+
+
+def test_interrupted_sync_with_postsync_hook_resumes(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """SIGTERM while the Sync phase waits for health: after restart the operation runs again
+    to the end, PostSync hook included, though the app already looks Synced."""
+    post = (
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: smoke\n  annotations:\n"
+        "    argocd.argoproj.io/hook: PostSync\nspec:\n  template:\n    spec:\n"
+        "      restartPolicy: Never\n      containers: [{name: m, image: 'busybox:1'}]\n"
+    )
+    git_repo.write({"a/web.yaml": deployment("web", "nginx:1", min_ready=6), "a/post.yaml": post})
+    cfg = write_config(tmp_path, cluster, [application("post", git_repo.url, "a", namespace)])
+    with running(cfg) as d:
+        wait_for(
+            lambda: get(cluster, namespace, "deployment/web") is not None,
+            timeout=30,
+            what="Sync phase applied",
+        )
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(60) == 0, d.logs()
+    assert get(cluster, namespace, "job/smoke") is None
+    with running(cfg) as d:
+        wait_for(
+            lambda: (d.status("post").get("operationState") or {}).get("phase") == "Succeeded",
+            timeout=60,
+            what="interrupted operation finished",
+        )
+        assert get(cluster, namespace, "job/smoke") is not None
+
+
+def test_self_heal_backs_off_when_something_keeps_reverting(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A controller that keeps changing a managed field is not answered every second:
+    self-heal backs off (2s, 6s, 18s, ...), yet the drift is still healed in the end."""
+    git_repo.write({"a/web.yaml": deployment("web", "nginx:1", replicas=1)})
+    cfg = write_config(
+        tmp_path,
+        cluster,
+        [application("fight", git_repo.url, "a", namespace)],
+        reconcileInterval="600s",
+    )
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("fight"), timeout=30, what="initial sync")
+        time.sleep(1)
+
+        def syncs() -> float:
+            for line in d.api("/metrics").text.splitlines():
+                if line.startswith("argocd_app_sync_total{") and 'name="fight"' in line:
+                    return float(line.rsplit(" ", 1)[1])
+            return 0.0
+
+        before = syncs()
+        end = time.monotonic() + 12
+        while time.monotonic() < end:
+            cluster.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=4")
+            time.sleep(0.5)
+        heals = syncs() - before
+        assert 1 <= heals <= 5, f"{heals} self-heal syncs in 12 s"
+        wait_for(
+            lambda: (
+                (get(cluster, namespace, "deployment/web") or {}).get("spec", {}).get("replicas")
+                == 1
+            ),
+            timeout=40,
+            what="drift healed at last",
+        )
