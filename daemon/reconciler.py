@@ -317,6 +317,13 @@ class Reconciler:
         tools: list[str] = []
         await client.discover()
         kube_version = client.server_version.lstrip("v").split("-")[0].split("+")[0]
+        refs: list[tuple[str, str, str]] = []
+        for src in app.sources:
+            if src.ref:
+                resolved = await self.repos.resolve(src.repo_url, src.target_revision,
+                                                    max_age=max_age)
+                checkout = await self.repos.checkout(src.repo_url, resolved.sha)
+                refs.append((src.ref, resolved.sha, str(checkout)))
         for src in app.manifest_sources:
             rev = revision if revision and len(app.manifest_sources) == 1 else src.target_revision
             resolved = await self.repos.resolve(src.repo_url, rev, max_age=max_age)
@@ -328,6 +335,7 @@ class Reconciler:
                     app_name=app.name,
                     namespace=app.destination.namespace,
                     kube_version=kube_version,
+                    refs=tuple(refs),
                 ),
                 checkout,
             )

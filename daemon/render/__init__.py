@@ -44,9 +44,12 @@ class RenderRequest:
     app_name: str
     namespace: str
     kube_version: str = ""
+    # Multi-source `ref` sources: name -> (commit SHA, checkout root), for `$name/...` paths.
+    refs: tuple[tuple[str, str, str], ...] = ()
 
     def cache_key(self) -> str:
         opts = {
+            "refs": [(name, sha) for name, sha, _ in self.refs],
             "path": self.source.path,
             "helm": self.source.helm,
             "kustomize": self.source.kustomize,
@@ -323,13 +326,24 @@ class Renderer:
         for api in opts.get("apiVersions") or []:
             argv += ["--api-versions", str(api)]
         with tempfile.TemporaryDirectory(prefix="gitopsd-helm-") as tmp:
+            refs = {name: Path(checkout) for name, _, checkout in req.refs}
             for vf in opts.get("valueFiles") or []:
                 vf = str(vf)
                 if re.match(r"^[a-z0-9+.-]+://", vf):
                     raise RenderError(f"helm.valueFiles: remote value file {vf!r} is not allowed")
-                rel = os.path.relpath(os.path.normpath(chart / vf), root.resolve())
                 try:
-                    path = safe_path(root, rel, what="helm value file")
+                    if vf.startswith("$"):
+                        # Multi-source: `$ref/path` is a file of the source with `ref: ref`.
+                        name, _, inner = vf[1:].partition("/")
+                        if name not in refs:
+                            raise RenderError(
+                                f"helm.valueFiles: {vf!r} names ref {name!r}, but no source of "
+                                "the app has that `ref`"
+                            )
+                        path = safe_path(refs[name], inner or ".", what="helm value file")
+                    else:
+                        rel = os.path.relpath(os.path.normpath(chart / vf), root.resolve())
+                        path = safe_path(root, rel, what="helm value file")
                 except SourceError as e:
                     raise RenderError(str(e)) from e
                 if not path.is_file():

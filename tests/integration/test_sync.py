@@ -434,3 +434,33 @@ async def test_force_recreates_a_job_whose_template_changed(
     status = await reconcile(cfg, "force")
     assert status["operationState"]["phase"] == "Failed"
     assert "field is immutable" in status["operationState"]["message"]
+
+
+async def test_multi_source_helm_value_files_from_a_ref_source(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """`sources` with a `ref` source: Helm valueFiles `$values/...` come from that source."""
+    git_repo.write(
+        {
+            "chart/Chart.yaml": "apiVersion: v2\nname: c\nversion: 0.1.0\n",
+            "chart/templates/cm.yaml": (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: refd}\n"
+                "data: {tier: {{ .Values.tier | quote }}}\n"
+            ),
+            "env/prod/values.yaml": "tier: gold\n",
+        }
+    )
+    app = application("multi", git_repo.url, "chart", namespace)
+    src = app["spec"].pop("source")
+    src["helm"] = {"valueFiles": ["$values/env/prod/values.yaml"]}
+    app["spec"]["sources"] = [
+        src,
+        {"repoURL": git_repo.url, "targetRevision": "main", "ref": "values"},
+    ]
+    cfg = write_config(tmp_path, cluster, [app])
+    status = await reconcile(cfg, "multi")
+    assert status["operationState"]["phase"] == "Succeeded", status.get("conditions")
+    assert (get(cluster, namespace, "cm/refd") or {})["data"] == {"tier": "gold"}
+    git_repo.write({"env/prod/values.yaml": "tier: platinum\n"})
+    status = await reconcile(cfg, "multi")
+    assert (get(cluster, namespace, "cm/refd") or {})["data"] == {"tier": "platinum"}
