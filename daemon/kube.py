@@ -402,59 +402,73 @@ class KubeClient:
         assert r is not None
         return dict(r.json())
 
-    async def create(self, rt: ResourceType, body: Body, *, dry_run: bool = False) -> Body:
-        """Create `body` (used for generateName hooks and Replace=true)."""
-        meta = body.get("metadata", {})
-        ns = str(meta.get("namespace") or "")
-        params = {"fieldManager": FIELD_MANAGER}
-        if dry_run:
-            params["dryRun"] = "All"
+    async def _send(
+        self,
+        method: str,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        payload: Body,
+        *,
+        verb: str,
+        content_type: str,
+        params: dict[str, str] | None = None,
+    ) -> Body:
+        """One write of an object body; returns the server's object."""
         r = await self._request(
-            "POST",
-            rt.path(ns),
-            subject=str(ResourceKey(rt.group, rt.kind, ns, str(meta.get("name") or "?"))),
-            verb="create",
+            method,
+            rt.path(namespace, name),
+            subject=str(ResourceKey(rt.group, rt.kind, namespace, name or "?")),
+            verb=verb,
             kind=rt.kind,
             params=params,
-            content=json.dumps(body).encode(),
-            content_type="application/json",
+            content=json.dumps(payload).encode(),
+            content_type=content_type,
         )
         assert r is not None
         return dict(r.json())
+
+    @staticmethod
+    def _write_params(dry_run: bool) -> dict[str, str]:
+        params = {"fieldManager": FIELD_MANAGER}
+        if dry_run:
+            params["dryRun"] = "All"
+        return params
+
+    async def create(self, rt: ResourceType, body: Body, *, dry_run: bool = False) -> Body:
+        """Create `body` (used for generateName hooks and Replace=true)."""
+        ns = str(body.get("metadata", {}).get("namespace") or "")
+        # POST goes to the collection (no name in the path).
+        return await self._send(
+            "POST",
+            rt,
+            ns,
+            "",
+            body,
+            verb="create",
+            content_type="application/json",
+            params=self._write_params(dry_run),
+        )
 
     async def replace(self, rt: ResourceType, body: Body, *, dry_run: bool = False) -> Body:
         """PUT `body` over the live object (Replace=true)."""
         meta = body.get("metadata", {})
-        ns, name = str(meta.get("namespace") or ""), str(meta["name"])
-        params = {"fieldManager": FIELD_MANAGER}
-        if dry_run:
-            params["dryRun"] = "All"
-        r = await self._request(
+        return await self._send(
             "PUT",
-            rt.path(ns, name),
-            subject=str(ResourceKey(rt.group, rt.kind, ns, name)),
+            rt,
+            str(meta.get("namespace") or ""),
+            str(meta["name"]),
+            body,
             verb="replace",
-            kind=rt.kind,
-            params=params,
-            content=json.dumps(body).encode(),
             content_type="application/json",
+            params=self._write_params(dry_run),
         )
-        assert r is not None
-        return dict(r.json())
 
     async def patch_merge(self, rt: ResourceType, namespace: str, name: str, patch: Body) -> Body:
         """JSON merge patch (used to remove hook finalizers)."""
-        r = await self._request(
-            "PATCH",
-            rt.path(namespace, name),
-            subject=str(ResourceKey(rt.group, rt.kind, namespace, name)),
-            verb="patch",
-            kind=rt.kind,
-            content=json.dumps(patch).encode(),
-            content_type=_MERGE,
+        return await self._send(
+            "PATCH", rt, namespace, name, patch, verb="patch", content_type=_MERGE
         )
-        assert r is not None
-        return dict(r.json())
 
     async def delete(
         self,

@@ -320,8 +320,9 @@ class Reconciler:
         refs: list[tuple[str, str, str]] = []
         for src in app.sources:
             if src.ref:
-                resolved = await self.repos.resolve(src.repo_url, src.target_revision,
-                                                    max_age=max_age)
+                resolved = await self.repos.resolve(
+                    src.repo_url, src.target_revision, max_age=max_age
+                )
                 checkout = await self.repos.checkout(src.repo_url, resolved.sha)
                 refs.append((src.ref, resolved.sha, str(checkout)))
         for src in app.manifest_sources:
@@ -443,8 +444,11 @@ class Reconciler:
             if e.status != 403:
                 # Unknown is not empty: acting on an empty inventory would forget owned objects.
                 raise
-            log.warning("inventory not readable (forbidden); using local state only",
-                        app=app.name, error=str(e))
+            log.warning(
+                "inventory not readable (forbidden); using local state only",
+                app=app.name,
+                error=str(e),
+            )
             return set()
         if not cm:
             return set()

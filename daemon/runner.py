@@ -646,8 +646,13 @@ class Daemon:
                 await self.engine.reconciler.delete_app(app)
                 return
             except Exception as e:
-                log.error("deleting app resources failed", app=app.name, error=str(e),
-                          attempt=attempt, retry_in=delay)
+                log.error(
+                    "deleting app resources failed",
+                    app=app.name,
+                    error=str(e),
+                    attempt=attempt,
+                    retry_in=delay,
+                )
             await anyio.sleep(delay)
             delay = min(300.0, delay * 2)
 

@@ -158,56 +158,24 @@ async def prune_one(
     key = task.key
     version = _version(task.live)
     opts = options.merged(live_sync_options(task.live))
+
+    def outcome(action: Action, code: ResultCode, message: str) -> ResourceResult:
+        return ResourceResult(key, version, action, code, message, task.phase, task.wave)
+
     if not prune_enabled:
-        return ResourceResult(
-            key,
-            version,
-            Action.SKIPPED,
-            ResultCode.PRUNE_SKIPPED,
-            "ignored (requires pruning)",
-            task.phase,
-            task.wave,
-        )
+        return outcome(Action.SKIPPED, ResultCode.PRUNE_SKIPPED, "ignored (requires pruning)")
     if opts.prune is RemovalPolicy.NEVER:
-        return ResourceResult(
-            key,
-            version,
-            Action.SKIPPED,
-            ResultCode.PRUNE_SKIPPED,
-            "ignored (no prune)",
-            task.phase,
-            task.wave,
-        )
+        return outcome(Action.SKIPPED, ResultCode.PRUNE_SKIPPED, "ignored (no prune)")
     if opts.prune is RemovalPolicy.CONFIRM:
-        return ResourceResult(
-            key,
-            version,
+        return outcome(
             Action.SKIPPED,
             ResultCode.PRUNE_SKIPPED,
             "ignored (prune requires confirmation, which gitopsd does not support yet)",
-            task.phase,
-            task.wave,
         )
     if dry_run:
-        return ResourceResult(
-            key,
-            version,
-            Action.DELETED,
-            ResultCode.PRUNED,
-            "pruned (dry run)",
-            task.phase,
-            task.wave,
-        )
+        return outcome(Action.DELETED, ResultCode.PRUNED, "pruned (dry run)")
     if (task.live.get("metadata") or {}).get("deletionTimestamp"):
-        return ResourceResult(
-            key,
-            version,
-            Action.DELETED,
-            ResultCode.PRUNED,
-            "pruned (deletion in progress)",
-            task.phase,
-            task.wave,
-        )
+        return outcome(Action.DELETED, ResultCode.PRUNED, "pruned (deletion in progress)")
     try:
         await client.delete(
             rt,
@@ -217,18 +185,8 @@ async def prune_one(
             uid=str(task.live.get("metadata", {}).get("uid") or ""),
         )
     except KubeError as e:
-        return ResourceResult(
-            key,
-            version,
-            Action.FAILED,
-            ResultCode.SYNC_FAILED,
-            f"prune failed: {e.api_message}",
-            task.phase,
-            task.wave,
-        )
-    return ResourceResult(
-        key, version, Action.DELETED, ResultCode.PRUNED, "pruned", task.phase, task.wave
-    )
+        return outcome(Action.FAILED, ResultCode.SYNC_FAILED, f"prune failed: {e.api_message}")
+    return outcome(Action.DELETED, ResultCode.PRUNED, "pruned")
 
 
 async def run_bounded(
