@@ -495,3 +495,31 @@ async def test_project_destinations_hold_per_cluster(
     finally:
         for c in (cluster, cluster2):
             c.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+
+async def test_seed_tenant_application_with_managed_namespace_metadata(
+    cluster: Cluster, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """The seed's tenant-a-webapp Application and tenant-a AppProject, as written (repository
+    URL aside): the app syncs and its namespace gets the managedNamespaceMetadata."""
+    git_repo.write({"webapp/web.yaml": deployment("webapp", "nginx:1", replicas=2)})
+    ns = f"tenant-a-production-{int(time.time()) % 100000}"
+    app = seed_doc("Application", "tenant-a-webapp")
+    app["spec"]["source"]["repoURL"] = git_repo.url
+    app["spec"]["destination"]["namespace"] = ns
+    proj = seed_doc("AppProject", "tenant-a")
+    proj["spec"]["sourceRepos"] = [git_repo.url]
+    cfg = write_config(tmp_path, cluster, [app])
+    write_project(tmp_path, proj)
+    try:
+        results = dict(await run_once(settings.load(cfg)))
+        st = results["tenant-a-webapp"]
+        assert st["sync"]["status"] == "Synced" and st["health"]["status"] == "Healthy", st
+        namespace = json.loads(cluster.kubectl("get", "namespace", ns, "-o", "json"))
+        assert namespace["metadata"]["labels"]["tenant"] == "tenant-a"
+        assert namespace["metadata"]["labels"]["environment"] == "production"
+        assert namespace["metadata"]["annotations"]["owner"] == "tenant-a-team"
+    finally:
+        cluster.kubectl(
+            "delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False
+        )
