@@ -209,7 +209,10 @@ settings:
         for line in metrics.splitlines():
             if line.startswith(("argocd_app_info", "argocd_app_sync_total")):
                 print("   ", line[:160])
-        print("  gitopsd app list / diff / sync  (CLI over the same API; see README)")
+        print(f"\n  $ gitopsd app list --server {API}")
+        out = sh(str(VENV_BIN / "gitopsd"), "app", "list", "--server", API, check=False)
+        print("\n".join("    " + line for line in out.splitlines()))
+        print("  (also: gitopsd app get|diff|sync --wait|history|rollback; see README)")
         return 0
     finally:
         say("Cleaning up")
