@@ -33,12 +33,18 @@ class Expansion:
     errors: dict[str, str] = field(default_factory=dict)  # ApplicationSet name -> error
 
 
-async def expand(config: Config, repos: RepoCache, previous: Expansion | None = None) -> Expansion:
+async def expand(
+    config: Config,
+    repos: RepoCache,
+    previous: Expansion | None = None,
+    *,
+    reserved: set[str] | frozenset[str] = frozenset(),
+) -> Expansion:
     """Generate every ApplicationSet; a failing set keeps its previous apps (nothing is removed
     because of an error)."""
     out = Expansion()
     reader = CheckoutReader(repos)
-    taken = {a.name for a in config.applications}
+    taken = {a.name for a in config.applications} | set(reserved) | set(reserved)
     for aset in config.application_sets:
         try:
             apps = await _expand_one(aset, config, reader)

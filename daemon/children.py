@@ -17,6 +17,7 @@ from daemon.model import ANN_TRACKING_ID, Body, ResourceKey
 from daemon.settings import ARGO_API, Application, AppProject, parse_application, parse_project
 
 ARGO_GROUP = "argoproj.io"
+CONTROL_NAMESPACE = "argocd"  # where Argo CD documents take effect
 CHILD_KINDS = frozenset({"Application", "AppProject", "ApplicationSet"})
 
 # The chain of parents of the reconcile running in this task (cycle detection).
@@ -89,8 +90,13 @@ class ChildRegistry:
             )
         if child.name in top_level:
             raise PlanError(
-                f"Application/{child.name}: already defined in the config files; a child app "
-                "cannot replace it"
+                f"Application/{child.name}: the name is already used by another Application "
+                "(config files, an ApplicationSet or another parent); a child app cannot take it"
+            )
+        if child.namespace != CONTROL_NAMESPACE:
+            raise PlanError(
+                f"Application/{child.name}: child Applications must be in namespace "
+                f"{CONTROL_NAMESPACE!r} (got {child.namespace!r})"
             )
         owner = self.parent_of(child.name)
         if owner is not None and owner != parent.name:
@@ -104,6 +110,12 @@ class ChildRegistry:
         """Validate a child AppProject document from `parent`'s manifests."""
         doc = clean(body)
         project = parse_project(doc, where=f"Application/{parent.name} (app of apps)", warnings=[])
+        namespace = str((doc.get("metadata") or {}).get("namespace") or CONTROL_NAMESPACE)
+        if namespace != CONTROL_NAMESPACE:
+            raise PlanError(
+                f"AppProject/{project.name}: child AppProjects must be in namespace "
+                f"{CONTROL_NAMESPACE!r} (got {namespace!r}); elsewhere they have no effect"
+            )
         if project.name in top_level or project.name == "default":
             raise PlanError(
                 f"AppProject/{project.name}: defined in the config files (or built in); "

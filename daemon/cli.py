@@ -41,7 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             failures = 0
             for app in cfg.applications:
                 try:
-                    desired = await engine.reconciler.desired(app, await engine.client_for(app))
+                    *_, desired = await engine.reconciler.checked_desired(app)
                     print(
                         f"ok    {app.name}: {len(desired.manifests)} resources "
                         f"({desired.tool}) at {desired.revision[:12]}"
@@ -64,7 +64,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with Engine.open(cfg) as engine:
             app = cfg.app(args.app)
-            desired = await engine.reconciler.desired(app, await engine.client_for(app))
+            *_, desired = await engine.reconciler.checked_desired(app)
             tasks = build_tasks(desired.manifests, {}, prune_last=False)
             docs = []
             for t in tasks:
@@ -87,8 +87,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with Engine.open(cfg) as engine:
             app = cfg.app(args.app)
-            client = await engine.client_for(app)
-            desired = await engine.reconciler.desired(app, client)
+            _, _, client, desired = await engine.reconciler.checked_desired(app)
             cmp = await engine.reconciler.compare(app, client, desired, {})
             out_of_sync = False
             for m in desired.manifests:

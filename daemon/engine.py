@@ -67,6 +67,7 @@ async def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:
     async with Engine.open(config) as engine:
         limiter = anyio.CapacityLimiter(config.settings.max_concurrent_syncs)
         expansion = await appsets.expand(config, engine.repos)
+        engine.reconciler.generated = dict(expansion.owner)
         for name, error in expansion.errors.items():
             results[f"ApplicationSet/{name}"] = {
                 "sync": {"status": "Unknown"},

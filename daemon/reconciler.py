@@ -155,6 +155,7 @@ class Reconciler:
         self._heal: dict[str, tuple[str, int, float]] = {}  # app -> (revision, attempts, at)
         self.heal_retry_in: dict[str, float] = {}  # app -> seconds until self-heal may run
         self.children = ChildRegistry()
+        self.generated: dict[str, str] = {}  # ApplicationSet-generated app -> its set
         self._restored: set[str] = set()
         # The daemon hooks these to start / stop workers for child apps (app of apps).
         self.on_child_added: Callable[[Application], None] | None = None
@@ -163,8 +164,26 @@ class Reconciler:
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
 
     def project(self, name: str) -> AppProject | None:
-        """A project from the config files, the built-in default, or one a parent app defined."""
-        return self.config.project(name) or self.children.project(name)
+        """A project from the config files or the built-in default."""
+        return self.config.project(name)
+
+    def project_for(self, app: Application) -> AppProject | None:
+        """The project `app` is judged by. A project defined by a parent app (app of apps) only
+        counts for children of that same parent, and never shadows a configured one."""
+        configured = self.config.project(app.project)
+        if configured is not None:
+            return configured
+        entry = self.children.projects.get(app.project)
+        if entry is not None and self.children.parent_of(app.name) == entry[0]:
+            return entry[1]
+        return None
+
+    def taken_names(self, *, except_parent: str = "") -> set[str]:
+        """Every app name in use — config files, ApplicationSets, other parents' children — so
+        no source can claim (and later delete) another's app."""
+        names = {a.name for a in self.config.applications} | set(self.generated)
+        names |= {n for n, (p, _, _) in self.children.apps.items() if p != except_parent}
+        return names
 
     def stop_requested(self) -> bool:
         """True once shutdown began (read between waves; set from the signal handler)."""
@@ -207,26 +226,11 @@ class Reconciler:
         if sync is None and auto:
             sync = _resume_request(status)
         try:
-            project = self.project(app.project)
-            if project is None:
-                raise PlanError(
-                    f"Application/{app.name}: project {app.project!r} does not exist; "
-                    "nothing is synced until it does"
-                )
-            cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
-            client = await self.clusters.client(cluster)
             revision_override = sync.revision if sync and sync.revision else ""
-            # Sources and destination first: a forbidden repository is never even contacted.
-            early = self.project_violations(app, project, cluster, None)
-            if early:
-                raise ProjectViolation("; ".join(early))
-            desired = await self.desired(
-                app, client, revision=revision_override, max_age=poll_max_age
+            project, cluster, client, desired = await self.checked_desired(
+                app, revision=revision_override, max_age=poll_max_age
             )
             bound = bound.bind(revision=desired.revision[:12])
-            violations = self.project_violations(app, project, cluster, desired)
-            if violations:
-                raise ProjectViolation("; ".join(violations))
             comparison = await self.compare(app, client, desired, fingerprints)
             comparison.owned_extra = {
                 k: b
@@ -307,6 +311,29 @@ class Reconciler:
         return status
 
     # === source + render =====================================================================
+
+    async def checked_desired(
+        self, app: Application, *, revision: str = "", max_age: float = 0.0
+    ) -> tuple[AppProject, ClusterConfig, KubeClient, Desired]:
+        """The app's desired state, only after its AppProject allowed the source and destination
+        (before git is contacted) and every rendered resource (after). Every caller — sync,
+        diff, render, check — goes through here, so none can skip the project."""
+        project = self.project_for(app)
+        if project is None:
+            raise PlanError(
+                f"Application/{app.name}: project {app.project!r} does not exist; "
+                "nothing is synced until it does"
+            )
+        cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
+        client = await self.clusters.client(cluster)
+        early = self.project_violations(app, project, cluster, None)
+        if early:
+            raise ProjectViolation("; ".join(early))
+        desired = await self.desired(app, client, revision=revision, max_age=max_age)
+        violations = self.project_violations(app, project, cluster, desired)
+        if violations:
+            raise ProjectViolation("; ".join(violations))
+        return project, cluster, client, desired
 
     async def desired(
         self, app: Application, client: KubeClient, *, revision: str = "", max_age: float = 0.0
@@ -664,7 +691,9 @@ class Reconciler:
             return out
         for m in desired.manifests:
             rt = desired.types.get(m.key)
-            namespaced = True if rt is None else rt.namespaced
+            # No type yet (a CRD in this app, or an Argo CD document): prepare() gave
+            # namespaced objects a namespace and stripped it from cluster-scoped ones.
+            namespaced = bool(m.key.namespace) if rt is None else rt.namespaced
             v = projects.check_resource(
                 project,
                 group=m.key.group,
@@ -783,7 +812,7 @@ class Reconciler:
         for doc in saved.get("apps") or []:
             try:
                 child = self.children.parse_child(
-                    app, doc, top_level={a.name for a in self.config.applications}
+                    app, doc, top_level=self.taken_names(except_parent=app.name)
                 )
             except GitopsdError as e:
                 log.warning("child app not restored", parent=app.name, error=str(e))
@@ -818,7 +847,7 @@ class Reconciler:
                         Action.FAILED,
                     )
                 child = self.children.parse_child(
-                    parent, task.target, top_level={a.name for a in self.config.applications}
+                    parent, task.target, top_level=self.taken_names(except_parent=parent.name)
                 )
             except GitopsdError as e:
                 return result(ResultCode.SYNC_FAILED, str(e), Action.FAILED)
@@ -1461,6 +1490,12 @@ class Reconciler:
             return await self._delete_app(app)
 
     async def _delete_app(self, app: Application) -> list[ResourceResult]:
+        project = self.project_for(app)
+        if project is None:
+            raise SyncFailed(
+                f"Application/{app.name}: project {app.project!r} does not exist; refusing to "
+                "delete resources it cannot vouch for"
+            )
         cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
         client = await self.clusters.client(cluster)
         await client.discover()
@@ -1482,6 +1517,8 @@ class Reconciler:
             and not (b.get("metadata") or {}).get("ownerReferences")
             and annotations_of(b).get("helm.sh/resource-policy") != "keep"
             and k.kind != "CustomResourceDefinition"
+            # Only what the app's project permits (Argo CD's getPermittedAppLiveObjects).
+            and self._permitted(project, cluster, client, k)
         }
         opts = parse_sync_options([*app.sync_policy.sync_options, "Prune=true"])
         background = "resources-finalizer.argocd.argoproj.io/background" in app.finalizers

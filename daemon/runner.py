@@ -487,6 +487,10 @@ class Daemon:
                 return
             log.info("child app added", app=app.name)
             self._start_worker(app)
+        elif app.name in self.engine.reconciler.taken_names(
+            except_parent=self.engine.reconciler.children.parent_of(app.name) or ""
+        ):
+            log.error("child app name collides with another app; ignored", app=app.name)
         elif worker.app != app:
             worker.app = app
             worker.trigger("parent changed child")
@@ -518,7 +522,13 @@ class Daemon:
         """Create, update and remove generated apps as the generators' output changes."""
         if not self.config.application_sets and not self.expansion.apps:
             return
-        expansion = await appsets.expand(self.config, self.engine.repos, self.expansion)
+        expansion = await appsets.expand(
+            self.config,
+            self.engine.repos,
+            self.expansion,
+            reserved=set(self.engine.reconciler.children.apps),
+        )
+        self.engine.reconciler.generated = dict(expansion.owner)
         old = self.expansion.apps
         for name, app in expansion.apps.items():
             worker = self.workers.get(name)
@@ -685,9 +695,24 @@ class Daemon:
                 w.trigger(reason)
                 names.append(name)
                 break
-        if self.config.application_sets:
-            self._appset_wake.set()  # git generators may see new directories or files
+        if any(_appset_uses(a.raw, urls) for a in self.config.application_sets):
+            self._appset_wake.set()  # its git generators may see new directories or files
         return names
+
+
+def _appset_uses(raw: Any, urls: set[str]) -> bool:
+    """Whether an ApplicationSet document names any of `urls` as a repoURL."""
+    from daemon.sources.git import normalize_url
+
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            if k == "repoURL" and isinstance(v, str) and normalize_url(v) in urls:
+                return True
+            if _appset_uses(v, urls):
+                return True
+    elif isinstance(raw, list):
+        return any(_appset_uses(v, urls) for v in raw)
+    return False
 
 
 def settings_interval(config: Config) -> float:

@@ -499,9 +499,16 @@ class CheckoutReader:
     """Directory listings and file contents at a revision, from the repo cache (for ApplicationSet
     git generators)."""
 
-    def __init__(self, cache: RepoCache, *, max_file_bytes: int = 1024 * 1024) -> None:
+    def __init__(
+        self,
+        cache: RepoCache,
+        *,
+        max_file_bytes: int = 1024 * 1024,
+        max_total_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         self.cache = cache
         self.max_file_bytes = max_file_bytes
+        self.max_total_bytes = max_total_bytes
 
     async def _root(self, repo_url: str, revision: str) -> Path:
         resolved = await self.cache.resolve(repo_url, revision, max_age=5.0)
@@ -522,12 +529,21 @@ class CheckoutReader:
         """Every (regular, not too large) file in the repository by relative path."""
         root = await self._root(repo_url, revision)
         out: dict[str, bytes] = {}
+        total = 0
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 p = Path(dirpath) / name
                 if name.startswith(".gitopsd") or p.is_symlink():
                     continue
-                if p.stat().st_size <= self.max_file_bytes:
-                    out[str(p.relative_to(root)).replace(os.sep, "/")] = p.read_bytes()
+                size = p.stat().st_size
+                if size > self.max_file_bytes:
+                    continue
+                total += size
+                if total > self.max_total_bytes:
+                    raise SourceError(
+                        f"repository {redact(repo_url)}: more than {self.max_total_bytes} bytes "
+                        "of files for a git files generator; use a smaller repository"
+                    )
+                out[str(p.relative_to(root)).replace(os.sep, "/")] = p.read_bytes()
         return out

@@ -30,7 +30,7 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class Auth:
@@ -43,7 +43,13 @@ class Auth:
         out = {}
         for t in self.daemon.config.api_tokens:
             try:
-                out[_hash(Path(t.token_file).read_text().strip())] = (t.role, t.groups)
+                value = Path(t.token_file).read_text().strip(" \t\r\n")
+                if not value:
+                    # An empty file (a secret not provisioned yet) must not become a token that
+                    # an empty Authorization header matches.
+                    log.error("api token file is empty; token disabled", token=t.name)
+                    continue
+                out[_hash(value)] = (t.role, t.groups)
             except OSError as e:
                 log.error("api token file unreadable", token=t.name, error=e.strerror)
         return out
@@ -62,7 +68,10 @@ class Auth:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return None
-        return self.tokens().get(_hash(header[7:].strip()))
+        value = header[7:].strip(" \t")  # ASCII only: no Unicode whitespace games
+        if not value:
+            return None
+        return self.tokens().get(_hash(value))
 
     def role(self, request: web.Request) -> str | None:
         p = self.principal(request)
@@ -89,12 +98,11 @@ class Auth:
         if worker is None:
             return False
         app = worker.app
-        all_projects = [
-            *self.daemon.config.projects,
-            *(e[1] for e in self.daemon.engine.reconciler.children.projects.values()),
-        ]
-        granted = projects.authorize(
-            all_projects,
+        # Only the project the app is really judged by: a child-defined project never counts
+        # for apps outside its parent, nor shadows a configured one.
+        project = self.daemon.engine.reconciler.project_for(app)
+        granted = project is not None and projects.authorize(
+            [project],
             groups=groups,
             action=action,
             app_project=app.project,
@@ -102,6 +110,23 @@ class Auth:
         )
         # The built-in readonly role gets every app (project policies can only add to it).
         return granted or (role == "readonly" and action == "get")
+
+    def check_global_read(self, request: web.Request) -> None:
+        """Reads that are not about one app (ApplicationSets, daemon status) need a readonly or
+        admin token; project-scoped (`none`) tokens see only their apps."""
+        if self.open_access(mutating=False):
+            return
+        role = self.role(request)
+        if role is None:
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": "a valid bearer token is required"}),
+                content_type="application/json",
+            )
+        if role not in ("admin", "readonly"):
+            raise web.HTTPForbidden(
+                text=json.dumps({"error": "this call needs a readonly or admin token"}),
+                content_type="application/json",
+            )
 
     def check_app(self, request: web.Request, action: str, app_name: str) -> None:
         if self.may(request, action, app_name):
@@ -207,7 +232,7 @@ def build_app(daemon: Daemon) -> web.Application:
 
     @routes.get("/api/v1/status")
     async def status(request: web.Request) -> web.Response:
-        auth.check(request, mutating=False)
+        auth.check_global_read(request)
         return web.json_response(
             {
                 "configFile": daemon.config_path,
@@ -219,7 +244,7 @@ def build_app(daemon: Daemon) -> web.Application:
 
     @routes.get("/api/v1/applicationsets")
     async def list_appsets(request: web.Request) -> web.Response:
-        auth.check(request, mutating=False)
+        auth.check_global_read(request)
         items = []
         for aset in daemon.config.application_sets:
             apps = sorted(n for n, o in daemon.expansion.owner.items() if o == aset.name)
@@ -319,8 +344,7 @@ def build_app(daemon: Daemon) -> web.Application:
 
         app = daemon.workers[name].app
         try:
-            client = await daemon.engine.client_for(app)
-            desired = await daemon.engine.reconciler.desired(app, client)
+            _, _, client, desired = await daemon.engine.reconciler.checked_desired(app)
             cmp = await daemon.engine.reconciler.compare(app, client, desired, {})
         except GitopsdError as e:
             return web.json_response({"error": str(e)}, status=502)

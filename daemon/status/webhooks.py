@@ -41,11 +41,20 @@ def _secret(secrets: dict[str, dict[str, str]], provider: str) -> str:
     if not path:
         return ""
     try:
-        return Path(path).read_text().strip()
+        secret = Path(path).read_text().strip()
     except OSError as e:
         raise WebhookError(
             f"{provider} webhook secret unreadable", status=500, provider=provider, result="error"
         ) from e
+    if not secret:
+        # A configured but empty secret must not silently turn verification off.
+        raise WebhookError(
+            f"{provider} webhook secret file is empty",
+            status=500,
+            provider=provider,
+            result="error",
+        )
+    return secret
 
 
 def _verify_hmac(body: bytes, secret: str, given: str, *, provider: str, prefix: str) -> None:
