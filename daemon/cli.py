@@ -37,9 +37,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
 
     async def main() -> int:
+        from daemon import appsets
+
         async with Engine.open(cfg) as engine:
-            failures = 0
-            for app in cfg.applications:
+            expansion = await appsets.expand(cfg, engine.repos)
+            engine.reconciler.generated = dict(expansion.owner)
+            failures = len(expansion.errors)
+            for name, error in expansion.errors.items():
+                print(f"error ApplicationSet/{name}: {error}")
+            for app in [*cfg.applications, *expansion.apps.values()]:
                 try:
                     *_, desired = await engine.reconciler.checked_desired(app)
                     print(
