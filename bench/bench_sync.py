@@ -147,6 +147,19 @@ async def gitopsd_runs(cfg_path: Path) -> tuple[dict[str, float], dict[str, floa
     return results[0], results[1]
 
 
+def settle(kubeconfig: Path, timeout: float = 300) -> None:
+    """Wait until no namespace is terminating (earlier runs' garbage collection) and give the
+    controllers a moment, so each measurement starts on a quiet cluster."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "get", "ns",
+                              "--no-headers"], capture_output=True, text=True).stdout
+        if "Terminating" not in out:
+            break
+        time.sleep(2)
+    time.sleep(3)
+
+
 def ensure_cluster() -> tuple[Path, bool]:
     state = ROOT / ".cluster"
     if (state / "ready").exists():
@@ -188,7 +201,13 @@ def main() -> int:
             flush=True,
         )
 
+        settle(kubeconfig)
         base = kubectl_baseline(kubeconfig, repo / "app" / "all.yaml", ns_kubectl)
+        # Let the controllers finish the baseline's rollout so it does not load the next run.
+        subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "wait", "-n", ns_kubectl,
+                        "--for=condition=Available", "deployment", "--all", "--timeout=300s"],
+                       capture_output=True)
+        settle(kubeconfig)
 
         app = {
             "apiVersion": "argoproj.io/v1alpha1",
