@@ -149,6 +149,7 @@ class Reconciler:
         self.store = store
         self.stopping = False  # set on shutdown: running syncs stop at the next wave boundary
         self._states: dict[str, dict[str, Any]] = {}  # last state per app, as saved
+        self._digests: dict[str, str] = {}  # _meaningful() of that state
         self._saved: set[str] = set()
         self._inventories: dict[tuple[str, str], set[ResourceKey]] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -215,8 +216,10 @@ class Reconciler:
     ) -> dict[str, Any]:
         run_id = uuid.uuid4().hex[:8]
         state = self._states.get(app.name) or self.store.load(app.name)
-        status: dict[str, Any] = copy.deepcopy(dict(state.get("status") or {}))
-        fingerprints: dict[str, list[str]] = copy.deepcopy(dict(state.get("fingerprints") or {}))
+        # Shallow copies: the pipeline builds new status values and replaces fingerprint
+        # entries rather than mutating them, so the previous record stays intact.
+        status: dict[str, Any] = dict(state.get("status") or {})
+        fingerprints: dict[str, list[str]] = dict(state.get("fingerprints") or {})
         started = time.monotonic()
         bound = log.bind(app=app.name, run=run_id)
         conditions: list[dict[str, str]] = []
@@ -290,7 +293,9 @@ class Reconciler:
                 "fingerprints": fingerprints,
                 "children": self.children.saved(app.name),
             }
-            changed = _meaningful(record) != _meaningful(state)
+            digest = _meaningful(record)
+            changed = digest != self._digests.get(app.name, _meaningful(state))
+            self._digests[app.name] = digest
             if changed or app.name not in self._saved:
                 # Unchanged no-op reconciles skip the disk (an fsync per poll adds up).
                 try:
@@ -301,7 +306,7 @@ class Reconciler:
                     status.setdefault("conditions", []).append(
                         _condition("UnknownError", f"state not saved under stateDir: {e}")
                     )
-            self._states[app.name] = copy.deepcopy(record)
+            self._states[app.name] = record
             (bound.info if changed else bound.debug)(
                 "reconciled",
                 sync=status.get("sync", {}).get("status"),
@@ -1547,6 +1552,7 @@ class Reconciler:
         self.store.delete(app.name)
         self._inventories.pop((client.name, app.name), None)
         self._states.pop(app.name, None)
+        self._digests.pop(app.name, None)
         self._saved.discard(app.name)
         log.info("app resources deleted", app=app.name, deleted=len(results))
         return results
