@@ -28,7 +28,9 @@ from daemon import appsets
 from daemon import settings as settings_mod
 from daemon.engine import Engine
 from daemon.errors import ConfigError, GitopsdError, KubeError
+from daemon.health.checks import assess
 from daemon.kube import KubeClient, ResourceType
+from daemon.model import HealthStatus
 from daemon.reconciler import SyncRequest
 from daemon.settings import Application, Config, Retry
 from daemon.status.metrics import Metrics
@@ -99,6 +101,12 @@ class DriftWatches:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.scopes: dict[tuple[str, str, str, str], anyio.CancelScope] = {}
+        self.established: set[tuple[str, str, str, str]] = set()  # listed and watching
+        self.app_scopes: dict[str, set[tuple[str, str, str, str]]] = {}
+        self.clean: set[str] = set()  # apps with no event since their last full compare
+        self.partial: set[str] = set()  # apps with resources no watch can cover
+        self.seq: dict[str, int] = {}  # events seen per app (a change during a run counts)
+        self.healths: dict[tuple[str, str, str, str], HealthStatus | None] = {}
         self.owners: dict[tuple[str, str, str, str], str] = {}  # (cluster,group,kind,ns/name)
         self.seen: dict[tuple[str, str, str, str], str] = {}
         self.tg: TaskGroup | None = None
@@ -107,15 +115,18 @@ class DriftWatches:
         for k in [k for k, v in self.owners.items() if v == worker.app.name]:
             del self.owners[k]
         wanted: set[tuple[str, str, str, str]] = set()
+        self.partial.discard(worker.app.name)
         for r in worker.last_status.get("resources", []):
             rt = client.preferred(r["group"], r["kind"])
             if rt is None or "watch" not in rt.verbs:
+                self.partial.add(worker.app.name)  # something we cannot watch
                 continue
             ns = r["namespace"] if rt.namespaced else ""
             self.owners[(cluster, r["group"], r["kind"], f"{r['namespace']}/{r['name']}")] = (
                 worker.app.name
             )
             wanted.add((cluster, r["group"], r["kind"], ns))
+        self.app_scopes[worker.app.name] = wanted
         assert self.tg is not None
         for scope_key in wanted - set(self.scopes):
             group, kind = scope_key[1], scope_key[2]
@@ -129,6 +140,7 @@ class DriftWatches:
         for scope_key in list(self.scopes):
             if scope_key not in in_use:
                 self.scopes.pop(scope_key).cancel()
+                self.established.discard(scope_key)
 
     async def _watch(
         self,
@@ -145,6 +157,7 @@ class DriftWatches:
                     items, rv = await client.list(rt, ns)
                     for item in items:
                         self._note(cluster, rt, item, initial=True)
+                    self.established.add(scope_key)
                     backoff = 1.0
                     async for ev in client.watch(rt, ns, resource_version=rv):
                         if ev.type == "ERROR":
@@ -152,6 +165,7 @@ class DriftWatches:
                         if ev.type in ("MODIFIED", "DELETED", "ADDED"):
                             self._note(cluster, rt, ev.object, deleted=ev.type == "DELETED")
                 except (KubeError, ValueError) as e:
+                    self._lost(scope_key)
                     # Forbidden or unreachable: back off (up to a minute), never spin.
                     log.debug(
                         "drift watch restarting",
@@ -162,6 +176,20 @@ class DriftWatches:
                     )
                     await anyio.sleep(backoff)
                     backoff = min(60.0, backoff * 2)
+
+    def _lost(self, scope_key: tuple[str, str, str, str]) -> None:
+        """A watch broke: events may have been missed, so its apps need a full compare."""
+        self.established.discard(scope_key)
+        for app, scopes in self.app_scopes.items():
+            if scope_key in scopes:
+                self.clean.discard(app)
+
+    def covers(self, app: str) -> bool:
+        """True when every type/namespace the app manages is being watched."""
+        scopes = self.app_scopes.get(app)
+        if app in self.partial or scopes is None:
+            return False
+        return bool(scopes) and scopes <= self.established
 
     def _note(
         self,
@@ -179,11 +207,18 @@ class DriftWatches:
         h = "deleted" if deleted else _spec_hash(obj)
         previous = self.seen.get(key)
         self.seen[key] = h
+        health = None if deleted else assess(obj)
+        old_health = self.healths.get(key)
+        self.healths[key] = health.status if health else None
         if initial or app is None:
             return
+        self.seq[app] = self.seq.get(app, 0) + 1
+        self.clean.discard(app)  # any event, status included: compare fully next time
         if previous == h:
-            # Status only: refresh health while the app is not yet Healthy (as Argo CD does).
-            if self.daemon.app_health(app) != "Healthy":
+            # Status only: refresh when an object's health changed, or while the app is not
+            # yet Healthy (as Argo CD updates app health from its cluster cache).
+            changed = old_health != self.healths[key]
+            if changed or self.daemon.app_health(app) != "Healthy":
                 self.daemon.drift(app, f"{rt.kind}/{nsn} status changed")
             return
         self.daemon.drift(app, f"{rt.kind}/{nsn} changed")
@@ -363,6 +398,7 @@ class Daemon:
 
     async def _reconcile(self, worker: AppWorker, sync: SyncRequest | None, reason: str) -> None:
         app = worker.app
+        seq_before = self.watches.seq.get(app.name, 0)
         queued = time.monotonic()
         self.waiting += 1
         self.metrics.queue_depth.set(self.waiting)
@@ -380,7 +416,19 @@ class Daemon:
                 with anyio.CancelScope(shield=True) as scope:
                     self._shields.add(scope)
                     try:
-                        status = await self.engine.reconciler.reconcile(
+                        quick = None
+                        if (
+                            sync is None
+                            and reason == "interval"
+                            and app.name in self.watches.clean
+                            and self.watches.covers(app.name)
+                        ):
+                            # Argo CD-style: the watches vouch for the live side, so an
+                            # unchanged revision needs no API reads at all.
+                            quick = await self.engine.reconciler.unchanged(
+                                app, max_age=settings_interval(self.config)
+                            )
+                        status = quick or await self.engine.reconciler.reconcile(
                             app, sync=sync, poll_max_age=settings_interval(self.config)
                         )
                     finally:
@@ -392,6 +440,16 @@ class Daemon:
                 structlog.contextvars.unbind_contextvars("app", "trigger")
                 self.metrics.syncs_in_use.set(self.sync_limiter.borrowed_tokens - 1)
         worker.last_status = status
+        quiet = self.watches.seq.get(app.name, 0) == seq_before  # no event during the run
+        if (
+            quiet
+            and (status.get("sync") or {}).get("status") == "Synced"
+            and (status.get("health") or {}).get("status") == "Healthy"
+            and not status.get("conditions")
+        ):
+            self.watches.clean.add(app.name)
+        else:
+            self.watches.clean.discard(app.name)
         if self._record_metrics(app, status, time.monotonic() - started):
             self._maybe_retry(worker, status, sync)
         wait = self.engine.reconciler.heal_retry_in.pop(app.name, None)
