@@ -28,7 +28,10 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 GITOPSD = str(Path(sys.executable).parent / "gitopsd")
+
+from tests.testenv.session import ensure_cluster, stop_cluster, write_settings  # noqa: E402
 
 
 def free_port() -> int:
@@ -78,14 +81,7 @@ def main() -> int:
     p.add_argument("--idle", type=int, default=60, help="seconds of idle measurement")
     p.add_argument("--webhooks", type=int, default=5)
     args = p.parse_args()
-    state = ROOT / ".cluster"
-    started = False
-    if not (state / "ready").exists():
-        subprocess.run(
-            [sys.executable, str(ROOT / "tests/testenv/cluster.py"), "up", str(state)], check=True
-        )
-        started = True
-    kubeconfig = state / "kubeconfig"
+    kubeconfig, started = ensure_cluster()
     work = Path(tempfile.mkdtemp(prefix="gitopsd-bench-daemon-"))
     ns = f"bench-apps-{uuid.uuid4().hex[:6]}"
     env = {
@@ -160,27 +156,14 @@ def main() -> int:
             )
         (work / "apps" / "apps.yaml").write_text(yaml.safe_dump_all(docs))
         port = free_port()
-        (work / "gitopsd.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "applications": ["apps/*.yaml"],
-                    "clusters": [
-                        {
-                            "name": "in-cluster",
-                            "server": "https://kubernetes.default.svc",
-                            "kubeconfig": str(kubeconfig),
-                        }
-                    ],
-                    "settings": {
-                        "cacheDir": str(work / "cache"),
-                        "stateDir": str(work / "state"),
-                        "listen": f"127.0.0.1:{port}",
-                        "syncWaveDelay": "0s",
-                        "reconcileInterval": f"{args.interval}s",
-                        "reconcileJitter": f"{args.interval // 4}s",
-                    },
-                }
-            )
+        write_settings(
+            work / "gitopsd.yaml",
+            kubeconfig=kubeconfig,
+            work=work,
+            listen=f"127.0.0.1:{port}",
+            syncWaveDelay="0s",
+            reconcileInterval=f"{args.interval}s",
+            reconcileJitter=f"{args.interval // 4}s",
         )
         url = f"http://127.0.0.1:{port}"
         log = (work / "daemon.log").open("wb")
@@ -297,10 +280,7 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
         if started:
-            subprocess.run(
-                [sys.executable, str(ROOT / "tests/testenv/cluster.py"), "down", str(state)],
-                check=False,
-            )
+            stop_cluster()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from daemon import settings  # noqa: E402
 from daemon.engine import Engine  # noqa: E402
 from daemon.status.logs import setup_logging  # noqa: E402
+from tests.testenv.session import ensure_cluster, stop_cluster, write_settings  # noqa: E402
 
 WRITE_VERBS = {"apply", "apply (dry run)", "create", "replace", "patch", "delete"}
 
@@ -152,22 +153,15 @@ def settle(kubeconfig: Path, timeout: float = 300) -> None:
     controllers a moment, so each measurement starts on a quiet cluster."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "get", "ns",
-                              "--no-headers"], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["kubectl", f"--kubeconfig={kubeconfig}", "get", "ns", "--no-headers"],
+            capture_output=True,
+            text=True,
+        ).stdout
         if "Terminating" not in out:
             break
         time.sleep(2)
     time.sleep(3)
-
-
-def ensure_cluster() -> tuple[Path, bool]:
-    state = ROOT / ".cluster"
-    if (state / "ready").exists():
-        return state / "kubeconfig", False
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests/testenv/cluster.py"), "up", str(state)], check=True
-    )
-    return state / "kubeconfig", True
 
 
 def main() -> int:
@@ -204,9 +198,20 @@ def main() -> int:
         settle(kubeconfig)
         base = kubectl_baseline(kubeconfig, repo / "app" / "all.yaml", ns_kubectl)
         # Let the controllers finish the baseline's rollout so it does not load the next run.
-        subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "wait", "-n", ns_kubectl,
-                        "--for=condition=Available", "deployment", "--all", "--timeout=300s"],
-                       capture_output=True)
+        subprocess.run(
+            [
+                "kubectl",
+                f"--kubeconfig={kubeconfig}",
+                "wait",
+                "-n",
+                ns_kubectl,
+                "--for=condition=Available",
+                "deployment",
+                "--all",
+                "--timeout=300s",
+            ],
+            capture_output=True,
+        )
         settle(kubeconfig)
 
         app = {
@@ -228,25 +233,7 @@ def main() -> int:
         }
         (work / "apps").mkdir()
         (work / "apps" / "bench.yaml").write_text(yaml.safe_dump(app))
-        (work / "gitopsd.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "applications": ["apps/*.yaml"],
-                    "clusters": [
-                        {
-                            "name": "in-cluster",
-                            "server": "https://kubernetes.default.svc",
-                            "kubeconfig": str(kubeconfig),
-                        }
-                    ],
-                    "settings": {
-                        "cacheDir": str(work / "cache"),
-                        "stateDir": str(work / "state"),
-                        "syncWaveDelay": "0s",
-                    },
-                }
-            )
-        )
+        write_settings(work / "gitopsd.yaml", kubeconfig=kubeconfig, work=work, syncWaveDelay="0s")
         cold, noop = anyio.run(gitopsd_runs, work / "gitopsd.yaml")
 
         rows = [
@@ -289,15 +276,7 @@ def main() -> int:
             )
         shutil.rmtree(work, ignore_errors=True)
         if started:
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "tests/testenv/cluster.py"),
-                    "down",
-                    str(ROOT / ".cluster"),
-                ],
-                check=False,
-            )
+            stop_cluster()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.testenv.session import ensure_cluster, stop_cluster, write_settings  # noqa: E402
+
 DEMO = ROOT / ".demo"
 VENV_BIN = Path(sys.executable).parent
 KUBECONFIG = ROOT / ".cluster" / "kubeconfig"
@@ -108,17 +112,12 @@ def watch_waves(ns: str, until: float) -> None:
 
 
 def main() -> int:
-    started_cluster = False
     if not (ROOT / ".cluster" / "ready").exists():
         say(
             "Starting the local Kubernetes control plane (etcd, kube-apiserver, "
             "kube-controller-manager, node simulator)"
         )
-        subprocess.run(
-            [sys.executable, str(ROOT / "tests/testenv/cluster.py"), "up", str(ROOT / ".cluster")],
-            check=True,
-        )
-        started_cluster = True
+    _, started_cluster = ensure_cluster()
     daemon: subprocess.Popen[bytes] | None = None
     try:
         shutil.rmtree(DEMO, ignore_errors=True)
@@ -135,18 +134,14 @@ def main() -> int:
         for f in (ROOT / "config/examples/applications").glob("*.yaml"):
             (DEMO / "apps" / f.name).write_text(f.read_text().replace("REPO_URL", repo_url))
         helm = sh("bash", str(ROOT / "tests/testenv/install-helm.sh")).strip().splitlines()[-1]
-        (DEMO / "gitopsd.yaml").write_text(f"""applications: [apps/*.yaml]
-clusters:
-  - name: in-cluster
-    server: https://kubernetes.default.svc
-    kubeconfig: {KUBECONFIG}
-settings:
-  listen: 127.0.0.1:{PORT}
-  reconcileInterval: 60s
-  syncWaveDelay: 1s
-  cacheDir: {DEMO / "cache"}
-  stateDir: {DEMO / "state"}
-""")
+        write_settings(
+            DEMO / "gitopsd.yaml",
+            kubeconfig=KUBECONFIG,
+            work=DEMO,
+            listen=f"127.0.0.1:{PORT}",
+            reconcileInterval="60s",
+            syncWaveDelay="1s",
+        )
         say(f"Running: gitopsd run -c .demo/gitopsd.yaml   (logs in .demo/gitopsd.log, API {API})")
         log = (DEMO / "gitopsd.log").open("wb")
         env = {**os.environ, "GITOPSD_HELM": helm}
@@ -225,15 +220,7 @@ settings:
         for ns in ("demo-db", "demo-web"):
             kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
         if started_cluster:
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "tests/testenv/cluster.py"),
-                    "down",
-                    str(ROOT / ".cluster"),
-                ],
-                check=False,
-            )
+            stop_cluster()
 
 
 if __name__ == "__main__":
