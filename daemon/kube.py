@@ -82,8 +82,32 @@ def _api_message(r: httpx.Response) -> str:
     return f"HTTP {r.status_code}"
 
 
+class RateLimiter:
+    """Token bucket: at most `qps` requests per second on average, bursts up to `burst`."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps = qps
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+        self.lock = anyio.Lock()
+
+    async def acquire(self) -> None:
+        if self.qps <= 0:
+            return
+        async with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.qps)
+            self.updated = now
+            if self.tokens < 1:
+                await anyio.sleep((1 - self.tokens) / self.qps)
+                self.tokens = 1.0
+                self.updated = time.monotonic()
+            self.tokens -= 1
+
+
 class KubeClient:
-    """A client for one cluster."""
+    """A client for one cluster (its own connection pool, discovery cache and rate limit)."""
 
     def __init__(
         self,
@@ -95,8 +119,11 @@ class KubeClient:
         refresh: Callable[[], Any] | None = None,
         timeout: float = 30.0,
         max_connections: int = 64,
+        qps: float = 500.0,
+        burst: int = 1000,
     ) -> None:
         self.name = name
+        self.limiter = RateLimiter(qps, burst)
         self.server = server.rstrip("/")
         self._refresh = refresh
         self.timeout = timeout
@@ -214,6 +241,7 @@ class KubeClient:
     ) -> httpx.Response | None:
         headers = {"Content-Type": content_type} if content_type else None
         for attempt in range(3):
+            await self.limiter.acquire()
             self.requests[verb] += 1
             try:
                 r = await self.http.request(
@@ -582,6 +610,7 @@ class Clusters:
                 client = await KubeClient.in_cluster(name=cluster.name)
             else:
                 client = await KubeClient.from_kubeconfig(name=cluster.name, path=None)
+            client.limiter = RateLimiter(cluster.qps, cluster.burst)
             self._clients[cluster.name] = client
             return client
 

@@ -120,6 +120,8 @@ class ClusterConfig:
     insecure: bool = False
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
+    qps: float = 500.0  # API requests per second to this cluster (token bucket)
+    burst: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,6 +613,8 @@ def load(path: str | os.PathLike[str]) -> Config:
             insecure=c.bool("insecure"),
             labels=tuple(sorted((str(k), str(v)) for k, v in c.map("labels").items())),
             annotations=tuple(sorted((str(k), str(v)) for k, v in c.map("annotations").items())),
+            qps=float(c.int("qps", 500) or 500),
+            burst=c.int("burst", 1000) or 1000,
         )
         c.done()
         if not cluster.server and not cluster.kubeconfig:
