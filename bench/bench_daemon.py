@@ -31,7 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 GITOPSD = str(Path(sys.executable).parent / "gitopsd")
 
-from tests.testenv.session import ensure_cluster, stop_cluster, write_settings  # noqa: E402
+from tests.testenv.session import (  # noqa: E402
+    delete_namespaces,
+    ensure_cluster,
+    stop_cluster,
+    write_settings,
+)
 
 
 def free_port() -> int:
@@ -263,18 +268,7 @@ def main() -> int:
             proc.wait(60)
         if "gitd" in locals():
             gitd.terminate()
-        subprocess.run(
-            [
-                "kubectl",
-                f"--kubeconfig={kubeconfig}",
-                "delete",
-                "namespace",
-                ns,
-                "--wait=false",
-                "--ignore-not-found",
-            ],
-            capture_output=True,
-        )
+        delete_namespaces(kubeconfig, ns)
         if os.environ.get("BENCH_KEEP"):
             print(f"bench: kept {work}")
         else:

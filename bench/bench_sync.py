@@ -30,7 +30,12 @@ sys.path.insert(0, str(ROOT))
 from daemon import settings  # noqa: E402
 from daemon.engine import Engine  # noqa: E402
 from daemon.status.logs import setup_logging  # noqa: E402
-from tests.testenv.session import ensure_cluster, stop_cluster, write_settings  # noqa: E402
+from tests.testenv.session import (  # noqa: E402
+    delete_namespaces,
+    ensure_cluster,
+    stop_cluster,
+    write_settings,
+)
 
 WRITE_VERBS = {"apply", "apply (dry run)", "create", "replace", "patch", "delete"}
 
@@ -261,19 +266,7 @@ def main() -> int:
         print("(gitopsd RSS is this whole Python process; kubectl RSS is its own peak)")
         return 0
     finally:
-        for ns in (ns_kubectl, ns_gitopsd):
-            subprocess.run(
-                [
-                    "kubectl",
-                    f"--kubeconfig={kubeconfig}",
-                    "delete",
-                    "namespace",
-                    ns,
-                    "--wait=false",
-                    "--ignore-not-found",
-                ],
-                capture_output=True,
-            )
+        delete_namespaces(kubeconfig, ns_kubectl, ns_gitopsd)
         shutil.rmtree(work, ignore_errors=True)
         if started:
             stop_cluster()

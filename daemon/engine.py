@@ -13,7 +13,7 @@ import anyio
 from daemon import appsets
 from daemon.health.checks import aggregate, assess
 from daemon.kube import Clusters, KubeClient
-from daemon.model import HealthStatus
+from daemon.model import HealthStatus, ResourceKey
 from daemon.reconciler import Reconciler
 from daemon.render import Renderer
 from daemon.settings import Application, Config
@@ -113,8 +113,6 @@ async def _await_health(engine: Engine, app: Application, status: dict[str, Any]
             if rt is None:
                 continue
             body = await client.get(rt, r["namespace"], r["name"])
-            from daemon.model import ResourceKey
-
             key = ResourceKey(r["group"], r["kind"], r["namespace"], r["name"])
             items.append((key, assess(body) if body else None, body is not None))
             if body is not None:

@@ -165,10 +165,6 @@ class Reconciler:
         # Called with (app name, Argo CD-shaped operationState) while a sync runs.
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
 
-    def project(self, name: str) -> AppProject | None:
-        """A project from the config files or the built-in default."""
-        return self.config.project(name)
-
     def project_for(self, app: Application) -> AppProject | None:
         """The project `app` is judged by. A project defined by a parent app (app of apps) only
         counts for children of that same parent, and never shadows a configured one."""

@@ -66,9 +66,7 @@ class AppWorker:
     app: Application
     wake: anyio.Event = field(default_factory=anyio.Event)
     pending: SyncRequest | None = None
-    refresh_requested: bool = False
     reason: str = ""
-    running: bool = False
     stopped: bool = False
     cancel: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     last_status: dict[str, Any] = field(default_factory=dict)
@@ -76,7 +74,6 @@ class AppWorker:
     done: anyio.Event = field(default_factory=anyio.Event)
 
     def trigger(self, reason: str, sync: SyncRequest | None = None) -> None:
-        self.refresh_requested = True
         self.reason = reason
         if sync is not None:
             self.pending = sync
@@ -387,7 +384,6 @@ class Daemon:
                     worker.wake = anyio.Event()
                     sync, worker.pending = worker.pending, None
                     reason, worker.reason = worker.reason or "interval", ""
-                    worker.refresh_requested = False
                     try:
                         await self._reconcile(worker, sync, reason)
                     except Exception:  # one app's failure must never stop the daemon
@@ -407,7 +403,6 @@ class Daemon:
             self.metrics.queue_depth.set(self.waiting)
             self.metrics.queue_wait.observe(time.monotonic() - queued)
             self.metrics.syncs_in_use.set(self.sync_limiter.borrowed_tokens)
-            worker.running = True
             started = time.monotonic()
             structlog.contextvars.bind_contextvars(app=app.name, trigger=reason)
             try:
@@ -426,17 +421,16 @@ class Daemon:
                             # Argo CD-style: the watches vouch for the live side, so an
                             # unchanged revision needs no API reads at all.
                             quick = await self.engine.reconciler.unchanged(
-                                app, max_age=settings_interval(self.config)
+                                app, max_age=self.config.settings.reconcile_interval
                             )
                         status = quick or await self.engine.reconciler.reconcile(
-                            app, sync=sync, poll_max_age=settings_interval(self.config)
+                            app, sync=sync, poll_max_age=self.config.settings.reconcile_interval
                         )
                     finally:
                         self._shields.discard(scope)
                 if scope.cancelled_caught:
                     return
             finally:
-                worker.running = False
                 structlog.contextvars.unbind_contextvars("app", "trigger")
                 self.metrics.syncs_in_use.set(self.sync_limiter.borrowed_tokens - 1)
         worker.last_status = status
@@ -556,11 +550,7 @@ class Daemon:
     async def _child_removed(self, app: Application) -> None:
         """A parent no longer renders a child: stop it; delete its resources only with the
         resources finalizer."""
-        worker = self.workers.pop(app.name, None)
-        self.metrics.app_info.apps.pop(app.name, None)
-        if worker is not None:
-            worker.stopped = True
-            worker.wake.set()
+        worker = self._stop_worker(app.name)
         log.info("child app removed", app=app.name, cascade=app.cascade_delete)
         if worker is not None:
             with anyio.move_on_after(SHUTDOWN_GRACE):
@@ -598,14 +588,7 @@ class Daemon:
                 worker.trigger("ApplicationSet changed")
         for name, app in old.items():
             if name not in expansion.apps and name in self.workers:
-                worker = self.workers.pop(name)
-                worker.stopped = True
-                worker.wake.set()
-                self.metrics.app_info.apps.pop(name, None)
-                log.info("generated app removed", app=name, cascade=app.cascade_delete)
-                if app.cascade_delete:
-                    assert self.tg is not None
-                    self.tg.start_soon(self._delete_app_resources, app, worker)
+                self._remove_app(app, "generated app removed")
         self.expansion = expansion
 
     def _progress(self, app_name: str, operation: dict[str, Any]) -> None:
@@ -696,14 +679,25 @@ class Daemon:
         self._appset_wake.set()
         for name, app in old_apps.items():
             if name not in new_apps:
-                worker = self.workers.pop(name)
-                worker.stopped = True
-                worker.wake.set()
-                self.metrics.app_info.apps.pop(name, None)
-                log.info("app removed", app=name, cascade=app.cascade_delete)
-                if app.cascade_delete:
-                    assert self.tg is not None
-                    self.tg.start_soon(self._delete_app_resources, app, worker)
+                self._remove_app(app, "app removed")
+
+    def _stop_worker(self, name: str) -> AppWorker | None:
+        """Stop managing `name` (its worker finishes its current run and ends)."""
+        worker = self.workers.pop(name, None)
+        self.metrics.app_info.apps.pop(name, None)
+        if worker is not None:
+            worker.stopped = True
+            worker.wake.set()
+        return worker
+
+    def _remove_app(self, app: Application, what: str) -> None:
+        """Stop an app that left the config or its ApplicationSet; with the resources
+        finalizer, delete its resources once its worker has finished."""
+        worker = self._stop_worker(app.name)
+        log.info(what, app=app.name, cascade=app.cascade_delete)
+        if app.cascade_delete and worker is not None:
+            assert self.tg is not None
+            self.tg.start_soon(self._delete_app_resources, app, worker)
 
     async def _delete_app_resources(self, app: Application, worker: AppWorker) -> None:
         """Cascade delete with retries (backoff up to 5 minutes); never crashes the daemon."""
@@ -771,10 +765,6 @@ def _appset_uses(raw: Any, urls: set[str]) -> bool:
     elif isinstance(raw, list):
         return any(_appset_uses(v, urls) for v in raw)
     return False
-
-
-def settings_interval(config: Config) -> float:
-    return config.settings.reconcile_interval
 
 
 async def run_daemon(config_path: str) -> int:

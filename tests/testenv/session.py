@@ -42,3 +42,20 @@ def write_settings(path: Path, *, kubeconfig: Path, work: Path, **settings: Any)
         "settings": {"cacheDir": str(work / "cache"), "stateDir": str(work / "state"), **settings},
     }
     path.write_text(yaml.safe_dump(data))
+
+
+def delete_namespaces(kubeconfig: Path, *names: str) -> None:
+    """Delete namespaces without waiting (cleanup after a run)."""
+    for ns in names:
+        subprocess.run(
+            [
+                "kubectl",
+                f"--kubeconfig={kubeconfig}",
+                "delete",
+                "namespace",
+                ns,
+                "--wait=false",
+                "--ignore-not-found",
+            ],
+            capture_output=True,
+        )
