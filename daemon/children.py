@@ -9,12 +9,15 @@ clashes) and remembers them across restarts through the parent's saved state.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.appproject import AppProject
 from daemon.errors import PlanError
-from daemon.model import ANN_TRACKING_ID, Body, ResourceKey
-from daemon.settings import ARGO_API, Application, AppProject, parse_application, parse_project
+from daemon.model import ANN_TRACKING_ID, Body, Manifest, ResourceKey, SyncStatus
+from daemon.settings import ARGO_API, Application, parse_application, parse_project
+from daemon.stages import Comparison
 
 ARGO_GROUP = "argoproj.io"
 CONTROL_NAMESPACE = "argocd"  # where Argo CD documents take effect
@@ -141,3 +144,48 @@ class ChildRegistry:
 
     def unregister_project(self, name: str) -> None:
         self.projects.pop(name, None)
+
+
+def compare_children(
+    parent: str,
+    manifests: Sequence[Manifest],
+    registry: ChildRegistry,
+    child_status: Callable[[str], dict[str, Any]],
+    comparison: Comparison,
+) -> None:
+    """Compare `parent`'s rendered Argo CD documents with the registry: a child is Synced when
+    registered exactly as rendered; registered children no longer rendered are the prune set.
+    A child app's pseudo live object carries its status (so its health gates waves)."""
+    desired_keys = set()
+    for m in manifests:
+        desired_keys.add(m.key)
+        doc = clean(m.body)
+        if m.key.kind == "Application":
+            mine = registry.parent_of(m.key.name) == parent
+            synced = mine and registry.document(m.key.name) == doc
+            if mine:
+                live = registry.document(m.key.name) or {}
+                comparison.live[m.key] = {**live, "status": child_status(m.key.name)}
+        elif m.key.kind == "AppProject":
+            entry = registry.projects.get(m.key.name)
+            mine = entry is not None and entry[0] == parent
+            synced = mine and entry is not None and entry[2] == doc
+            if mine:
+                comparison.live[m.key] = doc
+        else:
+            comparison.errors[m.key] = (
+                f"{m.key}: ApplicationSets inside an app are not supported yet; "
+                "define them in the config files"
+            )
+            synced = False
+        comparison.status[m.key] = SyncStatus.SYNCED if synced else SyncStatus.OUT_OF_SYNC
+    for name in registry.children_of(parent):
+        doc = registry.document(name) or {}
+        key = ResourceKey.of({**doc, "apiVersion": ARGO_API, "kind": "Application"})
+        if key not in desired_keys:
+            comparison.owned_extra[key] = doc
+    for name, (owner, _, doc) in registry.projects.items():
+        namespace = str((doc.get("metadata") or {}).get("namespace") or CONTROL_NAMESPACE)
+        key = ResourceKey(ARGO_GROUP, "AppProject", namespace, name)
+        if owner == parent and key not in desired_keys:
+            comparison.owned_extra[key] = doc

@@ -47,7 +47,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"error ApplicationSet/{name}: {error}")
             for app in [*cfg.applications, *expansion.apps.values()]:
                 try:
-                    *_, desired = await engine.reconciler.checked_desired(app)
+                    _, desired = await engine.reconciler.checked_desired(app)
                     print(
                         f"ok    {app.name}: {len(desired.manifests)} resources "
                         f"({desired.tool}) at {desired.revision[:12]}"
@@ -70,7 +70,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with Engine.open(cfg) as engine:
             app = cfg.app(args.app)
-            *_, desired = await engine.reconciler.checked_desired(app)
+            _, desired = await engine.reconciler.checked_desired(app)
             tasks = build_tasks(desired.manifests, {}, prune_last=False)
             docs = []
             for t in tasks:
@@ -93,8 +93,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with Engine.open(cfg) as engine:
             app = cfg.app(args.app)
-            _, _, client, desired = await engine.reconciler.checked_desired(app)
-            cmp = await engine.reconciler.compare(app, client, desired, {})
+            desired, cmp = await engine.reconciler.diff(app)
             out_of_sync = False
             for m in desired.manifests:
                 st = cmp.status.get(m.key)

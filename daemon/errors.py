@@ -5,6 +5,7 @@ GitopsdError
 ├── SourceError          git: unreachable repository, missing revision, unsafe path
 ├── RenderError          directory / kustomize / helm rendering failed (file/line or tool stderr)
 ├── PlanError            the rendered set cannot be synced (duplicates, unknown kind, ...)
+│   └── ProjectViolation  the app breaks its AppProject's rules
 ├── KubeError            the Kubernetes API failed or refused (resource, verb, API message)
 │   └── KubeNotFound
 └── SyncFailed           a sync operation ended unsuccessfully (summary of the failed resources)
@@ -56,3 +57,7 @@ class KubeNotFound(KubeError):
 
 class SyncFailed(GitopsdError):
     """A sync operation did not succeed."""
+
+
+class ProjectViolation(PlanError):
+    """The app breaks its AppProject's rules; nothing of it is synced."""

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 import httpx
@@ -23,38 +22,13 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client import Configuration
 
 from daemon.errors import KubeError, KubeNotFound
-from daemon.model import Body, ResourceKey
+from daemon.model import Body, ResourceKey, ResourceType
 from daemon.settings import IN_CLUSTER_NAME, IN_CLUSTER_SERVER, ClusterConfig
 
 FIELD_MANAGER = "gitopsd"
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
 _JSON_PATCH = "application/json-patch+json"
-
-
-@dataclass(frozen=True, slots=True)
-class ResourceType:
-    """One API resource: how a kind is addressed."""
-
-    group: str
-    version: str
-    kind: str
-    plural: str
-    namespaced: bool
-    verbs: frozenset[str]
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, namespace: str = "", name: str = "") -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace:
-            base += f"/namespaces/{quote(namespace, safe='')}"
-        base += f"/{self.plural}"
-        if name:
-            base += f"/{quote(name, safe='')}"
-        return base
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 ANN_SYNC_WAVE = "argocd.argoproj.io/sync-wave"
 ANN_HOOK = "argocd.argoproj.io/hook"
@@ -196,3 +197,64 @@ def annotations_of(body: Body) -> dict[str, str]:
     meta = body.get("metadata") or {}
     anns = meta.get("annotations") or {}
     return {str(k): str(v) for k, v in anns.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    """One API resource: how a kind is addressed."""
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool
+    verbs: frozenset[str]
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str = "", name: str = "") -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name, safe='')}"
+        return base
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceResult:
+    """Outcome of one task, shaped like Argo CD's syncResult.resources[]."""
+
+    key: ResourceKey
+    version: str
+    action: Action
+    status: ResultCode
+    message: str
+    phase: SyncPhase
+    wave: int
+    hook_type: HookType | None = None
+    live: Body | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.status is ResultCode.SYNC_FAILED
+
+    def to_status(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "group": self.key.group,
+            "version": self.version,
+            "kind": self.key.kind,
+            "namespace": self.key.namespace,
+            "name": self.key.name,
+            "status": str(self.status),
+            "message": self.message,
+            "syncPhase": str(self.phase),
+            "syncWave": self.wave,
+            "action": str(self.action),
+        }
+        if self.hook_type is not None:
+            out["hookType"] = str(self.hook_type)
+        return out

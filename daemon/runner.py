@@ -26,13 +26,14 @@ from anyio.abc import TaskGroup
 
 from daemon import appsets
 from daemon import settings as settings_mod
+from daemon.appproject import AppProject
 from daemon.engine import Engine
 from daemon.errors import ConfigError, GitopsdError, KubeError
 from daemon.health.checks import assess
-from daemon.kube import KubeClient, ResourceType
-from daemon.model import HealthStatus
-from daemon.reconciler import SyncRequest
+from daemon.kube import KubeClient
+from daemon.model import HealthStatus, ResourceType
 from daemon.settings import Application, Config, Retry
+from daemon.stages import Comparison, Desired, SyncRequest
 from daemon.status.metrics import Metrics
 
 log = structlog.get_logger("gitopsd.runner")
@@ -719,6 +720,20 @@ class Daemon:
             delay = min(300.0, delay * 2)
 
     # --- API helpers ------------------------------------------------------------------------
+
+    def project_for(self, app: Application) -> AppProject | None:
+        return self.engine.reconciler.project_for(app)
+
+    async def diff(self, app: Application) -> tuple[Desired, Comparison]:
+        return await self.engine.reconciler.diff(app)
+
+    def hard_refresh(self, name: str) -> None:
+        worker = self.workers.get(name)
+        if worker is None:
+            return
+        for src in worker.app.sources:
+            self.engine.repos.repo(src.repo_url).refs_at = -1e18  # force a fresh ls-remote
+        worker.trigger("api refresh")
 
     def request(self, name: str, sync: SyncRequest | None, reason: str) -> bool:
         worker = self.workers.get(name)

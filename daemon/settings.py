@@ -17,6 +17,9 @@ from typing import Any
 import yaml
 
 from daemon import yamlio
+from daemon.appproject import DEFAULT_PROJECT, AppProject
+from daemon.appproject.roles import parse_roles
+from daemon.appproject.windows import project_sync_windows
 from daemon.errors import ConfigError
 
 IN_CLUSTER_SERVER = "https://kubernetes.default.svc"
@@ -295,24 +298,6 @@ class Application:
     def manifest_sources(self) -> tuple[Source, ...]:
         """Sources that produce manifests (a `ref`-only source just lends files)."""
         return tuple(s for s in self.sources if not (s.ref and not s.path and not s.chart))
-
-
-@dataclass(frozen=True, slots=True)
-class AppProject:
-    """An Argo CD AppProject; enforcement lives in the plan stage."""
-
-    name: str
-    source_repos: tuple[str, ...] = ("*",)
-    destinations: tuple[dict[str, str], ...] = ({"server": "*", "namespace": "*"},)
-    cluster_resource_whitelist: tuple[dict[str, str], ...] = ({"group": "*", "kind": "*"},)
-    cluster_resource_blacklist: tuple[dict[str, str], ...] = ()
-    namespace_resource_whitelist: tuple[dict[str, str], ...] | None = None
-    namespace_resource_blacklist: tuple[dict[str, str], ...] = ()
-    file: str = ""
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-DEFAULT_PROJECT = AppProject(name="default")
 
 
 @dataclass(frozen=True, slots=True)
@@ -716,8 +701,6 @@ def load(path: str | os.PathLike[str]) -> Config:
                     f"got kind {kind!r}"
                 )
     # Role policies and sync windows are validated now so a bad edit is rejected as a whole.
-    from daemon.plan.project import parse_roles, project_sync_windows
-
     for proj in projects:
         try:
             parse_roles(proj)

@@ -10,13 +10,19 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 
 import anyio
 
 from daemon.errors import KubeError
-from daemon.kube import KubeClient, ResourceType
-from daemon.model import Action, Body, HookType, ResourceKey, ResultCode, SyncPhase
+from daemon.kube import KubeClient
+from daemon.model import (
+    Action,
+    Body,
+    ResourceKey,
+    ResourceResult,
+    ResourceType,
+    ResultCode,
+)
 from daemon.plan.options import (
     RemovalPolicy,
     SyncOptions,
@@ -26,42 +32,6 @@ from daemon.plan.options import (
 from daemon.plan.order import SyncTask
 
 HOOK_FINALIZER = "argocd.argoproj.io/hook-finalizer"
-
-
-@dataclass(frozen=True, slots=True)
-class ResourceResult:
-    """Outcome of one task, shaped like Argo CD's syncResult.resources[]."""
-
-    key: ResourceKey
-    version: str
-    action: Action
-    status: ResultCode
-    message: str
-    phase: SyncPhase
-    wave: int
-    hook_type: HookType | None = None
-    live: Body | None = field(default=None, compare=False, hash=False)
-
-    @property
-    def failed(self) -> bool:
-        return self.status is ResultCode.SYNC_FAILED
-
-    def to_status(self) -> dict[str, object]:
-        out: dict[str, object] = {
-            "group": self.key.group,
-            "version": self.version,
-            "kind": self.key.kind,
-            "namespace": self.key.namespace,
-            "name": self.key.name,
-            "status": str(self.status),
-            "message": self.message,
-            "syncPhase": str(self.phase),
-            "syncWave": self.wave,
-            "action": str(self.action),
-        }
-        if self.hook_type is not None:
-            out["hookType"] = str(self.hook_type)
-        return out
 
 
 def _version(body: Body | None) -> str:

@@ -11,8 +11,8 @@ import anyio
 
 from daemon.errors import KubeError
 from daemon.health.checks import assess
-from daemon.kube import KubeClient, ResourceType
-from daemon.model import Body, Health, HealthStatus, ResourceKey
+from daemon.kube import KubeClient
+from daemon.model import Body, Health, HealthStatus, ResourceKey, ResourceType
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,21 +10,64 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
 from aiohttp import web
 
+from daemon.appproject import AppProject
+from daemon.appproject.roles import authorize
+from daemon.appsets import Expansion
 from daemon.errors import GitopsdError
-from daemon.plan import project as projects
-from daemon.reconciler import SyncRequest
-
-if TYPE_CHECKING:
-    from daemon.runner import Daemon
+from daemon.settings import Application, Config
+from daemon.stages import Comparison, Desired, SyncRequest
+from daemon.status.metrics import Metrics
 
 log = structlog.get_logger("gitopsd.api")
+
+
+class AppView(Protocol):
+    """One managed app as the API sees it."""
+
+    app: Application
+    last_status: dict[str, Any]
+
+
+class Control(Protocol):
+    """What the API needs from the daemon (`daemon.runner.Control` provides it); the API never
+    imports the runner."""
+
+    config: Config
+    config_path: str
+    config_error: str
+    ready: bool
+    clusters_ok: set[str]
+    metrics: Metrics
+    expansion: Expansion
+    api_address: str
+
+    @property
+    def workers(self) -> Mapping[str, AppView]: ...
+
+    def project_for(self, app: Application) -> AppProject | None:
+        """The project `app` is judged by (None when it does not exist)."""
+
+    async def diff(self, app: Application) -> tuple[Desired, Comparison]:
+        """Desired and live state of `app` now."""
+
+    def request(self, name: str, sync: SyncRequest | None, reason: str) -> bool:
+        """Queue a reconcile (and a sync when `sync` is given) of app `name`."""
+
+    def hard_refresh(self, name: str) -> None:
+        """Re-resolve app `name`'s revisions (ignoring the poll cache) and compare now."""
+
+    def refresh_matching(self, urls: set[str], branch: str, *, reason: str) -> list[str]:
+        """Refresh the apps following one of `urls` at `branch`; their names."""
+
+
 MAX_WEBHOOK_BYTES = 10 * 1024 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -36,7 +79,7 @@ def _hash(token: str) -> str:
 class Auth:
     """Bearer tokens from the config's `apiTokens`, held only as hashes."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Control) -> None:
         self.daemon = daemon
 
     def tokens(self) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -100,8 +143,8 @@ class Auth:
         app = worker.app
         # Only the project the app is really judged by: a child-defined project never counts
         # for apps outside its parent, nor shadows a configured one.
-        project = self.daemon.engine.reconciler.project_for(app)
-        granted = project is not None and projects.authorize(
+        project = self.daemon.project_for(app)
+        granted = project is not None and authorize(
             [project],
             groups=groups,
             action=action,
@@ -157,7 +200,7 @@ class Auth:
             )
 
 
-def app_json(daemon: Daemon, name: str) -> dict[str, Any]:
+def app_json(daemon: Control, name: str) -> dict[str, Any]:
     worker = daemon.workers[name]
     app = worker.app
     raw = app.raw
@@ -176,7 +219,7 @@ def app_json(daemon: Daemon, name: str) -> dict[str, Any]:
     }
 
 
-def build_app(daemon: Daemon) -> web.Application:
+def build_app(daemon: Control) -> web.Application:
     auth = Auth(daemon)
     routes = web.RouteTableDef()
 
@@ -295,9 +338,7 @@ def build_app(daemon: Daemon) -> web.Application:
         name = request.match_info["name"]
         need(name)
         auth.check_app(request, "get", name)
-        for src in daemon.workers[name].app.sources:
-            daemon.engine.repos.repo(src.repo_url).refs_at = -1e18
-        daemon.request(name, None, "api refresh")
+        daemon.hard_refresh(name)
         return web.json_response({"accepted": True, "application": name}, status=202)
 
     @routes.post("/api/v1/applications/{name}/rollback")
@@ -344,8 +385,7 @@ def build_app(daemon: Daemon) -> web.Application:
 
         app = daemon.workers[name].app
         try:
-            _, _, client, desired = await daemon.engine.reconciler.checked_desired(app)
-            cmp = await daemon.engine.reconciler.compare(app, client, desired, {})
+            desired, cmp = await daemon.diff(app)
         except GitopsdError as e:
             return web.json_response({"error": str(e)}, status=502)
         items = []
@@ -408,7 +448,7 @@ def build_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def serve_api(daemon: Daemon, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+async def serve_api(daemon: Control, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve the API until cancelled; reports started once the port is bound."""
     app = build_app(daemon)
     runner = web.AppRunner(app, access_log=None)

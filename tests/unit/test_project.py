@@ -1,4 +1,5 @@
-"""Unit tests for AppProject rules, sync windows and project roles (daemon.plan.project)."""
+"""Unit tests for AppProject rules (daemon.plan.project), sync windows with their cron dialect
+(daemon.appproject.windows, .cron) and project roles (daemon.appproject.roles)."""
 
 from __future__ import annotations
 
@@ -9,24 +10,26 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from daemon.plan.project import (
+from daemon.appproject import DEFAULT_PROJECT, AppProject
+from daemon.appproject.cron import parse_cron
+from daemon.appproject.roles import authorize, parse_roles
+from daemon.appproject.windows import (
     SyncWindow,
     WindowKind,
-    authorize,
-    check_destination,
-    check_resource,
-    check_source,
-    normalize_git_url,
-    parse_cron,
     parse_go_duration,
-    parse_roles,
     parse_sync_windows,
     project_sync_windows,
     sync_allowed,
     window_active,
     window_next_opening,
 )
-from daemon.settings import DEFAULT_PROJECT, IN_CLUSTER_NAME, IN_CLUSTER_SERVER, AppProject
+from daemon.plan.project import (
+    check_destination,
+    check_resource,
+    check_source,
+    normalize_git_url,
+)
+from daemon.settings import IN_CLUSTER_NAME, IN_CLUSTER_SERVER
 from daemon.settings import parse_project as settings_parse_project
 
 # The multi-tenant example from the seed notes, verbatim.

@@ -1,0 +1,38 @@
+"""The AppProject model: what a project document says, parsed and validated.
+
+Sync windows (`windows`, with `cron`) and roles (`roles`) are parsed here too, where the model
+lives, so loading settings needs nothing from the planning layer; `daemon.plan.project` applies
+the project's rules to an app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AppProject:
+    """An Argo CD AppProject; enforcement lives in the plan stage."""
+
+    name: str
+    source_repos: tuple[str, ...] = ("*",)
+    destinations: tuple[dict[str, str], ...] = ({"server": "*", "namespace": "*"},)
+    cluster_resource_whitelist: tuple[dict[str, str], ...] = ({"group": "*", "kind": "*"},)
+    cluster_resource_blacklist: tuple[dict[str, str], ...] = ()
+    namespace_resource_whitelist: tuple[dict[str, str], ...] | None = None
+    namespace_resource_blacklist: tuple[dict[str, str], ...] = ()
+    file: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+DEFAULT_PROJECT = AppProject(name="default")
+
+
+def project_where(project: AppProject) -> str:
+    """How errors name a project: `<file>: AppProject/<name>` (file omitted when unknown)."""
+    return (
+        f"{project.file}: AppProject/{project.name}"
+        if project.file
+        else f"AppProject/{project.name}"
+    )

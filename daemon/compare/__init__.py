@@ -1,0 +1,185 @@
+"""Stage 3 of a reconcile: live vs desired into a `Comparison`.
+
+Per resource: Synced when the object is exactly as gitopsd last applied it (fingerprint fast path,
+no API call), else the server-side dry-run of the desired object is diffed against the live one
+(honouring ignoreDifferences). Owned live objects that git no longer has are the prune set. The
+decisions are pure functions below; `compare` only gathers their inputs from the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from daemon.children import ChildRegistry, compare_children, is_child_kind
+from daemon.compare.inventory import Inventory
+from daemon.compare.live import fetch_live
+from daemon.errors import KubeError
+from daemon.kube import FIELD_MANAGER, KubeClient
+from daemon.model import Body, Manifest, ResourceKey, ResourceType, SyncStatus
+from daemon.plan import diff as diffing
+from daemon.plan import tracking
+from daemon.plan.options import is_hook, parse_sync_options, resource_sync_options
+from daemon.settings import Application
+from daemon.stages import Comparison, Desired
+
+Fingerprints = dict[str, list[str]]
+
+
+def fingerprint_current(fp: Sequence[str] | None, desired: Body, live: Body | None) -> bool:
+    """True when `live` is exactly what gitopsd applied from `desired` last time: same desired
+    body, same fields owned by our field manager, same object (uid)."""
+    return (
+        live is not None
+        and fp is not None
+        and fp[0] == tracking.fingerprint(desired)
+        and bool(fp[1])
+        and fp[1] == tracking.manager_fields(live, FIELD_MANAGER)
+        and fp[2] == str(live["metadata"].get("uid"))
+    )
+
+
+def owned_extras(
+    live: Mapping[ResourceKey, Body],
+    desired_keys: Collection[ResourceKey],
+    types: Mapping[ResourceKey, ResourceType],
+    instance: str,
+) -> dict[ResourceKey, Body]:
+    """Live objects the app owns (its tracking id, not a hook, not owned by another object)
+    that git no longer has: what a prune would delete."""
+    out: dict[ResourceKey, Body] = {}
+    for key, body in live.items():
+        if key in desired_keys or (body.get("metadata") or {}).get("ownerReferences"):
+            continue
+        if tracking.is_owned_by(body, instance, namespaced=types[key].namespaced) and not is_hook(
+            body
+        ):
+            out[key] = body
+    return out
+
+
+def wanted_types(
+    targets: Iterable[Manifest],
+    desired_types: Mapping[ResourceKey, ResourceType | None],
+    recorded: Iterable[ResourceKey],
+    preferred: Callable[[str, str], ResourceType | None],
+) -> dict[ResourceKey, ResourceType]:
+    """Every object whose live state the compare needs, with its API type: the desired ones and
+    whatever the app recorded owning (inventory, fingerprints)."""
+    wanted: dict[ResourceKey, ResourceType] = {}
+    for m in targets:
+        rt = desired_types.get(m.key)
+        if rt is not None:
+            wanted[m.key] = rt
+    for key in recorded:
+        if key in wanted or is_child_kind(key):
+            continue
+        rt = preferred(key.group, key.kind)
+        if rt is not None:
+            wanted[key] = rt
+    return wanted
+
+
+def dry_run_failure_status(
+    error: KubeError, *, exists: bool, namespace_pending: bool, force: bool
+) -> SyncStatus | None:
+    """OutOfSync (not an error) when a dry-run failure is expected before the sync runs: the
+    namespace is created by the sync itself, or Force=true will recreate an object whose
+    immutable field changed. None when the failure is a real error."""
+    if not exists and error.status == 404 and namespace_pending:
+        return SyncStatus.OUT_OF_SYNC
+    if exists and force and error.status == 422:
+        return SyncStatus.OUT_OF_SYNC
+    return None
+
+
+def namespaces_created_by_sync(app: Application, targets: Iterable[Manifest]) -> set[str]:
+    """Namespaces that do not need to exist before the sync: the app creates them."""
+    created = {m.key.name for m in targets if m.key.kind == "Namespace" and not m.key.group}
+    create = parse_sync_options(app.sync_policy.sync_options).create_namespace
+    if create and app.destination.namespace:
+        created.add(app.destination.namespace)
+    return created
+
+
+async def compare(
+    app: Application,
+    client: KubeClient,
+    desired: Desired,
+    fingerprints: Fingerprints,
+    *,
+    inventory: Inventory,
+    children: ChildRegistry,
+    child_status: Callable[[str], dict[str, Any]],
+    parallelism: int,
+) -> Comparison:
+    """Per-resource Synced/OutOfSync for `app`: fingerprint fast path, else dry-run diff."""
+    manifests = [m for m in desired.manifests if not is_child_kind(m.key)]
+    targets = [m for m in manifests if not is_hook(m.body)]
+    recorded = set(await inventory.load(app.name, client))
+    recorded |= {k for k in map(tracking.key_from_str, fingerprints) if k is not None}
+    wanted = wanted_types(targets, desired.types, recorded, client.preferred)
+    live = await fetch_live(client, wanted)
+    desired_keys = {m.key for m in targets}
+    comparison = Comparison(
+        live=live,
+        owned_extra=owned_extras(live, desired_keys, wanted, app.instance_name),
+        status={},
+    )
+    compare_children(
+        app.name,
+        [m for m in desired.manifests if is_child_kind(m.key)],
+        children,
+        child_status,
+        comparison,
+    )
+    rules = diffing.parse_ignore_differences(
+        list(app.ignore_differences), where=f"Application/{app.name}.spec.ignoreDifferences"
+    )
+    pending = namespaces_created_by_sync(app, targets)
+    force_all = parse_sync_options(app.sync_policy.sync_options)
+    limiter = anyio.CapacityLimiter(parallelism)
+
+    async def one(m: Manifest) -> None:
+        body = live.get(m.key)
+        owner = tracking.owner_of(body) if body is not None else ""
+        if owner and owner != app.instance_name:
+            comparison.shared[m.key] = (
+                f"{m.key.kind}/{m.key.name} is part of applications {app.name} and {owner}"
+            )
+        fp = fingerprints.get(tracking.key_to_str(m.key))
+        rt = desired.types.get(m.key)
+        if fingerprint_current(fp, m.body, body):
+            comparison.status[m.key] = SyncStatus.SYNCED
+            return
+        if rt is None:
+            comparison.status[m.key] = SyncStatus.OUT_OF_SYNC  # CRD not installed yet
+            return
+        async with limiter:
+            try:
+                predicted = await client.apply(rt, m.body, dry_run=True)
+            except KubeError as e:
+                force = force_all.merged(resource_sync_options(m.body)).force
+                expected = dry_run_failure_status(
+                    e,
+                    exists=body is not None,
+                    namespace_pending=m.key.namespace in pending,
+                    force=force,
+                )
+                if expected is None:
+                    comparison.errors[m.key] = f"{m.key}: {e.api_message}"
+                comparison.status[m.key] = SyncStatus.OUT_OF_SYNC
+                return
+        if body is None:
+            comparison.status[m.key] = SyncStatus.OUT_OF_SYNC
+            return
+        result = diffing.diff(predicted, body, rules=rules, key=m.key)
+        comparison.diffs[m.key] = result
+        comparison.status[m.key] = SyncStatus.OUT_OF_SYNC if result.modified else SyncStatus.SYNCED
+
+    async with anyio.create_task_group() as tg:
+        for m in targets:
+            tg.start_soon(one, m)
+    return comparison

@@ -1,0 +1,65 @@
+"""Read the live objects a compare needs: one LIST per (type, namespace) when many, else GETs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import anyio
+import structlog
+
+from daemon.errors import KubeError
+from daemon.kube import KubeClient
+from daemon.model import Body, ResourceKey, ResourceType
+
+log = structlog.get_logger("gitopsd.compare")
+
+LIST_THRESHOLD = 3  # more wanted objects than this in one (type, namespace): one LIST
+READ_PARALLELISM = 16
+
+
+async def fetch_live(
+    client: KubeClient, keys: dict[ResourceKey, ResourceType]
+) -> dict[ResourceKey, Body]:
+    """Live objects for `keys` (absent ones are simply missing from the result). Objects the
+    client may not read are left out too: if desired, their dry-run apply fails next with the
+    API's own Forbidden message naming the resource."""
+    groups: dict[tuple[ResourceType, str], list[ResourceKey]] = defaultdict(list)
+    for key, rt in keys.items():
+        groups[(rt, key.namespace)].append(key)
+    live: dict[ResourceKey, Body] = {}
+    limiter = anyio.CapacityLimiter(READ_PARALLELISM)
+
+    async def group(rt: ResourceType, ns: str, wanted: list[ResourceKey]) -> None:
+        async with limiter:
+            try:
+                live.update(await _read_group(client, rt, ns, wanted))
+            except KubeError as e:
+                if e.status != 403:
+                    raise
+                log.debug("live state forbidden", kind=rt.kind, namespace=ns, error=str(e))
+
+    async with anyio.create_task_group() as tg:
+        for (rt, ns), wanted in groups.items():
+            tg.start_soon(group, rt, ns, wanted)
+    return live
+
+
+async def _read_group(
+    client: KubeClient, rt: ResourceType, ns: str, wanted: list[ResourceKey]
+) -> dict[ResourceKey, Body]:
+    found: dict[ResourceKey, Body] = {}
+    if len(wanted) > LIST_THRESHOLD and "list" in rt.verbs:
+        items, _ = await client.list(rt, ns)
+        names = {k.name for k in wanted}
+        for item in items:
+            k = ResourceKey.of(item)
+            if k.name in names:
+                found[ResourceKey(k.group, k.kind, ns, k.name)] = item
+        return found
+    for k in wanted:
+        body = await client.get(rt, k.namespace, k.name)
+        if body is not None:
+            body.setdefault("apiVersion", rt.api_version)
+            body.setdefault("kind", rt.kind)
+            found[k] = body
+    return found

@@ -1,0 +1,93 @@
+"""Cascade deletion of an app's resources (`resources-finalizer.argocd.argoproj.io`), in reverse
+wave order, limited to what the app owns and its project permits.
+
+Ownership records are dropped only when every delete went through; otherwise `SyncFailed` is
+raised and the caller retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from daemon.apply import run_bounded
+from daemon.appproject import AppProject
+from daemon.compare.inventory import Inventory
+from daemon.compare.live import fetch_live
+from daemon.errors import SyncFailed
+from daemon.kube import KubeClient
+from daemon.model import (
+    ANN_HELM_RESOURCE_POLICY,
+    Body,
+    ResourceKey,
+    ResourceResult,
+    ResourceType,
+    annotations_of,
+)
+from daemon.plan import tracking
+from daemon.plan.options import RemovalPolicy, live_sync_options, parse_sync_options
+from daemon.plan.order import build_tasks, group_steps
+from daemon.plan.project import resource_violation
+from daemon.settings import Application, ClusterConfig
+from daemon.sync.waves import prune_job
+
+BACKGROUND_FINALIZER = "resources-finalizer.argocd.argoproj.io/background"
+
+
+def deletable(
+    live: Mapping[ResourceKey, Body],
+    types: Mapping[ResourceKey, ResourceType],
+    app: Application,
+    project: AppProject,
+    cluster: ClusterConfig,
+) -> dict[ResourceKey, Body]:
+    """The live objects a cascade delete may remove: tracked as the app's, not owned by another
+    object, not kept by Helm's resource policy, not CRDs, and permitted by the project (Argo
+    CD's getPermittedAppLiveObjects)."""
+    return {
+        k: b
+        for k, b in live.items()
+        if tracking.is_owned_by(b, app.instance_name, namespaced=types[k].namespaced)
+        and not (b.get("metadata") or {}).get("ownerReferences")
+        and annotations_of(b).get(ANN_HELM_RESOURCE_POLICY) != "keep"
+        and k.kind != "CustomResourceDefinition"
+        and resource_violation(project, cluster, k, namespaced=types[k].namespaced) is None
+    }
+
+
+async def delete_resources(
+    app: Application,
+    project: AppProject,
+    cluster: ClusterConfig,
+    client: KubeClient,
+    *,
+    inventory: Inventory,
+    fingerprints: Mapping[str, object],
+    parallelism: int,
+) -> list[ResourceResult]:
+    """Delete what `app` owns, wave by wave in reverse; forget its inventory when all went."""
+    await client.discover()
+    candidates = set(await inventory.load(app.name, client))
+    candidates |= {k for k in map(tracking.key_from_str, fingerprints) if k is not None}
+    types = {
+        key: rt for key in candidates if (rt := client.preferred(key.group, key.kind)) is not None
+    }
+    owned = deletable(await fetch_live(client, types), types, app, project, cluster)
+    opts = parse_sync_options([*app.sync_policy.sync_options, "Prune=true"])
+    if BACKGROUND_FINALIZER in app.finalizers:
+        opts = opts.merged(parse_sync_options(["PrunePropagationPolicy=background"]))
+    results: list[ResourceResult] = []
+    for step in group_steps(build_tasks([], owned, prune_last=False)):
+        jobs = [
+            prune_job(client, types[t.key], t, opts, True)
+            for t in step.tasks
+            if t.live is not None and live_sync_options(t.live).delete is not RemovalPolicy.NEVER
+        ]
+        results.extend(await run_bounded(jobs, limit=parallelism))
+    failed = [r for r in results if r.failed]
+    if failed:
+        raise SyncFailed(
+            f"Application/{app.name}: deleting its resources failed: "
+            + "; ".join(f"{r.key}: {r.message}" for r in failed)
+        )
+    await inventory.delete(app.name, client)
+    return results

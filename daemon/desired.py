@@ -1,0 +1,179 @@
+"""Stage 1 of a reconcile: resolve every source to a commit, render it, and prepare the manifests
+for the destination cluster (kinds resolved, namespaces defaulted, tracking ids added).
+
+A bad manifest fails the whole stage with a `PlanError` naming file and resource, so nothing of a
+half-understood render is ever applied or pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+
+from daemon.children import CONTROL_NAMESPACE, is_child_kind
+from daemon.errors import KubeNotFound, PlanError
+from daemon.kube import KubeClient
+from daemon.model import ANN_SYNC_OPTIONS, Body, Manifest, ResourceKey, ResourceType
+from daemon.plan import tracking
+from daemon.plan.options import is_hook, is_skipped, resource_sync_options
+from daemon.render import Renderer, RenderRequest
+from daemon.settings import Application
+from daemon.sources.git import RepoCache
+from daemon.stages import Desired
+
+
+def inputs_key(app: Application, shas: Sequence[str]) -> str:
+    """What a compare depends on besides the live side: the spec and every source's commit."""
+    return json.dumps(
+        [app.raw.get("spec"), app.finalizers, list(shas)], sort_keys=True, default=str
+    )
+
+
+async def source_shas(app: Application, repos: RepoCache, *, max_age: float) -> list[str]:
+    """The commit every source (ref sources first) resolves to now."""
+    shas = []
+    for src in [*(s for s in app.sources if s.ref), *app.manifest_sources]:
+        resolved = await repos.resolve(src.repo_url, src.target_revision, max_age=max_age)
+        shas.append(resolved.sha)
+    return shas
+
+
+async def render_desired(
+    app: Application,
+    client: KubeClient,
+    *,
+    repos: RepoCache,
+    renderer: Renderer,
+    revision: str = "",
+    max_age: float = 0.0,
+) -> Desired:
+    """Resolve, check out and render every source; prepare manifests for the cluster."""
+    manifests: list[Manifest] = []
+    revisions: list[str] = []
+    tools: list[str] = []
+    await client.discover()
+    kube_version = client.server_version.lstrip("v").split("-")[0].split("+")[0]
+    refs: list[tuple[str, str, str]] = []
+    for src in app.sources:
+        if src.ref:
+            resolved = await repos.resolve(src.repo_url, src.target_revision, max_age=max_age)
+            checkout = await repos.checkout(src.repo_url, resolved.sha)
+            refs.append((src.ref, resolved.sha, str(checkout)))
+    for src in app.manifest_sources:
+        rev = revision if revision and len(app.manifest_sources) == 1 else src.target_revision
+        resolved = await repos.resolve(src.repo_url, rev, max_age=max_age)
+        checkout = await repos.checkout(src.repo_url, resolved.sha)
+        request = RenderRequest(
+            sha=resolved.sha,
+            source=src,
+            app_name=app.name,
+            namespace=app.destination.namespace,
+            kube_version=kube_version,
+            refs=tuple(refs),
+        )
+        rendered = await renderer.render(request, checkout)
+        manifests.extend(rendered.manifests)
+        revisions.append(resolved.sha)
+        tools.append(rendered.tool)
+    prepared, types = await prepare(app, client, manifests)
+    return Desired(
+        revision=revisions[0] if revisions else "",
+        revisions=revisions,
+        manifests=prepared,
+        types=types,
+        tool=",".join(tools),
+        inputs=inputs_key(app, [sha for _, sha, _ in refs] + revisions),
+    )
+
+
+def crd_scopes(manifests: Sequence[Manifest]) -> dict[tuple[str, str], bool]:
+    """(group, kind) -> namespaced, for every CustomResourceDefinition among `manifests`."""
+    scopes: dict[tuple[str, str], bool] = {}
+    for m in manifests:
+        if m.key.kind == "CustomResourceDefinition":
+            spec = m.body.get("spec") or {}
+            names = spec.get("names") or {}
+            scopes[(str(spec.get("group", "")), str(names.get("kind", "")))] = (
+                spec.get("scope", "Namespaced") == "Namespaced"
+            )
+    return scopes
+
+
+async def prepare(
+    app: Application, client: KubeClient, manifests: Sequence[Manifest]
+) -> tuple[list[Manifest], dict[ResourceKey, ResourceType | None]]:
+    """Resolve kinds, default namespaces, add tracking ids; reject what cannot be synced."""
+    crds = crd_scopes(manifests)
+    errors: list[str] = []
+    out: list[Manifest] = []
+    types: dict[ResourceKey, ResourceType | None] = {}
+    seen: dict[ResourceKey, str] = {}
+
+    def unique(key: ResourceKey, source: str) -> bool:
+        if key in seen:
+            errors.append(f"{key}: defined more than once ({seen[key]} and {source})")
+            return False
+        seen[key] = source
+        return True
+
+    for m in manifests:
+        if is_skipped(m.body):
+            continue
+        if is_child_kind(m.key):
+            # Managed by gitopsd itself (app of apps); never applied to the cluster.
+            body = copy.deepcopy(m.body)
+            body["metadata"].setdefault("namespace", CONTROL_NAMESPACE)
+            key = ResourceKey.of(body)
+            if unique(key, m.source):
+                out.append(Manifest(key=key, body=body, source=m.source))
+                types[key] = None
+            continue
+        try:
+            resource_sync_options(m.body)
+        except ValueError as e:
+            errors.append(f"{m.source}: {m.key}: {ANN_SYNC_OPTIONS}: {e}")
+            continue
+        rt: ResourceType | None = client.known(m.api_version, m.key.kind)
+        if rt is None:
+            try:
+                rt = await client.resource_for(m.api_version, m.key.kind, subject=str(m.key))
+            except KubeNotFound as e:
+                if (m.key.group, m.key.kind) not in crds:
+                    errors.append(f"{m.source}: {m.key}: {e.api_message}")
+                    continue
+        namespaced = rt.namespaced if rt is not None else crds[(m.key.group, m.key.kind)]
+        body, error = placed(app, m, namespaced=namespaced)
+        if error:
+            errors.append(error)
+            continue
+        key = ResourceKey.of(body)
+        if (is_hook(body) and not body["metadata"].get("name")) or unique(key, m.source):
+            out.append(Manifest(key=key, body=body, source=m.source))
+            types[key] = rt
+    if errors:
+        raise PlanError("; ".join(errors))
+    return out, types
+
+
+def placed(app: Application, m: Manifest, *, namespaced: bool) -> tuple[Body, str]:
+    """`m`'s body with its namespace defaulted (or dropped when cluster-scoped) and the app's
+    tracking id, or an error when a namespaced object has nowhere to go."""
+    body = copy.deepcopy(m.body)
+    meta = body["metadata"]
+    if namespaced:
+        if not meta.get("namespace"):
+            if not app.destination.namespace:
+                return body, (
+                    f"{m.source}: {m.key.kind}/{meta.get('name')}: namespaced resource "
+                    "has no metadata.namespace and the Application has no "
+                    "spec.destination.namespace"
+                )
+            meta["namespace"] = app.destination.namespace
+    else:
+        meta.pop("namespace", None)
+    key = ResourceKey.of(body)
+    tid = tracking.build(
+        app.instance_name, key, namespaced=namespaced, dest_namespace=app.destination.namespace
+    )
+    return tracking.with_tracking(body, tid), ""

@@ -1,0 +1,224 @@
+"""Stage 6 of a reconcile: the Argo CD-shaped `status` of an app, from the comparison and the
+operation (if one ran). Pure: the clock is read only for timestamps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from daemon.health.checks import aggregate, assess
+from daemon.model import (
+    ANN_IGNORE_HEALTHCHECK,
+    Body,
+    Health,
+    HealthStatus,
+    Manifest,
+    OperationPhase,
+    ResourceKey,
+    SyncStatus,
+    annotations_of,
+)
+from daemon.plan.options import is_hook, sync_wave
+from daemon.settings import Application
+from daemon.stages import Comparison, Desired, Operation, SyncRequest
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_status(
+    app: Application,
+    previous: dict[str, Any],
+    desired: Desired,
+    comparison: Comparison,
+    operation: Operation | None,
+    conditions: list[dict[str, str]],
+    request: SyncRequest | None,
+) -> dict[str, Any]:
+    """Argo CD-shaped `status` from the comparison and the operation (if one ran)."""
+    resources: list[dict[str, Any]] = []
+    health_items: list[tuple[ResourceKey, Health | None, bool]] = []
+    for m in desired.manifests:
+        if is_hook(m.body):
+            continue
+        body = comparison.live.get(m.key)
+        h = (
+            assess(body)
+            if body is not None
+            else Health(HealthStatus.MISSING, "resource is missing")
+        )
+        if annotations_of(m.body).get(ANN_IGNORE_HEALTHCHECK) == "true":
+            h = None
+        health_items.append((m.key, h, body is not None))
+        resources.append(
+            resource_entry(m.key, m.body, comparison.status.get(m.key), h, requires_pruning=False)
+        )
+    for key, body in comparison.owned_extra.items():
+        resources.append(
+            resource_entry(key, body, SyncStatus.OUT_OF_SYNC, assess(body), requires_pruning=True)
+        )
+    app_health = aggregate(health_items) if health_items else Health(HealthStatus.HEALTHY)
+    if comparison.errors:
+        conditions.append(
+            condition("ComparisonError", "; ".join(sorted(comparison.errors.values())))
+        )
+    src = app.sources[0]
+    status: dict[str, Any] = {
+        "sync": {
+            "status": str(comparison.sync_status),
+            "revision": desired.revision,
+            "comparedTo": {
+                "source": app.raw.get("spec", {}).get("source")
+                or {
+                    "repoURL": src.repo_url,
+                    "path": src.path,
+                    "targetRevision": src.target_revision,
+                },
+                "destination": app.raw.get("spec", {}).get("destination", {}),
+            },
+        },
+        "health": {"status": str(app_health.status), "message": app_health.message},
+        "resources": resources,
+        "conditions": conditions,
+        "sourceType": desired.tool,
+        "observedAt": now_iso(),
+        "history": list(previous.get("history") or []),
+        "summary": {"images": sorted(images(desired.manifests))},
+    }
+    if len(desired.revisions) > 1:
+        status["sync"]["revisions"] = desired.revisions
+    status["operationState"] = previous.get("operationState")
+    if operation is not None and request is not None:
+        status["operationState"] = {
+            "operation": {
+                "sync": {
+                    "revision": operation.revision,
+                    "prune": bool(request.prune),
+                    "dryRun": request.dry_run,
+                },
+                "initiatedBy": {
+                    "username": request.initiated_by,
+                    "automated": request.initiated_by == "automated",
+                },
+            },
+            "phase": str(operation.phase),
+            "message": operation.message,
+            "syncResult": {
+                "resources": [r.to_status() for r in operation.results],
+                "revision": operation.revision,
+                "source": status["sync"]["comparedTo"]["source"],
+            },
+            "startedAt": operation.started_at,
+            "finishedAt": operation.finished_at,
+            "retryCount": request.retry_count,
+        }
+        if operation.phase is OperationPhase.SUCCEEDED and not request.dry_run:
+            history = status["history"]
+            next_id = max((h.get("id", 0) for h in history), default=-1) + 1
+            history.append(
+                {
+                    "id": next_id,
+                    "revision": operation.revision,
+                    "source": status["sync"]["comparedTo"]["source"],
+                    "deployStartedAt": operation.started_at,
+                    "deployedAt": operation.finished_at,
+                    "initiatedBy": {
+                        "username": request.initiated_by,
+                        "automated": request.initiated_by == "automated",
+                    },
+                }
+            )
+            limit = app.revision_history_limit
+            status["history"] = history[-limit:] if limit > 0 else []
+        elif operation.phase is OperationPhase.FAILED:
+            conditions.append(condition("SyncError", operation.message))
+    if status["operationState"] is None:
+        del status["operationState"]
+    return status
+
+
+def error_status(
+    app: Application, previous: dict[str, Any], conditions: list[dict[str, str]]
+) -> dict[str, Any]:
+    """Status after a failed comparison: keep the last known state, mark it Unknown."""
+    status = dict(previous)
+    sync = dict(status.get("sync") or {})
+    sync["status"] = str(SyncStatus.UNKNOWN)
+    status["sync"] = sync
+    status.setdefault("health", {"status": str(HealthStatus.UNKNOWN), "message": ""})
+    if any("unreachable" in c.get("message", "") for c in conditions):
+        # The cluster cannot be asked: its health is as unknown as its sync state.
+        status["health"] = {
+            "status": str(HealthStatus.UNKNOWN),
+            "message": "destination cluster unreachable",
+        }
+    status["conditions"] = conditions
+    return status
+
+
+def condition(kind: str, message: str) -> dict[str, str]:
+    return {"type": kind, "message": message, "lastTransitionTime": now_iso()}
+
+
+def resource_entry(
+    key: ResourceKey,
+    body: Body,
+    sync: SyncStatus | None,
+    health: Health | None,
+    *,
+    requires_pruning: bool,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "group": key.group,
+        "version": str(body.get("apiVersion", "")).rpartition("/")[2],
+        "kind": key.kind,
+        "namespace": key.namespace,
+        "name": key.name,
+        "status": str(sync or SyncStatus.UNKNOWN),
+        "syncWave": sync_wave(body),
+    }
+    if health is not None:
+        out["health"] = {"status": str(health.status), "message": health.message}
+    if requires_pruning:
+        out["requiresPruning"] = True
+    return out
+
+
+def images(manifests: Sequence[Manifest]) -> set[str]:
+    images: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("containers", "initContainers") and isinstance(v, list):
+                    for c in v:
+                        if isinstance(c, dict) and isinstance(c.get("image"), str):
+                            images.add(c["image"])
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for m in manifests:
+        walk(m.body.get("spec"))
+    return images
+
+
+def meaningful(record: dict[str, Any]) -> str:
+    """A state record without the fields that change on every reconcile."""
+    status = {
+        k: v
+        for k, v in (record.get("status") or {}).items()
+        if k not in ("reconciledAt", "observedAt", "reconcileDuration")
+    }
+    conditions = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"}
+        for c in status.get("conditions") or []
+    ]
+    status["conditions"] = conditions
+    return json.dumps([status, record.get("fingerprints")], sort_keys=True, default=str)

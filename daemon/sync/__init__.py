@@ -1,0 +1,296 @@
+"""Stage 5 of a reconcile: one sync operation into an `Operation`.
+
+Preflight (nothing is written when any object failed its dry run, a prune would empty the app, or
+a shared resource is refused), then the inventory records intent, then phases and waves run
+(`waves`), SyncFail hooks after a failure, hooks are cleaned up and the inventory and fingerprints
+record what the app owns now. Selection and bookkeeping are pure functions below.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from daemon.children import is_child_kind
+from daemon.compare.inventory import Inventory
+from daemon.errors import GitopsdError
+from daemon.kube import FIELD_MANAGER, KubeClient
+from daemon.model import (
+    Action,
+    Manifest,
+    OperationPhase,
+    ResourceKey,
+    ResourceResult,
+    ResultCode,
+    SyncStatus,
+)
+from daemon.plan import diff as diffing
+from daemon.plan import tracking
+from daemon.plan.options import SyncOptions, is_hook, parse_sync_options
+from daemon.plan.order import SyncTask, build_tasks, split_syncfail
+from daemon.settings import Application, Settings
+from daemon.stages import Comparison, Desired, Operation, SyncRequest
+from daemon.sync import hooks
+from daemon.sync.children import ChildTasks
+from daemon.sync.waves import Outcome, Run, run_syncfail, run_waves
+
+log = structlog.get_logger("gitopsd.sync")
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class SyncContext:
+    """What an operation needs besides the app's own desired and live state."""
+
+    settings: Settings
+    inventory: Inventory
+    children: ChildTasks
+    stopping: Callable[[], bool]
+    progress: Progress | None = None
+
+
+def preflight(
+    desired: Desired, comparison: Comparison, opts: SyncOptions, *, prune: bool, allow_empty: bool
+) -> str:
+    """Why the operation must not write anything at all ('' when it may run)."""
+    targets = [m for m in desired.manifests if not is_hook(m.body)]
+    if prune and not allow_empty and not targets and comparison.owned_extra:
+        return (
+            "refusing to prune every resource of the app: the source rendered zero "
+            "resources (set syncPolicy.automated.allowEmpty: true to allow)"
+        )
+    if comparison.errors:
+        return "one or more objects failed to apply (dry run): " + "; ".join(
+            sorted(comparison.errors.values())
+        )
+    if opts.fail_on_shared_resource and comparison.shared:
+        return "Shared resource found: " + "; ".join(comparison.shared.values())
+    return ""
+
+
+def select_manifests(
+    app: Application,
+    desired: Desired,
+    comparison: Comparison,
+    request: SyncRequest,
+    opts: SyncOptions,
+) -> list[Manifest]:
+    """What the operation applies: hooks (not for a self-heal), and resources (only OutOfSync
+    ones for automated syncs, self-heals and ApplyOutOfSyncOnly); with RespectIgnoreDifferences
+    the ignored fields keep their live values."""
+    selective = (
+        request.self_heal or opts.apply_out_of_sync_only or request.initiated_by == ("automated")
+    )
+    chosen = [
+        m
+        for m in desired.manifests
+        if (is_hook(m.body) and not request.self_heal)
+        or (
+            not is_hook(m.body)
+            and (not selective or comparison.status.get(m.key) is not SyncStatus.SYNCED)
+        )
+    ]
+    if not (opts.respect_ignore_differences and app.ignore_differences):
+        return chosen
+    rules = diffing.parse_ignore_differences(
+        list(app.ignore_differences), where=f"Application/{app.name}.spec.ignoreDifferences"
+    )
+    return [
+        Manifest(
+            m.key,
+            diffing.respect_ignored(m.body, comparison.live[m.key], rules=rules, key=m.key),
+            m.source,
+        )
+        if m.key in comparison.live and not is_child_kind(m.key) and not is_hook(m.body)
+        else m
+        for m in chosen
+    ]
+
+
+def dry_run_results(tasks: Sequence[SyncTask]) -> list[ResourceResult]:
+    """What a dry-run operation reports: every task as it would run."""
+    return [
+        ResourceResult(
+            t.key,
+            "",
+            Action.DELETED if t.is_prune else Action.CONFIGURED,
+            ResultCode.PRUNED if t.is_prune else ResultCode.SYNCED,
+            "(dry run)",
+            t.phase,
+            t.wave,
+            t.hook_type,
+        )
+        for t in tasks
+    ]
+
+
+def owned_after(
+    results: Sequence[ResourceResult],
+    desired: Desired,
+    comparison: Comparison,
+    *,
+    failed: bool,
+) -> set[ResourceKey]:
+    """What the app owns once the operation ended: what it synced, what was already synced,
+    prunes that were skipped or failed; after a failure, everything it may have touched."""
+    targets = {m.key for m in desired.manifests if not is_hook(m.body)}
+    owned = {r.key for r in results if r.status is ResultCode.SYNCED and r.hook_type is None}
+    owned |= {k for k in targets if comparison.status.get(k) is SyncStatus.SYNCED}
+    owned |= {
+        r.key
+        for r in results
+        if r.status is ResultCode.PRUNE_SKIPPED
+        or (r.failed and r.action is Action.FAILED and r.key in comparison.owned_extra)
+    }
+    if failed:
+        owned |= targets | set(comparison.owned_extra)
+    return owned
+
+
+def record_fingerprints(
+    results: Sequence[ResourceResult], desired: Desired, fingerprints: dict[str, list[str]]
+) -> None:
+    """Remember, per synced object, what was applied and what our field manager owns, so the
+    next compare can recognise it unchanged without a dry run."""
+    by_key: Mapping[ResourceKey, Manifest] = {m.key: m for m in desired.manifests}
+    for r in results:
+        k = tracking.key_to_str(r.key)
+        if r.status is ResultCode.PRUNED:
+            fingerprints.pop(k, None)
+        elif r.status is ResultCode.SYNCED and r.hook_type is None and r.live is not None:
+            m = by_key.get(r.key)
+            if m is not None:
+                fingerprints[k] = [
+                    tracking.fingerprint(m.body),
+                    tracking.manager_fields(r.live, FIELD_MANAGER),
+                    str((r.live.get("metadata") or {}).get("uid")),
+                ]
+    keep = {tracking.key_to_str(m.key) for m in desired.manifests}
+    for k in list(fingerprints):
+        if k not in keep:
+            fingerprints.pop(k)
+
+
+async def run_operation(
+    ctx: SyncContext,
+    app: Application,
+    client: KubeClient,
+    desired: Desired,
+    comparison: Comparison,
+    request: SyncRequest,
+    fingerprints: dict[str, list[str]],
+    bound: Any,
+) -> Operation:
+    """Run one sync operation: validate everything, then phases and waves with health gates."""
+    started = now_iso()
+    opts = parse_sync_options([*app.sync_policy.sync_options, *request.options])
+    auto = app.sync_policy.automated
+    prune = request.prune if request.prune is not None else bool(auto and auto.prune)
+
+    def done(phase: OperationPhase, message: str, results: list[ResourceResult]) -> Operation:
+        return Operation(phase, message, results, started, now_iso(), desired.revision)
+
+    refused = preflight(
+        desired, comparison, opts, prune=prune, allow_empty=bool(auto and auto.allow_empty)
+    )
+    if refused:
+        return done(OperationPhase.FAILED, refused, [])
+    manifests = select_manifests(app, desired, comparison, request, opts)
+    tasks = build_tasks(manifests, comparison.owned_extra, prune_last=opts.prune_last)
+    main, syncfail = split_syncfail(tasks)
+    if request.dry_run:
+        return done(
+            OperationPhase.SUCCEEDED, "successfully synced (dry run)", dry_run_results(main)
+        )
+
+    def report(results: Sequence[ResourceResult], message: str) -> None:
+        if ctx.progress is not None:
+            ctx.progress(app.name, progress_state(started, desired.revision, results, message))
+
+    run = Run(
+        app=app,
+        client=client,
+        desired=desired,
+        comparison=comparison,
+        opts=opts,
+        prune=prune,
+        children=ctx.children,
+        parallelism=ctx.settings.kube_parallelism,
+        health_timeout=ctx.settings.health_timeout,
+        wave_delay=ctx.settings.sync_wave_delay,
+        stopping=ctx.stopping,
+        report=report,
+        log=bound,
+    )
+    # Record intent first: if we die mid-sync, the next run still knows what we may own.
+    targets = {m.key for m in desired.manifests if not is_hook(m.body)}
+    recorded = await ctx.inventory.load(app.name, client)
+    await ctx.inventory.save(app.name, client, recorded | targets | set(comparison.owned_extra))
+    outcome = await _execute(run, main, syncfail)
+    await hooks.cleanup(client, run.hooks, succeeded=not outcome.failure)
+    record_fingerprints(run.results, desired, fingerprints)
+    owned = owned_after(run.results, desired, comparison, failed=bool(outcome.failure))
+    await ctx.inventory.save(app.name, client, owned)
+    if outcome.interrupted:
+        return done(OperationPhase.TERMINATING, outcome.failure, run.results)
+    if outcome.failure:
+        return done(OperationPhase.FAILED, outcome.failure, run.results)
+    return done(OperationPhase.SUCCEEDED, "successfully synced (all tasks run)", run.results)
+
+
+async def _execute(run: Run, main: Sequence[SyncTask], syncfail: Sequence[SyncTask]) -> Outcome:
+    """The waves, then SyncFail hooks on failure; errors end the operation, not the daemon."""
+    try:
+        await _create_namespace(run.app, run.client, run.desired, run.opts)
+        outcome = await run_waves(run, main)
+        if outcome.failure and syncfail and not outcome.interrupted:
+            await run_syncfail(run, syncfail)
+        return outcome
+    except GitopsdError as e:
+        return Outcome(f"sync failed: {e}")
+    except Exception as e:  # a bug or a bad object must end the operation, not the daemon
+        log.exception("sync crashed", app=run.app.name)
+        return Outcome(f"sync failed unexpectedly: {type(e).__name__}: {e}")
+
+
+async def _create_namespace(
+    app: Application, client: KubeClient, desired: Desired, opts: SyncOptions
+) -> None:
+    """CreateNamespace=true: the destination namespace, with managedNamespaceMetadata. A
+    Namespace manifest of the same name in the app takes precedence."""
+    ns = app.destination.namespace
+    if not ns or not opts.create_namespace:
+        return
+    if any(m.key == ResourceKey("", "Namespace", "", ns) for m in desired.manifests):
+        return
+    rt = await client.resource_for("v1", "Namespace", subject=f"Namespace/{ns}")
+    meta: dict[str, Any] = {"name": ns}
+    mnm = app.sync_policy.managed_namespace_metadata
+    if mnm:
+        if mnm.get("labels"):
+            meta["labels"] = mnm["labels"]
+        if mnm.get("annotations"):
+            meta["annotations"] = mnm["annotations"]
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+    await client.apply(rt, body, manager="gitopsd-namespace")
+
+
+def progress_state(
+    started: str, revision: str, results: Sequence[ResourceResult], message: str
+) -> dict[str, Any]:
+    """The Argo CD-shaped operationState shown while an operation runs."""
+    return {
+        "phase": str(OperationPhase.RUNNING),
+        "message": f"running {message}",
+        "startedAt": started,
+        "syncResult": {"revision": revision, "resources": [r.to_status() for r in results]},
+    }
