@@ -37,6 +37,7 @@ lint: venv
 	$(VENV)/bin/ruff check daemon tests bench scripts packaging
 	$(VENV)/bin/ruff format --check daemon tests bench scripts packaging
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 demo: tools
 	$(PY) scripts/demo.py

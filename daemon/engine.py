@@ -128,5 +128,5 @@ async def _await_health(engine: Engine, app: Application, status: dict[str, Any]
         await anyio.sleep(1)
     saved = engine.store.load(app.name)
     saved["status"] = status
-    engine.store.save(app.name, saved)
+    await engine.store.save(app.name, saved)
     return status

@@ -201,7 +201,8 @@ class Reconciler:
         finally:
             run.status["reconciledAt"] = build.now_iso()
             run.status["reconcileDuration"] = round(time.monotonic() - started, 3)
-            self._record(app, previous, run, bound)
+            with anyio.CancelScope(shield=True):  # a cancelled run still records its state
+                await self._record(app, previous, run, bound)
         return run.status
 
     async def _run(
@@ -359,7 +360,7 @@ class Reconciler:
             progress=self.progress,
         )
 
-    def _record(
+    async def _record(
         self, app: Application, previous: dict[str, Any], run: RunState, bound: Any
     ) -> None:
         """Persist the run's record (skipping the disk when nothing meaningful changed)."""
@@ -373,7 +374,7 @@ class Reconciler:
         self._digests[app.name] = digest
         if changed or app.name not in self._saved:
             try:
-                self.store.save(app.name, record)
+                await self.store.save(app.name, record)
                 self._saved.add(app.name)
             except OSError as e:
                 bound.error("state not saved", error=str(e))
@@ -454,7 +455,7 @@ class Reconciler:
                 fingerprints=self.store.load(app.name).get("fingerprints", {}),
                 parallelism=self.settings.kube_parallelism,
             )
-            self.store.delete(app.name)
+            await self.store.delete(app.name)
             self._states.pop(app.name, None)
             self._digests.pop(app.name, None)
             self._saved.discard(app.name)

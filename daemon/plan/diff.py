@@ -13,10 +13,11 @@ import difflib
 import functools
 import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, NamedTuple, NoReturn
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
+import jq
 import yaml
 
 from daemon.model import Body, ResourceKey
@@ -318,310 +319,84 @@ def _owned_items(items: list[Any], name: str) -> list[int]:
     ]
 
 
-# --------------------------------------------------------------------------- jq subset
+# --------------------------------------------------------------------------- jq paths
 #
-# Argo CD runs `del(<expr>)` through gojq. Ignore rules only ever need path expressions, so this
-# is a small, linear-time subset (no loops, hence no need for Argo CD's 1s timeout):
-#   .a.b   ."a/b"   .a["a/b"]   .a[0]   .a[-1]   .a[]   <any>?   A | B
-#   select(C) where C is OPERAND [== | != OPERAND], joined with `and` / `or`,
-#   and an OPERAND is a path or a JSON literal (string, number, true, false, null).
+# Argo CD runs `del(<expr>)` through gojq; `del(f)` is `delpaths([path(f)])`, so evaluating
+# `[path(<expr>)]` with libjq (the `jq` package) gives exactly the paths Argo CD deletes, and the
+# same paths serve RespectIgnoreDifferences. Argo CD bounds each run with a 1 s timeout; libjq
+# cannot be interrupted in-process, so the few constructs that can run unbounded or read the host
+# (user-defined recursion, generators without end, env/input) are refused when rules are loaded.
 
 PathElement = str | int
 JsonPath = tuple[PathElement, ...]
 
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    name: str
-    optional: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Index:
-    index: int
-    optional: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Iterate:
-    optional: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Literal:
-    value: Any
-
-
-@dataclass(frozen=True, slots=True)
-class _PathOperand:
-    steps: tuple[_Step, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _Compare:
-    left: _Literal | _PathOperand
-    negate: bool
-    right: _Literal | _PathOperand
-
-
-@dataclass(frozen=True, slots=True)
-class _Truthy:
-    operand: _Literal | _PathOperand
-
-
-@dataclass(frozen=True, slots=True)
-class _Bool:
-    op: str
-    left: _Cond
-    right: _Cond
-
-
-@dataclass(frozen=True, slots=True)
-class _Select:
-    cond: _Cond
-    optional: bool = False
-
-
-_Step = _Field | _Index | _Iterate | _Select
-_Cond = _Compare | _Truthy | _Bool
-
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_JSON = json.JSONDecoder()
+_UNBOUNDED = re.compile(
+    r"(?<![\w$.])(def|recurse|repeat|while|until|range|combinations|input|inputs|env|\$ENV|"
+    r"\$__loc__|input_filename|debug|stderr|halt|halt_error)(?!\w)"
+)
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a key jq can write as `.key`
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 class _JqRuntimeError(Exception):
-    """A jq type error on a particular object (jq would abort the whole `del`)."""
+    """A jq error on a particular object (jq would abort the whole `del`; Argo CD skips it)."""
 
 
 @functools.lru_cache(maxsize=256)
-def _compile_jq(expression: str) -> tuple[_Step, ...]:
-    steps = _JqParser(expression).parse()
-    # Without a single accessor the path is the object itself: del(.) would delete everything.
-    if not any(not isinstance(step, _Select) for step in steps):
-        raise ValueError(f"jq path expression {expression!r} selects the whole object")
-    return steps
-
-
-class _JqParser:
-    """Recursive-descent parser for the jq subset above; any other syntax is a ValueError."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-
-    def parse(self) -> tuple[_Step, ...]:
-        steps = self._term()
-        while self._eat("|"):
-            steps.extend(self._term())
-        self._space()
-        if self.pos != len(self.text):
-            self._fail("unexpected input")
-        return tuple(steps)
-
-    def _fail(self, reason: str) -> NoReturn:
-        raise ValueError(
-            f"unsupported jq path expression {self.text!r}: {reason} at offset {self.pos}"
-        )
-
-    def _space(self) -> None:
-        while self.pos < len(self.text) and self.text[self.pos].isspace():
-            self.pos += 1
-
-    def _peek(self) -> str:
-        return self.text[self.pos : self.pos + 1]
-
-    def _eat(self, token: str) -> bool:
-        self._space()
-        if self.text.startswith(token, self.pos):
-            self.pos += len(token)
-            return True
-        return False
-
-    def _keyword(self, word: str) -> bool:
-        self._space()
-        end = self.pos + len(word)
-        if self.text.startswith(word, self.pos) and not _IDENT.match(self.text, end):
-            self.pos = end
-            return True
-        return False
-
-    def _term(self) -> list[_Step]:
-        steps: list[_Step] = []
-        if self._keyword("select"):
-            if not self._eat("("):
-                self._fail("expected '(' after select")
-            cond = self._or()
-            if not self._eat(")"):
-                self._fail("expected ')'")
-            steps.append(_Select(cond))
-        elif self._eat("."):
-            self._first_accessor(steps)
-        else:
-            self._fail("expected '.' or select(...)")
-        self._accessors(steps)
-        return steps
-
-    def _first_accessor(self, steps: list[_Step]) -> None:
-        ident = _IDENT.match(self.text, self.pos)
-        if ident:
-            steps.append(_Field(ident.group()))
-            self.pos = ident.end()
-        elif self._peek() == '"':
-            steps.append(_Field(self._string()))
-
-    def _accessors(self, steps: list[_Step]) -> None:
-        # No whitespace inside a path: `.a .b` is not one path in jq either.
-        while True:
-            c = self._peek()
-            if c == "." and self.text[self.pos + 1 : self.pos + 2] != ".":
-                self.pos += 1
-                before = len(steps)
-                self._first_accessor(steps)
-                if len(steps) == before and self._peek() != "[":
-                    self._fail("expected a field name after '.'")
-            elif c == "[":
-                steps.append(self._bracket())
-            elif c == "?":
-                self.pos += 1
-                # jq's `?` is try() around the whole term so far, not just the last accessor.
-                steps[:] = [replace(step, optional=True) for step in steps]
-            else:
-                return
-
-    def _bracket(self) -> _Step:
-        self.pos += 1
-        self._space()
-        if self._eat("]"):
-            return _Iterate()
-        if self._peek() == '"':
-            name = self._string()
-            step: _Step = _Field(name)
-        else:
-            number = re.compile(r"-?[0-9]+").match(self.text, self.pos)
-            if not number:
-                self._fail("expected ']', a string or an integer index")
-            self.pos = number.end()
-            step = _Index(int(number.group()))
-        if not self._eat("]"):
-            self._fail("expected ']'")
-        return step
-
-    def _string(self) -> str:
-        value = self._json_literal()
-        if not isinstance(value, str):
-            self._fail("expected a string")
-        return str(value)
-
-    def _json_literal(self) -> Any:
+def _compile_jq(expression: str) -> Any:
+    """The compiled `[path(<expression>)]` program; ValueError naming the expression if jq
+    refuses it, if it selects the whole object, or if it could run unbounded."""
+    reason = ""
+    if not expression.strip():
+        reason = "empty expression"
+    elif expression.strip() == ".":
+        reason = "selects the whole object"
+    else:
+        found = _UNBOUNDED.search(_STRING.sub('""', expression))
+        if found:
+            reason = f"{found.group(0)!r} may run unbounded, which ignore rules do not allow"
+    if not reason:
         try:
-            value, self.pos = _JSON.raw_decode(self.text, self.pos)
-        except ValueError:
-            self._fail("expected a JSON literal")
-        return value
-
-    def _or(self) -> _Cond:
-        cond = self._and()
-        while self._keyword("or"):
-            cond = _Bool("or", cond, self._and())
-        return cond
-
-    def _and(self) -> _Cond:
-        cond = self._compare()
-        while self._keyword("and"):
-            cond = _Bool("and", cond, self._compare())
-        return cond
-
-    def _compare(self) -> _Cond:
-        left = self._operand()
-        if self._eat("=="):
-            return _Compare(left, False, self._operand())
-        if self._eat("!="):
-            return _Compare(left, True, self._operand())
-        return _Truthy(left)
-
-    def _operand(self) -> _Literal | _PathOperand:
-        self._space()
-        if self._peek() == ".":
-            self.pos += 1
-            steps: list[_Step] = []
-            self._first_accessor(steps)
-            self._accessors(steps)
-            return _PathOperand(tuple(steps))
-        return _Literal(self._json_literal())
+            jq.compile(expression)  # alone first: no closing the path( ) wrapper from inside
+            return jq.compile(f"[path({expression})]")
+        except ValueError as e:
+            reason = " ".join(str(e).split())
+    raise ValueError(f"unsupported jq path expression {expression!r}: {reason}")
 
 
-def _jq_paths(steps: tuple[_Step, ...], root: Any) -> list[JsonPath]:
-    return [path for _, path in _jq_eval(steps, root)]
+def _jq_paths(program: Any, root: Any) -> list[JsonPath]:
+    """Every path the expression selects in `root` (never the root itself)."""
+    try:
+        result = program.input_value(root).first()
+    except ValueError as e:
+        raise _JqRuntimeError(str(e)) from None
+    paths: list[JsonPath] = []
+    for path in result or []:
+        if isinstance(path, list) and path:
+            paths.extend(_concrete(root, path))
+    return paths
 
 
-def _jq_eval(steps: Iterable[_Step], root: Any) -> list[tuple[Any, JsonPath]]:
-    results: list[tuple[Any, JsonPath]] = [(root, ())]
-    for step in steps:
-        following: list[tuple[Any, JsonPath]] = []
-        for value, path in results:
-            try:
-                following.extend(_jq_step(step, value, path))
-            except _JqRuntimeError:
-                if not step.optional:
-                    raise
-        results = following
-    return results
-
-
-def _jq_step(step: _Step, value: Any, path: JsonPath) -> list[tuple[Any, JsonPath]]:
-    if isinstance(step, _Field):
-        if value is None:
-            return [(None, (*path, step.name))]
-        if isinstance(value, dict):
-            return [(value.get(step.name), (*path, step.name))]
-        raise _JqRuntimeError(f"cannot index {type(value).__name__} with {step.name!r}")
-    if isinstance(step, _Index):
-        if value is None:
-            return [(None, (*path, step.index))]
-        if isinstance(value, list):
-            index = step.index + len(value) if step.index < 0 else step.index
-            if 0 <= index < len(value):
-                return [(value[index], (*path, index))]
-            return [(None, (*path, step.index))]
-        raise _JqRuntimeError(f"cannot index {type(value).__name__} with a number")
-    if isinstance(step, _Iterate):
-        if isinstance(value, list):
-            return [(item, (*path, i)) for i, item in enumerate(value)]
-        if isinstance(value, dict):
-            return [(item, (*path, k)) for k, item in value.items()]
-        raise _JqRuntimeError(f"cannot iterate over {type(value).__name__}")
-    # select() emits its input once per truthy output of the condition, like jq.
-    return [(value, path) for result in _jq_cond(step.cond, value) if _truthy(result)]
-
-
-def _jq_cond(cond: _Cond, value: Any) -> list[Any]:
-    if isinstance(cond, _Truthy):
-        return _jq_operand(cond.operand, value)
-    if isinstance(cond, _Compare):
-        rights = _jq_operand(cond.right, value)
-        return [
-            _json_equal(left, right) != cond.negate
-            for left in _jq_operand(cond.left, value)
-            for right in rights
-        ]
-    out: list[Any] = []
-    for left in _jq_cond(cond.left, value):
-        # jq short-circuits per output: `false and X` is false without evaluating X.
-        if _truthy(left) == (cond.op == "or"):
-            out.append(cond.op == "or")
-        else:
-            out.extend(_truthy(right) for right in _jq_cond(cond.right, value))
-    return out
-
-
-def _jq_operand(operand: _Literal | _PathOperand, value: Any) -> list[Any]:
-    if isinstance(operand, _Literal):
-        return [operand.value]
-    return [v for v, _ in _jq_eval(operand.steps, value)]
-
-
-def _truthy(value: Any) -> bool:
-    return value is not None and value is not False
+def _concrete(root: Any, path: list[Any]) -> list[JsonPath]:
+    """`path` with jq slice elements (`{"start": 1, "end": 2}`) resolved to list indices: a
+    slice followed by an index is one element of the list; a trailing slice is each of them."""
+    out: list[PathElement] = []
+    node = root
+    for i, element in enumerate(path):
+        if isinstance(element, dict):
+            length = len(node) if isinstance(node, list) else 0
+            start, stop, _ = slice(element.get("start"), element.get("end")).indices(length)
+            if i == len(path) - 1:
+                return [(*out, j) for j in range(start, stop)]
+            if not isinstance(path[i + 1], int):
+                return []
+            path[i + 1] += start
+            continue
+        if not isinstance(element, str | int):
+            return []
+        out.append(element)
+        node = _jq_child(node, element)
+    return [tuple(out)]
 
 
 def _delete_paths(obj: Any, paths: list[JsonPath]) -> None:

@@ -1,7 +1,9 @@
 """Per-app state persisted atomically under `stateDir`, surviving restarts.
 
 Each app has one JSON file holding its Argo CD-shaped `status` plus gitopsd's bookkeeping
-(fingerprints of what was applied). Writes go to a temporary file, are fsynced and renamed.
+(fingerprints of what was applied). Writes go to a temporary file, are fsynced and renamed, through
+aiofiles so a slow disk's fsync never stalls the event loop; reads happen once per app when its
+worker starts (a small file, usually in the page cache) and stay synchronous.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+import aiofiles
+import aiofiles.os
+
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+_fsync = aiofiles.os.wrap(os.fsync)
 
 
 class StateStore:
@@ -34,23 +40,27 @@ class StateStore:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def save(self, app: str, state: dict[str, Any]) -> None:
-        """Atomically replace the state of `app`."""
+    async def save(self, app: str, state: dict[str, Any]) -> None:
+        """Atomically replace the state of `app` (the old file stays whole until the rename)."""
         path = self._path(app)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.root)
+        data = json.dumps(state, separators=(",", ":"), default=str)
+        tmp = self.root / f".{path.name}.{uuid.uuid4().hex}"
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(state, f, separators=(",", ":"), default=str)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            async with aiofiles.open(tmp, "w") as f:
+                await f.write(data)
+                await f.flush()
+                await _fsync(f.fileno())
+            await aiofiles.os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
-    def delete(self, app: str) -> None:
+    async def delete(self, app: str) -> None:
         """Forget `app`."""
-        self._path(app).unlink(missing_ok=True)
+        try:
+            await aiofiles.os.remove(self._path(app))
+        except FileNotFoundError:
+            pass
 
     def names(self) -> list[str]:
         """Apps with saved state."""
