@@ -13,11 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from daemon.appproject import AppProject
-from daemon.errors import PlanError
+from daemon.errors import GitopsdError, PlanError
 from daemon.model import ANN_TRACKING_ID, Body, Manifest, ResourceKey, SyncStatus
 from daemon.settings import ARGO_API, Application, parse_application, parse_project
 from daemon.stages import Comparison
+
+log = structlog.get_logger("gitopsd.children")
 
 ARGO_GROUP = "argoproj.io"
 CONTROL_NAMESPACE = "argocd"  # where Argo CD documents take effect
@@ -144,6 +148,34 @@ class ChildRegistry:
 
     def unregister_project(self, name: str) -> None:
         self.projects.pop(name, None)
+
+    def restore(
+        self,
+        parent: Application,
+        saved: dict[str, Any],
+        *,
+        top_level_projects: set[str],
+        taken: set[str],
+    ) -> list[Application]:
+        """Re-register what `parent` had before a restart (from its saved state); documents that
+        no longer validate are logged and left out. Returns the child apps registered."""
+        for doc in saved.get("projects") or []:
+            try:
+                proj = self.parse_project(parent, doc, top_level=top_level_projects)
+            except GitopsdError as e:
+                log.warning("child project not restored", parent=parent.name, error=str(e))
+                continue
+            self.register_project(parent.name, proj, doc)
+        restored = []
+        for doc in saved.get("apps") or []:
+            try:
+                child = self.parse_child(parent, doc, top_level=taken)
+            except GitopsdError as e:
+                log.warning("child app not restored", parent=parent.name, error=str(e))
+                continue
+            self.register(parent.name, child, doc)
+            restored.append(child)
+        return restored
 
 
 def compare_children(

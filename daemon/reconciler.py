@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,24 +114,6 @@ class Reconciler:
         self._config = config
         self.settings = config.settings
         self.inventory.namespace = config.settings.inventory_namespace
-
-    @property
-    def on_child_added(self) -> Callable[[Application], None] | None:
-        return self.child_tasks.on_added
-
-    @on_child_added.setter
-    def on_child_added(self, hook: Callable[[Application], None] | None) -> None:
-        """The daemon starts a worker for each new child app (app of apps)."""
-        self.child_tasks.on_added = hook
-
-    @property
-    def on_child_removed(self) -> Callable[[Application], Awaitable[None]] | None:
-        return self.child_tasks.on_removed
-
-    @on_child_removed.setter
-    def on_child_removed(self, hook: Callable[[Application], Awaitable[None]] | None) -> None:
-        """The daemon stops (and cascade-deletes) a child app no longer rendered."""
-        self.child_tasks.on_removed = hook
 
     def project_for(self, app: Application) -> AppProject | None:
         """The project `app` is judged by. A project defined by a parent app (app of apps) only
@@ -416,24 +398,15 @@ class Reconciler:
 
     def _restore_children(self, app: Application, saved: dict[str, Any]) -> None:
         """Re-register the children a parent had before a restart."""
-        for doc in saved.get("projects") or []:
-            try:
-                top = {p.name for p in self.config.projects}
-                proj = self.children.parse_project(app, doc, top_level=top)
-            except GitopsdError as e:
-                log.warning("child project not restored", parent=app.name, error=str(e))
-                continue
-            self.children.register_project(app.name, proj, doc)
-        for doc in saved.get("apps") or []:
-            try:
-                taken = self.taken_names(except_parent=app.name)
-                child = self.children.parse_child(app, doc, top_level=taken)
-            except GitopsdError as e:
-                log.warning("child app not restored", parent=app.name, error=str(e))
-                continue
-            self.children.register(app.name, child, doc)
-            if self.on_child_added is not None:
-                self.on_child_added(child)
+        restored = self.children.restore(
+            app,
+            saved,
+            top_level_projects={p.name for p in self.config.projects},
+            taken=self.taken_names(except_parent=app.name),
+        )
+        for child in restored:
+            if self.child_tasks.on_added is not None:
+                self.child_tasks.on_added(child)
 
     async def delete_app(self, app: Application) -> list[ResourceResult]:
         """Cascade-delete what `app` owns (see `daemon.deletion`) and forget its state."""

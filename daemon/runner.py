@@ -251,8 +251,8 @@ class Daemon:
         self._shields: set[anyio.CancelScope] = set()
         engine.repos.counter.listeners.append(self._git_metric)
         engine.reconciler.progress = self._progress
-        engine.reconciler.on_child_added = self._child_added
-        engine.reconciler.on_child_removed = self._child_removed
+        engine.reconciler.child_tasks.on_added = self._child_added
+        engine.reconciler.child_tasks.on_removed = self._child_removed
 
     # --- metrics hooks ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ decisions are pure functions below; `compare` only gathers their inputs from the
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -21,7 +22,12 @@ from daemon.kube import FIELD_MANAGER, KubeClient
 from daemon.model import Body, Manifest, ResourceKey, ResourceType, SyncStatus
 from daemon.plan import diff as diffing
 from daemon.plan import tracking
-from daemon.plan.options import is_hook, parse_sync_options, resource_sync_options
+from daemon.plan.options import (
+    SyncOptions,
+    is_hook,
+    parse_sync_options,
+    resource_sync_options,
+)
 from daemon.settings import Application
 from daemon.stages import Comparison, Desired
 
@@ -135,51 +141,66 @@ async def compare(
         child_status,
         comparison,
     )
-    rules = diffing.parse_ignore_differences(
-        list(app.ignore_differences), where=f"Application/{app.name}.spec.ignoreDifferences"
+    differ = _DryRunDiff(
+        app=app,
+        client=client,
+        comparison=comparison,
+        rules=diffing.parse_ignore_differences(
+            list(app.ignore_differences), where=f"Application/{app.name}.spec.ignoreDifferences"
+        ),
+        pending=namespaces_created_by_sync(app, targets),
+        app_options=parse_sync_options(app.sync_policy.sync_options),
+        limiter=anyio.CapacityLimiter(parallelism),
     )
-    pending = namespaces_created_by_sync(app, targets)
-    force_all = parse_sync_options(app.sync_policy.sync_options)
-    limiter = anyio.CapacityLimiter(parallelism)
-
-    async def one(m: Manifest) -> None:
-        body = live.get(m.key)
-        owner = tracking.owner_of(body) if body is not None else ""
-        if owner and owner != app.instance_name:
-            comparison.shared[m.key] = (
-                f"{m.key.kind}/{m.key.name} is part of applications {app.name} and {owner}"
-            )
-        fp = fingerprints.get(tracking.key_to_str(m.key))
-        rt = desired.types.get(m.key)
-        if fingerprint_current(fp, m.body, body):
-            comparison.status[m.key] = SyncStatus.SYNCED
-            return
-        if rt is None:
-            comparison.status[m.key] = SyncStatus.OUT_OF_SYNC  # CRD not installed yet
-            return
-        async with limiter:
-            try:
-                predicted = await client.apply(rt, m.body, dry_run=True)
-            except KubeError as e:
-                force = force_all.merged(resource_sync_options(m.body)).force
-                expected = dry_run_failure_status(
-                    e,
-                    exists=body is not None,
-                    namespace_pending=m.key.namespace in pending,
-                    force=force,
-                )
-                if expected is None:
-                    comparison.errors[m.key] = f"{m.key}: {e.api_message}"
-                comparison.status[m.key] = SyncStatus.OUT_OF_SYNC
-                return
-        if body is None:
-            comparison.status[m.key] = SyncStatus.OUT_OF_SYNC
-            return
-        result = diffing.diff(predicted, body, rules=rules, key=m.key)
-        comparison.diffs[m.key] = result
-        comparison.status[m.key] = SyncStatus.OUT_OF_SYNC if result.modified else SyncStatus.SYNCED
-
     async with anyio.create_task_group() as tg:
         for m in targets:
-            tg.start_soon(one, m)
+            fp = fingerprints.get(tracking.key_to_str(m.key))
+            tg.start_soon(differ.one, m, desired.types.get(m.key), fp)
     return comparison
+
+
+@dataclass
+class _DryRunDiff:
+    """Compares one desired object with its live one, writing into `comparison`."""
+
+    app: Application
+    client: KubeClient
+    comparison: Comparison
+    rules: list[diffing.IgnoreRule]
+    pending: set[str]
+    app_options: SyncOptions
+    limiter: anyio.CapacityLimiter
+
+    async def one(self, m: Manifest, rt: ResourceType | None, fp: list[str] | None) -> None:
+        live = self.comparison.live.get(m.key)
+        owner = tracking.owner_of(live) if live is not None else ""
+        if owner and owner != self.app.instance_name:
+            self.comparison.shared[m.key] = (
+                f"{m.key.kind}/{m.key.name} is part of applications {self.app.name} and {owner}"
+            )
+        if fingerprint_current(fp, m.body, live):
+            self.comparison.status[m.key] = SyncStatus.SYNCED
+            return
+        self.comparison.status[m.key] = SyncStatus.OUT_OF_SYNC
+        if rt is None:
+            return  # its CRD is not installed yet
+        async with self.limiter:
+            try:
+                predicted = await self.client.apply(rt, m.body, dry_run=True)
+            except KubeError as e:
+                force = self.app_options.merged(resource_sync_options(m.body)).force
+                namespace_pending = m.key.namespace in self.pending
+                exists = live is not None
+                if (
+                    dry_run_failure_status(
+                        e, exists=exists, namespace_pending=namespace_pending, force=force
+                    )
+                    is None
+                ):
+                    self.comparison.errors[m.key] = f"{m.key}: {e.api_message}"
+                return
+        if live is not None:
+            result = diffing.diff(predicted, live, rules=self.rules, key=m.key)
+            self.comparison.diffs[m.key] = result
+            if not result.modified:
+                self.comparison.status[m.key] = SyncStatus.SYNCED

@@ -40,44 +40,18 @@ def build_status(
     request: SyncRequest | None,
 ) -> dict[str, Any]:
     """Argo CD-shaped `status` from the comparison and the operation (if one ran)."""
-    resources: list[dict[str, Any]] = []
-    health_items: list[tuple[ResourceKey, Health | None, bool]] = []
-    for m in desired.manifests:
-        if is_hook(m.body):
-            continue
-        body = comparison.live.get(m.key)
-        h = (
-            assess(body)
-            if body is not None
-            else Health(HealthStatus.MISSING, "resource is missing")
-        )
-        if annotations_of(m.body).get(ANN_IGNORE_HEALTHCHECK) == "true":
-            h = None
-        health_items.append((m.key, h, body is not None))
-        resources.append(
-            resource_entry(m.key, m.body, comparison.status.get(m.key), h, requires_pruning=False)
-        )
-    for key, body in comparison.owned_extra.items():
-        resources.append(
-            resource_entry(key, body, SyncStatus.OUT_OF_SYNC, assess(body), requires_pruning=True)
-        )
-    app_health = aggregate(health_items) if health_items else Health(HealthStatus.HEALTHY)
+    resources, app_health = resources_and_health(desired, comparison)
     if comparison.errors:
         conditions.append(
             condition("ComparisonError", "; ".join(sorted(comparison.errors.values())))
         )
-    src = app.sources[0]
+    source = compared_source(app)
     status: dict[str, Any] = {
         "sync": {
             "status": str(comparison.sync_status),
             "revision": desired.revision,
             "comparedTo": {
-                "source": app.raw.get("spec", {}).get("source")
-                or {
-                    "repoURL": src.repo_url,
-                    "path": src.path,
-                    "targetRevision": src.target_revision,
-                },
+                "source": source,
                 "destination": app.raw.get("spec", {}).get("destination", {}),
             },
         },
@@ -91,54 +65,108 @@ def build_status(
     }
     if len(desired.revisions) > 1:
         status["sync"]["revisions"] = desired.revisions
-    status["operationState"] = previous.get("operationState")
     if operation is not None and request is not None:
-        status["operationState"] = {
-            "operation": {
-                "sync": {
-                    "revision": operation.revision,
-                    "prune": bool(request.prune),
-                    "dryRun": request.dry_run,
-                },
-                "initiatedBy": {
-                    "username": request.initiated_by,
-                    "automated": request.initiated_by == "automated",
-                },
-            },
-            "phase": str(operation.phase),
-            "message": operation.message,
-            "syncResult": {
-                "resources": [r.to_status() for r in operation.results],
-                "revision": operation.revision,
-                "source": status["sync"]["comparedTo"]["source"],
-            },
-            "startedAt": operation.started_at,
-            "finishedAt": operation.finished_at,
-            "retryCount": request.retry_count,
-        }
+        status["operationState"] = operation_state(operation, request, source)
         if operation.phase is OperationPhase.SUCCEEDED and not request.dry_run:
-            history = status["history"]
-            next_id = max((h.get("id", 0) for h in history), default=-1) + 1
-            history.append(
-                {
-                    "id": next_id,
-                    "revision": operation.revision,
-                    "source": status["sync"]["comparedTo"]["source"],
-                    "deployStartedAt": operation.started_at,
-                    "deployedAt": operation.finished_at,
-                    "initiatedBy": {
-                        "username": request.initiated_by,
-                        "automated": request.initiated_by == "automated",
-                    },
-                }
+            entry = history_entry(operation, request, source)
+            status["history"] = trimmed_history(
+                status["history"], entry, app.revision_history_limit
             )
-            limit = app.revision_history_limit
-            status["history"] = history[-limit:] if limit > 0 else []
         elif operation.phase is OperationPhase.FAILED:
             conditions.append(condition("SyncError", operation.message))
-    if status["operationState"] is None:
-        del status["operationState"]
+    elif previous.get("operationState") is not None:
+        status["operationState"] = previous["operationState"]
     return status
+
+
+def resources_and_health(
+    desired: Desired, comparison: Comparison
+) -> tuple[list[dict[str, Any]], Health]:
+    """`status.resources` (desired objects, then prune candidates) and the app's health,
+    aggregated over the desired objects that do not opt out of health checks."""
+    resources: list[dict[str, Any]] = []
+    health_items: list[tuple[ResourceKey, Health | None, bool]] = []
+    for m in desired.manifests:
+        if is_hook(m.body):
+            continue
+        body = comparison.live.get(m.key)
+        h: Health | None = (
+            assess(body)
+            if body is not None
+            else Health(HealthStatus.MISSING, "resource is missing")
+        )
+        if annotations_of(m.body).get(ANN_IGNORE_HEALTHCHECK) == "true":
+            h = None
+        health_items.append((m.key, h, body is not None))
+        sync = comparison.status.get(m.key)
+        resources.append(resource_entry(m.key, m.body, sync, h, requires_pruning=False))
+    for key, body in comparison.owned_extra.items():
+        resources.append(
+            resource_entry(key, body, SyncStatus.OUT_OF_SYNC, assess(body), requires_pruning=True)
+        )
+    app_health = aggregate(health_items) if health_items else Health(HealthStatus.HEALTHY)
+    return resources, app_health
+
+
+def compared_source(app: Application) -> dict[str, Any]:
+    """The source as Argo CD echoes it in `comparedTo` (the document's, else the first)."""
+    raw = app.raw.get("spec", {}).get("source")
+    if raw:
+        return dict(raw)
+    src = app.sources[0]
+    return {"repoURL": src.repo_url, "path": src.path, "targetRevision": src.target_revision}
+
+
+def _initiated_by(request: SyncRequest) -> dict[str, Any]:
+    return {"username": request.initiated_by, "automated": request.initiated_by == "automated"}
+
+
+def operation_state(
+    operation: Operation, request: SyncRequest, source: dict[str, Any]
+) -> dict[str, Any]:
+    """Argo CD's `status.operationState` for a finished (or interrupted) operation."""
+    return {
+        "operation": {
+            "sync": {
+                "revision": operation.revision,
+                "prune": bool(request.prune),
+                "dryRun": request.dry_run,
+            },
+            "initiatedBy": _initiated_by(request),
+        },
+        "phase": str(operation.phase),
+        "message": operation.message,
+        "syncResult": {
+            "resources": [r.to_status() for r in operation.results],
+            "revision": operation.revision,
+            "source": source,
+        },
+        "startedAt": operation.started_at,
+        "finishedAt": operation.finished_at,
+        "retryCount": request.retry_count,
+    }
+
+
+def history_entry(
+    operation: Operation, request: SyncRequest, source: dict[str, Any]
+) -> dict[str, Any]:
+    """One `status.history` entry for a successful sync (its id is set when appended)."""
+    return {
+        "revision": operation.revision,
+        "source": source,
+        "deployStartedAt": operation.started_at,
+        "deployedAt": operation.finished_at,
+        "initiatedBy": _initiated_by(request),
+    }
+
+
+def trimmed_history(
+    history: list[dict[str, Any]], entry: dict[str, Any], limit: int
+) -> list[dict[str, Any]]:
+    """`history` with `entry` appended under the next id, keeping the last `limit` entries."""
+    next_id = max((h.get("id", 0) for h in history), default=-1) + 1
+    grown = [*history, {"id": next_id, **entry}]
+    return grown[-limit:] if limit > 0 else []
 
 
 def error_status(
