@@ -237,30 +237,35 @@ class Reconciler:
         """The app's desired state, only after its AppProject allowed the source and destination
         (before git is contacted) and every rendered resource (after). Every caller — sync,
         diff, render, check — goes through here, so none can skip the project."""
-        project = self.project_for(app)
-        if project is None:
-            raise PlanError(
-                f"Application/{app.name}: project {app.project!r} does not exist; "
-                "nothing is synced until it does"
-            )
-        cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
-        client = await self.clusters.client(cluster)
-        early = app_violations(app, project, cluster, None)
+        target = await self._target(app, PlanError, "nothing is synced until it does")
+        early = app_violations(app, target.project, target.cluster, None)
         if early:
             raise ProjectViolation("; ".join(early))
         desired = await render_desired(
             app,
-            client,
+            target.client,
             repos=self.repos,
             renderer=self.renderer,
             revision=revision,
             max_age=max_age,
         )
         self._inputs[app.name] = desired.inputs
-        violations = app_violations(app, project, cluster, desired)
+        violations = app_violations(app, target.project, target.cluster, desired)
         if violations:
             raise ProjectViolation("; ".join(violations))
-        return Target(project, cluster, client), desired
+        return target, desired
+
+    async def _target(
+        self, app: Application, error: type[GitopsdError], consequence: str
+    ) -> Target:
+        """The app's project, cluster and client; `error` when its project does not exist."""
+        project = self.project_for(app)
+        if project is None:
+            raise error(
+                f"Application/{app.name}: project {app.project!r} does not exist; {consequence}"
+            )
+        cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
+        return Target(project, cluster, await self.clusters.client(cluster))
 
     async def compare(
         self,
@@ -411,19 +416,14 @@ class Reconciler:
     async def delete_app(self, app: Application) -> list[ResourceResult]:
         """Cascade-delete what `app` owns (see `daemon.deletion`) and forget its state."""
         async with self._locks.setdefault(app.name, anyio.Lock()):
-            project = self.project_for(app)
-            if project is None:
-                raise SyncFailed(
-                    f"Application/{app.name}: project {app.project!r} does not exist; refusing "
-                    "to delete resources it cannot vouch for"
-                )
-            cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
-            client = await self.clusters.client(cluster)
+            target = await self._target(
+                app, SyncFailed, "refusing to delete resources it cannot vouch for"
+            )
             results = await delete_resources(
                 app,
-                project,
-                cluster,
-                client,
+                target.project,
+                target.cluster,
+                target.client,
                 inventory=self.inventory,
                 fingerprints=self.store.load(app.name).get("fingerprints", {}),
                 parallelism=self.settings.kube_parallelism,

@@ -20,6 +20,7 @@ from daemon import yamlio
 from daemon.appproject import DEFAULT_PROJECT, AppProject
 from daemon.appproject.roles import parse_roles
 from daemon.appproject.windows import project_sync_windows
+from daemon.durations import parse_go_duration
 from daemon.errors import ConfigError
 
 IN_CLUSTER_SERVER = "https://kubernetes.default.svc"
@@ -28,8 +29,6 @@ RESOURCES_FINALIZER = "resources-finalizer.argocd.argoproj.io"
 RESOURCES_FINALIZER_BG = "resources-finalizer.argocd.argoproj.io/background"
 ARGO_API = "argoproj.io/v1alpha1"
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 
 
 def parse_duration(value: Any, *, where: str) -> float:
@@ -41,10 +40,15 @@ def parse_duration(value: Any, *, where: str) -> float:
     text = str(value).strip()
     if text.isdigit():
         return float(text)
-    if not _DURATION_RE.match(text):
-        raise ConfigError(f"{where}: invalid duration {value!r} (examples: 30s, 3m, 1h30m)")
-    unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    return sum(float(n) * unit[u] for n, u in _DURATION_PART.findall(text))
+    try:
+        seconds = parse_go_duration(text)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: invalid duration {value!r} (examples: 30s, 3m, 1h30m)"
+        ) from None
+    if seconds < 0:
+        raise ConfigError(f"{where}: a duration must not be negative, got {value!r}")
+    return seconds
 
 
 class _Fields:

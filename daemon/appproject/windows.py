@@ -5,7 +5,6 @@ verdict for one app at one instant. Pure: callers pass `now`.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -15,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from daemon.appproject import AppProject, project_where
 from daemon.appproject.cron import NEXT_HORIZON, instants, parse_cron
 from daemon.appproject.cron import slack as zone_slack
+from daemon.durations import format_duration, parse_go_duration
 from daemon.globs import glob_match
 
 
@@ -43,56 +43,9 @@ class SyncWindow:
 
     def __str__(self) -> str:
         return (
-            f"{self.kind} window {self.schedule!r} for {_format_duration(self.duration)}"
+            f"{self.kind} window {self.schedule!r} for {format_duration(self.duration)}"
             f"{'' if self.time_zone == 'UTC' else f' ({self.time_zone})'}"
         )
-
-
-def _format_duration(seconds: float) -> str:
-    hours = int(seconds // 3600)
-    minutes = int(seconds % 3600 // 60)
-    rest = seconds - hours * 3600 - minutes * 60
-    text = f"{hours}h" if hours else ""
-    text += f"{minutes}m" if minutes else ""
-    text += f"{rest:g}s" if rest else ""
-    return text or "0s"
-
-
-# Hand-written: Go's time.ParseDuration grammar is small and exact here; the Python duration
-# libraries parse other dialects (ISO 8601, "1 hour") and would accept what Argo CD refuses.
-_GO_DURATION_PART = re.compile(r"(\d*\.?\d*)(ns|us|µs|μs|ms|s|m|h)")
-_GO_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_go_duration(text: str) -> float:
-    """Seconds in a Go `time.ParseDuration` string such as `1h30m`, `90s` or `1.5h`."""
-    s = text.strip()
-    sign = -1.0 if s.startswith("-") else 1.0
-    if s.startswith(("-", "+")):
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    if not s:
-        raise ValueError(f"invalid duration {text!r}")
-    total, pos = 0.0, 0
-    while pos < len(s):
-        m = _GO_DURATION_PART.match(s, pos)
-        if not m or m.group(1) in ("", "."):
-            if re.match(r"\d*\.?\d*$", s[pos:]):
-                raise ValueError(f"missing unit in duration {text!r} (examples: 30m, 1h30m)")
-            raise ValueError(f"invalid duration {text!r} (examples: 30m, 1h30m)")
-        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
-        pos = m.end()
-    return sign * total
 
 
 def _zone(name: str) -> tzinfo:
