@@ -80,16 +80,22 @@ def auto_sync_request(
 
 
 def resume_request(status: dict[str, Any]) -> SyncRequest | None:
-    """An operation interrupted by a shutdown (phase Terminating) runs again after restart."""
+    """The operation to resume when the saved state shows one unfinished: Terminating (a
+    shutdown stopped it at a wave boundary) or Running (the process died during it). It keeps
+    its identity, so hooks it already created are adopted, not run again."""
     op = status.get("operationState") or {}
-    if op.get("phase") != "Terminating":
+    if op.get("phase") not in ("Terminating", "Running"):
         return None
-    spec = (op.get("operation") or {}).get("sync") or {}
-    who = (op.get("operation") or {}).get("initiatedBy") or {}
+    operation = op.get("operation") or {}
+    spec = operation.get("sync") or {}
+    who = operation.get("initiatedBy") or {}
     return SyncRequest(
-        revision=str((op.get("syncResult") or {}).get("revision") or ""),
+        revision=str(spec.get("revision") or (op.get("syncResult") or {}).get("revision") or ""),
         prune=bool(spec.get("prune")),
         initiated_by=str(who.get("username") or "automated"),
+        options=tuple(str(o) for o in spec.get("syncOptions") or ()),
+        retry_count=int(op.get("retryCount") or 0),
+        operation_id=str(operation.get("operationId") or ""),
     )
 
 

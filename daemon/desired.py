@@ -89,22 +89,33 @@ async def render_desired(
 
 def crd_scopes(manifests: Sequence[Manifest]) -> dict[tuple[str, str], bool]:
     """(group, kind) -> namespaced, for every CustomResourceDefinition among `manifests`."""
-    scopes: dict[tuple[str, str], bool] = {}
+    return {gk: namespaced for gk, (namespaced, _) in crd_kinds(manifests).items()}
+
+
+def crd_kinds(manifests: Sequence[Manifest]) -> dict[tuple[str, str], tuple[bool, set[str]]]:
+    """(group, kind) -> (namespaced, served versions), for every CRD among `manifests`."""
+    kinds: dict[tuple[str, str], tuple[bool, set[str]]] = {}
     for m in manifests:
         if m.key.kind == "CustomResourceDefinition":
             spec = m.body.get("spec") or {}
             names = spec.get("names") or {}
-            scopes[(str(spec.get("group", "")), str(names.get("kind", "")))] = (
-                spec.get("scope", "Namespaced") == "Namespaced"
+            served = {
+                str(v.get("name"))
+                for v in spec.get("versions") or []
+                if isinstance(v, dict) and v.get("served", True)
+            }
+            kinds[(str(spec.get("group", "")), str(names.get("kind", "")))] = (
+                spec.get("scope", "Namespaced") == "Namespaced",
+                served,
             )
-    return scopes
+    return kinds
 
 
 async def prepare(
     app: Application, client: KubeClient, manifests: Sequence[Manifest]
 ) -> tuple[list[Manifest], dict[ResourceKey, ResourceType | None]]:
     """Resolve kinds, default namespaces, add tracking ids; reject what cannot be synced."""
-    crds = crd_scopes(manifests)
+    crds = crd_kinds(manifests)
     errors: list[str] = []
     out: list[Manifest] = []
     types: dict[ResourceKey, ResourceType | None] = {}
@@ -139,10 +150,11 @@ async def prepare(
             try:
                 rt = await client.resource_for(m.api_version, m.key.kind, subject=str(m.key))
             except KubeNotFound as e:
-                if (m.key.group, m.key.kind) not in crds:
-                    errors.append(f"{m.source}: {m.key}: {e.api_message}")
+                error = _unserved(m, crds) if (m.key.group, m.key.kind) in crds else e.api_message
+                if error:
+                    errors.append(f"{m.source}: {m.key}: {error}")
                     continue
-        namespaced = rt.namespaced if rt is not None else crds[(m.key.group, m.key.kind)]
+        namespaced = rt.namespaced if rt is not None else crds[(m.key.group, m.key.kind)][0]
         body, error = placed(app, m, namespaced=namespaced)
         if error:
             errors.append(error)
@@ -154,6 +166,18 @@ async def prepare(
     if errors:
         raise PlanError("; ".join(errors))
     return out, types
+
+
+def _unserved(m: Manifest, crds: dict[tuple[str, str], tuple[bool, set[str]]]) -> str:
+    """Why a custom resource cannot be applied after its CRD in this app ('' when it can)."""
+    _, served = crds[(m.key.group, m.key.kind)]
+    version = m.api_version.rpartition("/")[2]
+    if version in served:
+        return ""
+    return (
+        f"the CustomResourceDefinition for {m.key.kind}.{m.key.group} in this app does not "
+        f"serve version {version} (it serves {', '.join(sorted(served)) or 'none'})"
+    )
 
 
 def placed(app: Application, m: Manifest, *, namespaced: bool) -> tuple[Body, str]:

@@ -80,6 +80,30 @@ class RateLimiter:
             self.tokens -= 1
 
 
+@dataclass
+class Reachability:
+    """Whether a cluster answers, judged from the outcomes of real requests (a timeout, a reset
+    or refused connection, a 5xx or 429 counts against it; any other answer for it)."""
+
+    failing_since: float | None = None  # monotonic time of the first failure in a row
+    last_error: str = ""
+    last_ok: float = 0.0
+
+    def answered(self) -> None:
+        self.failing_since = None
+        self.last_error = ""
+        self.last_ok = time.monotonic()
+
+    def failed(self, error: str) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.last_error = error
+
+    def down_for(self) -> float:
+        """Seconds the cluster has failed every request (0 while it answers)."""
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
+
+
 class KubeClient:
     """A client for one cluster (its own connection pool, discovery cache and rate limit)."""
 
@@ -117,6 +141,7 @@ class KubeClient:
         self.requests: Counter[str] = Counter()  # verb -> count, read by benchmarks and metrics
         self.listeners: list[Callable[[str, str, int], None]] = []  # (verb, kind, status)
         self.server_version = ""
+        self.reachability = Reachability()
 
     # --- construction -----------------------------------------------------------------------
 
@@ -222,12 +247,18 @@ class KubeClient:
                     method, path, params=params, content=content, headers=headers
                 )
             except httpx.TimeoutException as e:
+                self.reachability.failed(f"timed out after {self.timeout:g}s")
                 raise KubeError(subject, verb, f"timed out after {self.timeout:g}s") from e
             except httpx.HTTPError as e:
+                self.reachability.failed(f"{type(e).__name__}: {e}")
                 if attempt < 2:
                     await anyio.sleep(0.2 * (attempt + 1))
                     continue
                 raise KubeError(subject, verb, f"cluster {self.name} unreachable: {e}") from e
+            if r.status_code >= 500 or r.status_code == 429:
+                self.reachability.failed(f"HTTP {r.status_code} from the API server")
+            else:
+                self.reachability.answered()
             for fn in self.listeners:
                 fn(verb, kind, r.status_code)
             if r.status_code == 401 and self._refresh is not None and attempt == 0:
@@ -247,6 +278,20 @@ class KubeClient:
                 raise exc(subject, verb, _api_message(r), status=r.status_code)
             return r
         raise KubeError(subject, verb, "retries exhausted")  # pragma: no cover
+
+    async def probe(self, *, timeout: float = 5.0) -> bool:
+        """Ask the API server for its version with a short timeout; feeds `reachability` so a
+        blackholed cluster is noticed even while no other request is in flight."""
+        try:
+            r = await self.http.get("/version", timeout=timeout)
+        except httpx.HTTPError as e:
+            self.reachability.failed(f"{type(e).__name__}: {e}".rstrip(": "))
+            return False
+        if r.status_code >= 500 or r.status_code == 429:
+            self.reachability.failed(f"HTTP {r.status_code} from the API server")
+            return False
+        self.reachability.answered()
+        return True
 
     # --- discovery --------------------------------------------------------------------------
 
@@ -275,23 +320,11 @@ class KubeClient:
                     group_versions.append((g["name"], v["version"], v["version"] == preferred))
 
             async def load(group: str, version: str, preferred: bool) -> None:
-                path = f"/apis/{group}/{version}" if group else f"/api/{version}"
                 try:
-                    resp = await self._request("GET", path, subject=path, verb="discover")
+                    found = await self._group_version(group, version)
                 except KubeError:
                     return  # an unavailable aggregated API must not break discovery
-                assert resp is not None
-                for res in resp.json().get("resources", []):
-                    if "/" in res["name"]:
-                        continue  # subresource
-                    rt = ResourceType(
-                        group=group,
-                        version=version,
-                        kind=res["kind"],
-                        plural=res["name"],
-                        namespaced=bool(res.get("namespaced")),
-                        verbs=frozenset(res.get("verbs", [])),
-                    )
+                for rt in found:
                     by_gvk[(group, version, rt.kind)] = rt
                     lst = types.setdefault((group, rt.kind), [])
                     lst.insert(0, rt) if preferred else lst.append(rt)
@@ -302,11 +335,50 @@ class KubeClient:
             self._types, self._by_gvk = types, by_gvk
             self._discovered_at = time.monotonic()
 
+    async def _group_version(self, group: str, version: str) -> list[ResourceType]:
+        """The resource types one group version serves (subresources left out)."""
+        path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        resp = await self._request("GET", path, subject=path, verb="discover")
+        assert resp is not None
+        return [
+            ResourceType(
+                group=group,
+                version=version,
+                kind=res["kind"],
+                plural=res["name"],
+                namespaced=bool(res.get("namespaced")),
+                verbs=frozenset(res.get("verbs", [])),
+            )
+            for res in resp.json().get("resources", [])
+            if "/" not in res["name"]
+        ]
+
+    async def discover_group(self, group: str, version: str) -> list[ResourceType]:
+        """(Re)load one group version into the discovery cache now, e.g. right after its CRD
+        became Established; a full rediscovery would be throttled and cost every group."""
+        await self.discover()
+        try:
+            found = await self._group_version(group, version)
+        except KubeNotFound:
+            return []
+        async with self._discovery_lock:
+            types = dict(self._types)
+            by_gvk = dict(self._by_gvk)
+            for rt in found:
+                by_gvk[(group, version, rt.kind)] = rt
+                versions = [t for t in types.get((group, rt.kind), []) if t.version != version]
+                types[(group, rt.kind)] = [*versions, rt]
+            self._types, self._by_gvk = types, by_gvk
+        return found
+
     async def resource_for(self, api_version: str, kind: str, *, subject: str) -> ResourceType:
         """The resource type of (apiVersion, kind); rediscovers once (new CRDs) before failing."""
         group, _, version = api_version.rpartition("/")
         await self.discover()
         rt = self._by_gvk.get((group, version, kind))
+        if rt is None and group:
+            await self.discover_group(group, version)  # a CRD installed since discovery
+            rt = self._by_gvk.get((group, version, kind))
         if rt is None:
             await self.discover(force=True)
             rt = self._by_gvk.get((group, version, kind))
@@ -587,6 +659,10 @@ class Clusters:
             client.limiter = RateLimiter(cluster.qps, cluster.burst)
             self._clients[cluster.name] = client
             return client
+
+    def clients(self) -> dict[str, KubeClient]:
+        """The clients created so far, by cluster name."""
+        return dict(self._clients)
 
     async def aclose(self) -> None:
         for c in self._clients.values():

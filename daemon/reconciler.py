@@ -14,7 +14,7 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -39,6 +39,7 @@ from daemon.status import build
 from daemon.status.state import StateStore
 from daemon.sync import SyncContext, run_operation
 from daemon.sync.children import ChildTasks
+from daemon.sync.hooks import hook_places, release_stale
 
 log = structlog.get_logger("gitopsd.reconcile")
 
@@ -61,6 +62,9 @@ class RunState:
     status: dict[str, Any]
     fingerprints: dict[str, list[str]]
     conditions: list[dict[str, str]] = field(default_factory=list)
+    # [group, kind, namespace] where the app's hooks live (to release their finalizers later,
+    # even on deletion when nothing is rendered any more).
+    hook_places: list[list[str]] = field(default_factory=list)
 
 
 class Reconciler:
@@ -159,6 +163,7 @@ class Reconciler:
         run = RunState(
             status=dict(previous.get("status") or {}),
             fingerprints=dict(previous.get("fingerprints") or {}),
+            hook_places=list(previous.get("hookPlaces") or []),
         )
         started = time.monotonic()
         bound = log.bind(app=app.name, run=uuid.uuid4().hex[:8])
@@ -207,13 +212,18 @@ class Reconciler:
             run.conditions.append(build.condition("SharedResourceWarning", message))
         request = sync or (self._auto_request(app, run, desired, comparison) if auto else None)
         request = self._admit(app, target, request, run, bound)
+        if request is not None and not request.dry_run and not request.operation_id:
+            request = replace(request, operation_id=uuid.uuid4().hex[:12])
+        known = {(p[0], p[1], p[2]) for p in run.hook_places if len(p) == 3}
+        known |= {(rt.group, rt.kind, ns) for rt, ns in hook_places(desired)}
+        run.hook_places = [list(p) for p in sorted(known)]
         operation: Operation | None = None
         if request is not None:
             bound.info(
                 "sync starting", initiated_by=request.initiated_by, self_heal=request.self_heal
             )
             operation = await run_operation(
-                self._sync_context(),
+                self._sync_context(run),
                 app,
                 target.client,
                 desired,
@@ -338,8 +348,18 @@ class Reconciler:
             return None
         return request
 
-    def _sync_context(self) -> SyncContext:
+    def _sync_context(self, run: RunState) -> SyncContext:
+        async def checkpoint(name: str, operation_state: dict[str, Any]) -> None:
+            """Persist the Running operation before its first write."""
+            status = {**run.status, "operationState": operation_state}
+            record = {**self._states.get(name, {}), "status": status}
+            record["fingerprints"] = run.fingerprints
+            record["hookPlaces"] = run.hook_places
+            await self.store.save(name, record)
+            self._saved.discard(name)  # the run's end must overwrite it, changed or not
+
         return SyncContext(
+            checkpoint=checkpoint,
             settings=self.settings,
             inventory=self.inventory,
             children=self.child_tasks,
@@ -355,6 +375,7 @@ class Reconciler:
             "status": run.status,
             "fingerprints": run.fingerprints,
             "children": self.children.saved(app.name),
+            "hookPlaces": run.hook_places,
         }
         digest = build.meaningful(record)
         changed = digest != self._digests.get(app.name, build.meaningful(previous))
@@ -419,13 +440,20 @@ class Reconciler:
             target = await self._target(
                 app, SyncFailed, "refusing to delete resources it cannot vouch for"
             )
+            saved = self.store.load(app.name)
+            places = [
+                (rt, p[2])
+                for p in saved.get("hookPlaces") or []
+                if len(p) == 3 and (rt := target.client.preferred(p[0], p[1])) is not None
+            ]
+            await release_stale(target.client, app.name, places)
             results = await delete_resources(
                 app,
                 target.project,
                 target.cluster,
                 target.client,
                 inventory=self.inventory,
-                fingerprints=self.store.load(app.name).get("fingerprints", {}),
+                fingerprints=saved.get("fingerprints", {}),
                 parallelism=self.settings.kube_parallelism,
             )
             await self.store.delete(app.name)

@@ -27,6 +27,7 @@ from anyio.abc import TaskGroup
 from daemon import appsets
 from daemon import settings as settings_mod
 from daemon.appproject import AppProject
+from daemon.clusterwatch import ClusterMonitor
 from daemon.engine import Engine
 from daemon.errors import ConfigError, GitopsdError, KubeError
 from daemon.health.checks import assess
@@ -253,6 +254,12 @@ class Daemon:
         engine.reconciler.progress = self._progress
         engine.reconciler.child_tasks.on_added = self._child_added
         engine.reconciler.child_tasks.on_removed = self._child_removed
+        self.monitor = ClusterMonitor(
+            clusters=engine.clusters,
+            metrics=self.metrics,
+            workers=lambda: self.workers,
+            settings=lambda: self.config.settings,
+        )
 
     # --- metrics hooks ----------------------------------------------------------------------
 
@@ -287,6 +294,7 @@ class Daemon:
             tg.start_soon(self._config_watcher)
             tg.start_soon(self._heartbeat)
             await self._check_clusters()
+            tg.start_soon(self.monitor.run)
             self.ready = True
             self.notifier.send("READY=1\nSTATUS=serving")
             log.info("gitopsd started", apps=len(self.workers), listen=self.config.settings.listen)
@@ -720,6 +728,11 @@ class Daemon:
             delay = min(300.0, delay * 2)
 
     # --- API helpers ------------------------------------------------------------------------
+
+    @property
+    def unreachable_clusters(self) -> dict[str, str]:
+        """Clusters unreachable now, with what the daemon knows of the outage."""
+        return {name: o.message() for name, o in self.monitor.outages.items()}
 
     def project_for(self, app: Application) -> AppProject | None:
         return self.engine.reconciler.project_for(app)

@@ -171,6 +171,8 @@ class Settings:
     inventory_namespace: str = "gitopsd-system"  # where per-app inventories live in-cluster
     listen: str = "127.0.0.1:8080"
     self_heal_debounce: float = 1.0  # seconds to batch drift events before a self-heal
+    cluster_probe_interval: float = 5.0  # how often each cluster's API server is asked
+    cluster_unreachable_after: float = 10.0  # failing this long makes a cluster unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,6 +588,8 @@ def load(path: str | os.PathLike[str]) -> Config:
         inventory_namespace=s.text("inventoryNamespace", d.inventory_namespace),
         listen=s.text("listen", d.listen),
         self_heal_debounce=dur("selfHealDebounce", d.self_heal_debounce),
+        cluster_probe_interval=dur("clusterProbeInterval", d.cluster_probe_interval),
+        cluster_unreachable_after=dur("clusterUnreachableAfter", d.cluster_unreachable_after),
     )
     s.done()
 

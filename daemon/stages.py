@@ -31,6 +31,9 @@ class SyncRequest:
     self_heal: bool = False
     options: tuple[str, ...] = ()
     retry_count: int = 0
+    # Names one operation across restarts: hooks it creates carry it, and an operation resumed
+    # after a crash adopts them instead of running them again.
+    operation_id: str = ""
 
 
 @dataclass

@@ -52,6 +52,9 @@ class Control(Protocol):
     @property
     def workers(self) -> Mapping[str, AppView]: ...
 
+    @property
+    def unreachable_clusters(self) -> dict[str, str]: ...
+
     def project_for(self, app: Application) -> AppProject | None:
         """The project `app` is judged by (None when it does not exist)."""
 
@@ -257,12 +260,16 @@ def build_app(daemon: Control) -> web.Application:
 
     @routes.get("/readyz")
     async def readyz(request: web.Request) -> web.Response:
-        ok = daemon.ready
+        # Unready while a destination cluster is unreachable: the daemon cannot do its job for
+        # the apps there (liveness, /healthz, stays green).
+        unreachable = daemon.unreachable_clusters
+        ok = daemon.ready and not unreachable
         return web.json_response(
             {
                 "ready": ok,
                 "configError": daemon.config_error,
-                "clusters": sorted(daemon.clusters_ok),
+                "clusters": sorted(set(daemon.clusters_ok) - set(unreachable)),
+                "unreachableClusters": unreachable,
             },
             status=200 if ok else 503,
         )

@@ -111,6 +111,12 @@ class Metrics:
             ["name", "server", "k8s_version"],
             registry=r,
         )
+        self.cluster_connection = Gauge(
+            "argocd_cluster_connection_status",
+            "The k8s cluster current connection status (1 reachable, 0 unreachable).",
+            ["name", "server", "k8s_version"],
+            registry=r,
+        )
         self.queue_depth = Gauge("gitopsd_queue_depth", "Apps waiting for a sync slot.", registry=r)
         self.syncs_in_use = Gauge("gitopsd_sync_pool_in_use", "Syncs running now.", registry=r)
         self.sync_pool_size = Gauge("gitopsd_sync_pool_size", "maxConcurrentSyncs.", registry=r)

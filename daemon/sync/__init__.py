@@ -9,7 +9,8 @@ record what the app owns now. Selection and bookkeeping are pure functions below
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from daemon.plan.options import SyncOptions, is_hook, parse_sync_options
 from daemon.plan.order import SyncTask, build_tasks, split_syncfail
 from daemon.settings import Application, Settings
 from daemon.stages import Comparison, Desired, Operation, SyncRequest
+from daemon.status import build
 from daemon.sync import hooks
 from daemon.sync.children import ChildTasks
 from daemon.sync.waves import Outcome, Run, run_syncfail, run_waves
@@ -56,6 +58,9 @@ class SyncContext:
     children: ChildTasks
     stopping: Callable[[], bool]
     progress: Progress | None = None
+    # Persists the Running operationState before the first write, so a process killed mid-sync
+    # resumes this very operation (and adopts its hooks) after a restart.
+    checkpoint: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
 
 def preflight(
@@ -196,8 +201,10 @@ async def run_operation(
     auto = app.sync_policy.automated
     prune = request.prune if request.prune is not None else bool(auto and auto.prune)
 
+    revision = desired.revision
+
     def done(phase: OperationPhase, message: str, results: list[ResourceResult]) -> Operation:
-        return Operation(phase, message, results, started, now_iso(), desired.revision)
+        return Operation(phase, message, results, started, now_iso(), revision)
 
     refused = preflight(
         desired, comparison, opts, prune=prune, allow_empty=bool(auto and auto.allow_empty)
@@ -212,9 +219,13 @@ async def run_operation(
             OperationPhase.SUCCEEDED, "successfully synced (dry run)", dry_run_results(main)
         )
 
+    def state(results: Sequence[ResourceResult], message: str) -> dict[str, Any]:
+        running = Operation(OperationPhase.RUNNING, message, list(results), started, "", revision)
+        return build.operation_state(running, request, build.compared_source(app))
+
     def report(results: Sequence[ResourceResult], message: str) -> None:
         if ctx.progress is not None:
-            ctx.progress(app.name, progress_state(started, desired.revision, results, message))
+            ctx.progress(app.name, state(results, f"running {message}"))
 
     run = Run(
         app=app,
@@ -230,6 +241,13 @@ async def run_operation(
         stopping=ctx.stopping,
         report=report,
         log=bound,
+        run_stamp=request.operation_id[:8] or str(int(time.time())),
+        operation_id=request.operation_id,
+    )
+    if ctx.checkpoint is not None:
+        await ctx.checkpoint(app.name, state([], "running (started)"))
+    await hooks.release_stale(
+        client, app.name, hooks.hook_places(desired), keep=request.operation_id
     )
     # Record intent first: if we die mid-sync, the next run still knows what we may own.
     targets = {m.key for m in desired.manifests if not is_hook(m.body)}
@@ -282,15 +300,3 @@ async def _create_namespace(
             meta["annotations"] = mnm["annotations"]
     body = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
     await client.apply(rt, body, manager="gitopsd-namespace")
-
-
-def progress_state(
-    started: str, revision: str, results: Sequence[ResourceResult], message: str
-) -> dict[str, Any]:
-    """The Argo CD-shaped operationState shown while an operation runs."""
-    return {
-        "phase": str(OperationPhase.RUNNING),
-        "message": f"running {message}",
-        "startedAt": started,
-        "syncResult": {"revision": revision, "resources": [r.to_status() for r in results]},
-    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -40,7 +40,6 @@ from daemon.sync.children import ChildTasks
 from daemon.sync.hooks import CreatedHook, run_hook
 
 Job = Callable[[], Awaitable[ResourceResult]]
-CRD_POLLS = 40  # x 0.25 s: how long a new CRD may take to become Established
 
 
 @dataclass
@@ -61,6 +60,7 @@ class Run:
     report: Callable[[Sequence[ResourceResult], str], None]
     log: Any
     run_stamp: str = field(default_factory=lambda: str(int(time.time())))
+    operation_id: str = ""
     hooks: list[CreatedHook] = field(default_factory=list)
     results: list[ResourceResult] = field(default_factory=list)
 
@@ -163,9 +163,14 @@ async def run_step(run: Run, tasks: Sequence[SyncTask], *, prune: bool) -> list[
         results.extend(group_results)
         if any(r.failed for r in group_results):
             break
-        for r in group_results:
-            if r.key.kind == "CustomResourceDefinition":
-                await wait_crd(run.client, r.key.name)
+        crds = [r for r in group_results if r.key.kind == "CustomResourceDefinition"]
+        for r in crds:
+            error = await wait_crd(run.client, r.key.name, timeout=run.health_timeout)
+            if error:
+                failed = replace(r, status=ResultCode.SYNC_FAILED, action=Action.FAILED)
+                results[results.index(r)] = replace(failed, message=error)
+        if any(r.failed for r in results[len(results) - len(group_results) :]):
+            break
     return results
 
 
@@ -219,8 +224,10 @@ def apply_job(run: Run, task: SyncTask) -> Job:
                 rt,
                 task,
                 run.opts,
+                app=run.app.name,
                 revision=run.desired.revision,
                 run_stamp=run.run_stamp,
+                operation_id=run.operation_id,
                 created=run.hooks,
             )
         existed = task.key in run.comparison.live
@@ -308,17 +315,26 @@ async def wait_deleted(run: Run, pruned: Sequence[ResourceResult]) -> list[Resou
     return lingering
 
 
-async def wait_crd(client: KubeClient, name: str) -> None:
-    """Wait (bounded) until a CRD just applied is Established, then re-discover its kinds."""
+async def wait_crd(client: KubeClient, name: str, *, timeout: float) -> str:
+    """Wait until a CRD just applied is Established and load its served versions into the
+    discovery cache, so its custom resources apply in the same sync (as Argo CD does); an
+    error message when it does not become Established in time."""
     rt = await client.resource_for(
         "apiextensions.k8s.io/v1",
         "CustomResourceDefinition",
         subject=f"CustomResourceDefinition/{name}",
     )
-    for _ in range(CRD_POLLS):
+    deadline = time.monotonic() + timeout
+    health = None
+    while time.monotonic() < deadline:
         crd = await client.get(rt, "", name)
         health = assess(crd) if crd else None
-        if health is not None and health.status is HealthStatus.HEALTHY:
-            await client.discover(force=True)
-            return
+        if crd is not None and health is not None and health.status is HealthStatus.HEALTHY:
+            spec = crd.get("spec") or {}
+            for version in spec.get("versions") or []:
+                if version.get("served", True):
+                    await client.discover_group(str(spec.get("group", "")), str(version["name"]))
+            return ""
         await anyio.sleep(0.25)
+    why = f": {health.message}" if health is not None and health.message else ""
+    return f"CustomResourceDefinition/{name} did not become Established in {timeout:g}s{why}"

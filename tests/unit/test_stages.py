@@ -52,7 +52,7 @@ from daemon.sync import (
     select_manifests,
 )
 from daemon.sync.children import child_verdict
-from daemon.sync.hooks import hook_body, should_delete
+from daemon.sync.hooks import hook_body, hook_label, should_delete
 from daemon.sync.waves import _by_kind, mark_failed, wait_failure
 
 CM = ResourceType("", "v1", "ConfigMap", "configmaps", True, frozenset({"get", "list"}))
@@ -279,15 +279,20 @@ def test_self_heal_needs_the_flag_and_backs_off() -> None:
     assert heal(108.0) is not None
 
 
-def test_resume_request_only_for_terminating_operations() -> None:
-    """An operation a shutdown interrupted resumes with its revision, prune flag and initiator."""
+@pytest.mark.parametrize("phase", ["Terminating", "Running"])
+def test_resume_request_for_unfinished_operations(phase: str) -> None:
+    """An operation a shutdown interrupted (Terminating) or a crash cut short (Running) resumes
+    with its revision, prune flag, options, initiator and identity."""
     assert resume_request(last_op("Succeeded", "r1")) is None
-    status = last_op("Terminating", "r1")
+    status = last_op(phase, "r1")
     status["operationState"]["operation"] = {
-        "sync": {"prune": True},
+        "sync": {"prune": True, "syncOptions": ["Replace=true"]},
         "initiatedBy": {"username": "api"},
+        "operationId": "op7",
     }
-    assert resume_request(status) == SyncRequest(revision="r1", prune=True, initiated_by="api")
+    assert resume_request(status) == SyncRequest(
+        revision="r1", prune=True, initiated_by="api", options=("Replace=true",), operation_id="op7"
+    )
 
 
 def test_window_allows_reports_invalid_windows_and_blocks() -> None:
@@ -426,10 +431,21 @@ def test_hook_body_names_generate_name_hooks_per_revision_and_holds_finalizer() 
         True,
         HookType.PRE_SYNC,
     )
-    out = hook_body(task, revision="abcdef1234", run_stamp="99")
+    out = hook_body(task, app="web", revision="abcdef1234", run_stamp="99", operation_id="op1")
     assert out["metadata"]["name"] == "migrate-abcdef1-presync-99"
     assert out["metadata"]["finalizers"] == ["argocd.argoproj.io/hook-finalizer"]
     assert "generateName" not in out["metadata"]
+    assert out["metadata"]["labels"] == {"gitopsd.io/hook-of": "web"}
+    assert out["metadata"]["annotations"] == {"gitopsd.io/operation": "op1"}
+    again = hook_body(task, app="web", revision="abcdef1234", run_stamp="99", operation_id="op1")
+    assert again == out  # a resumed operation looks for exactly the same hook
+
+
+def test_hook_label_fits_any_app_name() -> None:
+    """App names that are not valid label values are hashed into one."""
+    assert hook_label("web") == "web"
+    long = hook_label("a" * 100)
+    assert len(long) <= 63 and long.startswith("h-")
 
 
 def test_should_delete_follows_delete_policy() -> None:

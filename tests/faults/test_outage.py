@@ -1,0 +1,104 @@
+"""API server outages during a multi-wave sync: visible while they last (readiness, app
+condition, metric, log), and the sync converges afterwards with nothing lost."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
+from tests.faults.proxy import FaultProxy, Mode
+from tests.integration.test_daemon import running
+from tests.integration.test_sync import configmap, deployment, get
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def proxy(cluster: Cluster) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the test API server."""
+    target = urlparse(cluster.server)
+    p = FaultProxy(target.hostname or "127.0.0.1", target.port or 443)
+    yield p
+    p.close()
+
+
+def proxied_config(tmp_path: Path, cluster: Cluster, proxy: FaultProxy, apps: list[dict]) -> Path:
+    """A config whose only cluster is reached through `proxy`, probed every second."""
+    kc = yaml.safe_load(cluster.kubeconfig.read_text())
+    kc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    kubeconfig = tmp_path / "proxied.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(kc))
+    cfg = write_config(
+        tmp_path, cluster, apps, clusterProbeInterval="1s", clusterUnreachableAfter="3s"
+    )
+    data = yaml.safe_load(cfg.read_text())
+    data["clusters"][0]["kubeconfig"] = str(kubeconfig)
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
+@pytest.mark.parametrize("fault", ["cut", "blackhole"])
+def test_outage_mid_wave_is_visible_and_the_sync_converges(
+    cluster: Cluster,
+    namespace: str,
+    git_repo: GitRepo,
+    tmp_path: Path,
+    proxy: FaultProxy,
+    fault: Mode,
+) -> None:
+    """With the API server cut or blackholed during wave 1: /readyz turns 503 naming the
+    cluster, the app carries an 'unreachable' condition, argocd_cluster_connection_status is 0
+    and a warning is logged; when it comes back all of that clears and every wave is applied."""
+    git_repo.write(
+        {
+            "a/0.yaml": configmap("first", wave=0),
+            "a/1.yaml": deployment("slow", "nginx:1", wave=1, min_ready=5),
+            "a/2.yaml": configmap("last", wave=2),
+        }
+    )
+    app = application("outage", git_repo.url, "a", namespace)
+    cfg = proxied_config(tmp_path, cluster, proxy, [app])
+    with running(cfg) as d:
+        wait_for(
+            lambda: get(cluster, namespace, "deployment/slow") is not None,
+            timeout=60,
+            what="wave 1 applied",
+        )
+        proxy.set(fault)
+
+        def degraded() -> bool:
+            r = d.api("/readyz")
+            conditions = d.status("outage").get("conditions") or []
+            return (
+                r.status_code == 503
+                and "in-cluster" in r.json().get("unreachableClusters", {})
+                and any("unreachable since" in c["message"] for c in conditions)
+            )
+
+        wait_for(degraded, timeout=30, what="outage visible in /readyz and the app")
+        metrics = d.api("/metrics").text
+        assert any(
+            line.startswith("argocd_cluster_connection_status{") and line.endswith(" 0.0")
+            for line in metrics.splitlines()
+        ), metrics
+        assert d.api("/healthz").status_code == 200
+        assert get(cluster, namespace, "configmap/last") is None  # no later wave ran blind
+        proxy.set("pass")
+        wait_for(lambda: d.api("/readyz").status_code == 200, timeout=30, what="ready again")
+        wait_for(
+            lambda: d.synced("outage") and get(cluster, namespace, "configmap/last") is not None,
+            timeout=120,
+            what="sync converged after the outage",
+        )
+        st = d.status("outage")
+        assert not any("unreachable" in c["message"] for c in st.get("conditions") or [])
+        logs = [json.loads(line) for line in d.log.read_text().splitlines() if line.startswith("{")]
+        events = [e.get("event") for e in logs]
+        assert "cluster unreachable" in events
+        assert "cluster reachable again" in events
