@@ -18,7 +18,7 @@ from daemon.model import ANN_SYNC_OPTIONS, Body, Manifest, ResourceKey, Resource
 from daemon.plan import tracking
 from daemon.plan.options import is_hook, is_skipped, resource_sync_options
 from daemon.render import Renderer, RenderRequest
-from daemon.settings import Application
+from daemon.settings import DNS1123_LABEL, Application
 from daemon.sources.git import RepoCache
 from daemon.stages import Desired
 
@@ -185,6 +185,12 @@ def placed(app: Application, m: Manifest, *, namespaced: bool) -> tuple[Body, st
     tracking id, or an error when a namespaced object has nowhere to go."""
     body = copy.deepcopy(m.body)
     meta = body["metadata"]
+    given = meta.get("namespace")
+    if given and (not isinstance(given, str) or not DNS1123_LABEL.match(given)):
+        return body, (
+            f"{m.source}: {m.key.kind}/{meta.get('name')}: metadata.namespace {given!r} is not "
+            "a valid namespace name (a DNS-1123 label)"
+        )
     if namespaced:
         if not meta.get("namespace"):
             if not app.destination.namespace:

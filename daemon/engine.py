@@ -42,6 +42,7 @@ class Engine:
         renderer = Renderer(
             timeout=s.repo_timeout,
             max_bytes=s.max_manifest_bytes,
+            max_nodes=s.max_yaml_nodes,
             concurrency=s.max_concurrent_renders,
         )
         clusters = Clusters(config.clusters)

@@ -41,6 +41,10 @@ log = structlog.get_logger("gitopsd.runner")
 SHUTDOWN_GRACE = 60.0
 
 
+WEBHOOK_QUIET = 0.25  # seconds without a push before the apps are refreshed
+WEBHOOK_MAX_DELAY = 1.0  # ... but never later than this after the first push
+
+
 class Notifier:
     """sd_notify over $NOTIFY_SOCKET (no-op when not run by systemd)."""
 
@@ -250,6 +254,11 @@ class Daemon:
         self._appset_wake = anyio.Event()
         self.api_address = ""
         self._shields: set[anyio.CancelScope] = set()
+        # Webhook floods coalesce: apps are refreshed once the pushes stop for a moment.
+        self._webhook_batch: dict[str, str] = {}  # app -> reason
+        self._webhook_first = 0.0
+        self._webhook_last = 0.0
+        self._webhook_wake = anyio.Event()
         engine.repos.counter.listeners.append(self._git_metric)
         engine.reconciler.progress = self._progress
         engine.reconciler.child_tasks.on_added = self._child_added
@@ -295,6 +304,7 @@ class Daemon:
             tg.start_soon(self._heartbeat)
             await self._check_clusters()
             tg.start_soon(self.monitor.run)
+            tg.start_soon(self._webhook_flusher)
             self.ready = True
             self.notifier.send("READY=1\nSTATUS=serving")
             log.info("gitopsd started", apps=len(self.workers), listen=self.config.settings.listen)
@@ -734,6 +744,27 @@ class Daemon:
         """Clusters unreachable now, with what the daemon knows of the outage."""
         return {name: o.message() for name, o in self.monitor.outages.items()}
 
+    async def _webhook_flusher(self) -> None:
+        """Trigger the apps webhooks asked for once pushes pause for WEBHOOK_QUIET (at most
+        WEBHOOK_MAX_DELAY after the first), so a flood costs a handful of ls-remotes."""
+        while True:
+            await self._webhook_wake.wait()
+            self._webhook_wake = anyio.Event()
+            while True:
+                now = time.monotonic()
+                due = min(
+                    self._webhook_last + WEBHOOK_QUIET, self._webhook_first + WEBHOOK_MAX_DELAY
+                )
+                if now >= due:
+                    break
+                await anyio.sleep(due - now)
+            batch, self._webhook_batch = self._webhook_batch, {}
+            self._webhook_first = 0.0
+            for name, reason in batch.items():
+                worker = self.workers.get(name)
+                if worker is not None:
+                    worker.trigger(reason)
+
     def project_for(self, app: Application) -> AppProject | None:
         return self.engine.reconciler.project_for(app)
 
@@ -745,7 +776,7 @@ class Daemon:
         if worker is None:
             return
         for src in worker.app.sources:
-            self.engine.repos.repo(src.repo_url).refs_at = -1e18  # force a fresh ls-remote
+            self.engine.repos.repo(src.repo_url).invalidate()
         worker.trigger("api refresh")
 
     def request(self, name: str, sync: SyncRequest | None, reason: str) -> bool:
@@ -771,10 +802,14 @@ class Daemon:
                     and not (len(rev) >= 7 and all(c in "0123456789abcdef" for c in rev))
                 ):
                     continue
-                self.engine.repos.repo(src.repo_url).refs_at = -1e18  # force a fresh ls-remote
-                w.trigger(reason)
+                self.engine.repos.repo(src.repo_url).invalidate()
+                self._webhook_batch.setdefault(name, reason)
                 names.append(name)
                 break
+        if names:
+            self._webhook_last = time.monotonic()
+            self._webhook_first = self._webhook_first or self._webhook_last
+            self._webhook_wake.set()
         if any(_appset_uses(a.raw, urls) for a in self.config.application_sets):
             self._appset_wake.set()  # its git generators may see new directories or files
         return names

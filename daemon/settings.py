@@ -28,6 +28,7 @@ IN_CLUSTER_NAME = "in-cluster"
 RESOURCES_FINALIZER = "resources-finalizer.argocd.argoproj.io"
 RESOURCES_FINALIZER_BG = "resources-finalizer.argocd.argoproj.io/background"
 ARGO_API = "argoproj.io/v1alpha1"
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -166,11 +167,13 @@ class Settings:
     health_timeout: float = 300.0  # how long one wave may wait to become healthy
     sync_wave_delay: float = 2.0  # Argo CD's ARGOCD_SYNC_WAVE_DELAY between waves
     max_manifest_bytes: int = 10 * 1024 * 1024  # combined rendered size of one app
+    max_yaml_nodes: int = 1_000_000  # nodes one YAML stream may expand to (alias bombs)
     cache_dir: str = "/var/cache/gitopsd"
     state_dir: str = "/var/lib/gitopsd"
     inventory_namespace: str = "gitopsd-system"  # where per-app inventories live in-cluster
     listen: str = "127.0.0.1:8080"
     self_heal_debounce: float = 1.0  # seconds to batch drift events before a self-heal
+    metrics_token_file: str = ""  # when set, /metrics needs this bearer token
     cluster_probe_interval: float = 5.0  # how often each cluster's API server is asked
     cluster_unreachable_after: float = 10.0  # failing this long makes a cluster unreachable
 
@@ -442,6 +445,11 @@ def parse_application(doc: dict[str, Any], *, where: str, warnings: list[str]) -
         server=d.text("server").rstrip("/"), name=d.text("name"), namespace=d.text("namespace")
     )
     d.done()
+    if destination.namespace and not DNS1123_LABEL.match(destination.namespace):
+        raise ConfigError(
+            f"{where}.spec.destination.namespace: {destination.namespace!r} is not a valid "
+            "namespace name (a DNS-1123 label: lower-case alphanumerics and '-', at most 63)"
+        )
     if destination.server and destination.name:
         raise ConfigError(
             f"{where}.spec.destination: application destination can't have both name and "
@@ -583,11 +591,13 @@ def load(path: str | os.PathLike[str]) -> Config:
         health_timeout=dur("healthTimeout", d.health_timeout),
         sync_wave_delay=dur("syncWaveDelay", d.sync_wave_delay),
         max_manifest_bytes=pos_int("maxManifestBytes", d.max_manifest_bytes),
+        max_yaml_nodes=pos_int("maxYamlNodes", d.max_yaml_nodes),
         cache_dir=_resolve(base, s.text("cacheDir", d.cache_dir)),
         state_dir=_resolve(base, s.text("stateDir", d.state_dir)),
         inventory_namespace=s.text("inventoryNamespace", d.inventory_namespace),
         listen=s.text("listen", d.listen),
         self_heal_debounce=dur("selfHealDebounce", d.self_heal_debounce),
+        metrics_token_file=_resolve(base, s.text("metricsTokenFile", d.metrics_token_file)),
         cluster_probe_interval=dur("clusterProbeInterval", d.cluster_probe_interval),
         cluster_unreachable_after=dur("clusterUnreachableAfter", d.cluster_unreachable_after),
     )

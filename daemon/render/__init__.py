@@ -85,11 +85,33 @@ def glob_match(pattern: str, path: str) -> bool:
     return any(fnmatchcase(path, p) for p in _brace_expand(pattern))
 
 
-def parse_stream(text: str, *, source: str) -> list[dict[str, Any]]:
+class NodeBudget:
+    """How many more YAML nodes aliases may expand to in one render (all its files)."""
+
+    def __init__(self, nodes: int = yamlio.DEFAULT_MAX_NODES) -> None:
+        self.left = nodes
+
+
+def decoded(data: bytes, *, source: str) -> str:
+    """`data` as UTF-8; invalid bytes are an error naming `source` and the offset, never
+    silently replaced (a replaced byte would be applied as U+FFFD)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RenderError(
+            f"{source}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from None
+
+
+def parse_stream(
+    text: str, *, source: str, budget: NodeBudget | None = None
+) -> list[dict[str, Any]]:
     """Parse YAML/JSON documents, expanding `List` kinds; errors name file and line."""
     docs: list[dict[str, Any]] = []
+    budget = budget or NodeBudget()
     try:
-        loaded = list(yamlio.load_all(text))
+        budget.left -= yamlio.check_expansion(text, max_nodes=budget.left)
+        loaded = list(yamlio.load_all(text, max_nodes=None))
     except yaml.YAMLError as e:
         line = yamlio.error_line(e)
         where = f"{source}:{line}" if line else source
@@ -140,6 +162,7 @@ class Renderer:
         *,
         timeout: float = 60.0,
         max_bytes: int = 10 * 1024 * 1024,
+        max_nodes: int = yamlio.DEFAULT_MAX_NODES,
         concurrency: int = 4,
         cache_size: int = 256,
         helm: str | None = None,
@@ -147,6 +170,7 @@ class Renderer:
     ) -> None:
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.max_nodes = max_nodes
         self.limiter = anyio.CapacityLimiter(concurrency)
         self.cache: OrderedDict[str, Rendered] = OrderedDict()
         self.cache_size = cache_size
@@ -213,6 +237,7 @@ class Renderer:
                     continue
                 files.append(p)
         total = 0
+        budget = NodeBudget(self.max_nodes)
         out: list[tuple[str, dict[str, Any]]] = []
         for p in files:
             rel_repo = str(p.relative_to(root)) if not p.is_symlink() else str(p)
@@ -228,15 +253,15 @@ class Renderer:
                     f"manifests under {req.source.path or '.'!r} exceed the size limit of "
                     f"{self.max_bytes} bytes"
                 )
-            text = real.read_text(errors="replace")
+            text = decoded(real.read_bytes(), source=rel_repo)
             if p.suffix == ".json":
                 try:
                     doc = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise RenderError(f"{rel_repo}:{e.lineno}: invalid JSON: {e.msg}") from e
-                items = parse_stream(json.dumps(doc), source=rel_repo)
+                items = parse_stream(json.dumps(doc), source=rel_repo, budget=budget)
             else:
-                items = parse_stream(text, source=rel_repo)
+                items = parse_stream(text, source=rel_repo, budget=budget)
             out.extend((rel_repo, d) for d in items)
         return out
 
@@ -302,8 +327,12 @@ class Renderer:
             result = await self._exec(
                 [self.kubectl, "kustomize", str(target)], tool="kustomize", cwd=app_dir
             )
-        text = result.decode(errors="replace")
-        docs = parse_stream(text, source=f"kustomize build {req.source.path or '.'}")
+        text = decoded(result, source=f"kustomize build {req.source.path or '.'}")
+        docs = parse_stream(
+            text,
+            source=f"kustomize build {req.source.path or '.'}",
+            budget=NodeBudget(self.max_nodes),
+        )
         return to_manifests((f"{req.source.path or '.'} (kustomize)", d) for d in docs)
 
     # --- helm -------------------------------------------------------------------------------
@@ -387,7 +416,8 @@ class Renderer:
                 "KUBECONFIG": "/dev/null",
             }
             out = await self._exec(argv, tool="helm template", cwd=chart, env=env)
-        return self._split_helm(out.decode(errors="replace"), req.source.path or ".")
+        where = req.source.path or "."
+        return self._split_helm(decoded(out, source=f"helm template {where}"), where)
 
     def _check_chart_dependencies(self, chart: Path, root: Path) -> None:
         try:
@@ -415,13 +445,14 @@ class Renderer:
                 )
 
     def _split_helm(self, text: str, path: str) -> list[Manifest]:
+        budget = NodeBudget(self.max_nodes)
         out: list[tuple[str, dict[str, Any]]] = []
         for chunk in _DOC_SPLIT.split(text):
             if not chunk.strip():
                 continue
             m = _HELM_SOURCE.search(chunk)
             source = f"{path}/{m.group(1).split('/', 1)[-1]}" if m else f"{path} (helm)"
-            out.extend((source, d) for d in parse_stream(chunk, source=source))
+            out.extend((source, d) for d in parse_stream(chunk, source=source, budget=budget))
         return to_manifests(out)
 
     async def _exec(

@@ -93,7 +93,8 @@ class Repo:
         self.dir = cache.root / "repos" / key
         self.lock = anyio.Lock()
         self.refs: dict[str, str] = {}
-        self.refs_at = -1e18
+        self.refs_at = -1e18  # when the ls-remote behind `refs` started
+        self.stale_before = -1e18  # refs from an ls-remote started before this are stale
         self.refs_error: SourceError | None = None
         self.verified = False  # clone checked healthy since this process started
         self.commits: set[str] = set()  # commits known to be present locally
@@ -225,25 +226,33 @@ class Repo:
 
     # --- operations -------------------------------------------------------------------------
 
+    def invalidate(self) -> None:
+        """The remote changed (a webhook said so): the next `ls_remote` asks it again, and so
+        does every one after it that could have started before this moment. Many calls in a
+        row still cost one ls-remote once they stop."""
+        self.stale_before = time.monotonic()
+
     async def ls_remote(self, *, max_age: float) -> dict[str, str]:
         """The remote's refs, fetched at most once per `max_age` seconds (one call per poll)."""
         async with self.locked():
-            if time.monotonic() - self.refs_at < max_age:
+            fresh = self.refs_at >= self.stale_before
+            if fresh and time.monotonic() - self.refs_at < max_age:
                 if self.refs_error is not None:
                     raise self.refs_error
                 return self.refs
             await self._ensure_clone()
+            started = time.monotonic()
             try:
                 out = await self._git("ls-remote", "origin", kind="ls-remote")
             except SourceError as e:
-                self.refs_error, self.refs_at = e, time.monotonic()
+                self.refs_error, self.refs_at = e, started
                 raise
             refs: dict[str, str] = {}
             for line in out.stdout.decode(errors="replace").splitlines():
                 sha, _, ref = line.partition("\t")
                 if _SHA_RE.match(sha):
                     refs[ref] = sha
-            self.refs, self.refs_at, self.refs_error = refs, time.monotonic(), None
+            self.refs, self.refs_at, self.refs_error = refs, started, None
             return refs
 
     async def has_commit(self, sha: str) -> bool:

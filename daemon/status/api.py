@@ -8,6 +8,7 @@ are configured); tokens are compared by hash and never logged or echoed.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -124,10 +125,31 @@ class Auth:
         return p[0] if p else None
 
     def open_access(self, *, mutating: bool) -> bool:
-        """No tokens configured: loopback is open; beyond it only reads are."""
+        """No tokens configured: loopback is open; beyond loopback nothing is (app data names
+        every tenant's repositories and resources)."""
+        del mutating  # reads and writes are treated alike beyond loopback
         if self.daemon.config.api_tokens:
             return False
-        return self.loopback_only() or not mutating
+        return self.loopback_only()
+
+    def metrics_allowed(self, request: web.Request) -> bool:
+        """/metrics: open unless `metricsTokenFile` is set; then that token (or an admin or
+        readonly API token) is needed. An unreadable or empty token file fails closed."""
+        path = self.daemon.config.settings.metrics_token_file
+        if not path:
+            return True
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip(" \t") if header.startswith("Bearer ") else ""
+        if not given:
+            return False
+        try:
+            wanted = Path(path).read_text().strip(" \t\r\n")
+        except OSError as e:
+            log.error("metrics token file unreadable", error=e.strerror)
+            return False
+        if wanted and hmac.compare_digest(_hash(given), _hash(wanted)):
+            return True
+        return self.role(request) in ("admin", "readonly")
 
     def may(self, request: web.Request, action: str, app_name: str) -> bool:
         """Whether the request may do `action` (get, sync, ...) on an app: admin may do all,
@@ -264,18 +286,21 @@ def build_app(daemon: Control) -> web.Application:
         # the apps there (liveness, /healthz, stays green).
         unreachable = daemon.unreachable_clusters
         ok = daemon.ready and not unreachable
-        return web.json_response(
-            {
-                "ready": ok,
-                "configError": daemon.config_error,
-                "clusters": sorted(set(daemon.clusters_ok) - set(unreachable)),
-                "unreachableClusters": unreachable,
-            },
-            status=200 if ok else 503,
-        )
+        body: dict[str, Any] = {"ready": ok}
+        if auth.open_access(mutating=False) or auth.principal(request) is not None:
+            # Details (cluster names, config errors) only for those who may read the daemon.
+            body["configError"] = daemon.config_error
+            body["clusters"] = sorted(set(daemon.clusters_ok) - set(unreachable))
+            body["unreachableClusters"] = unreachable
+        return web.json_response(body, status=200 if ok else 503)
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:
+        if not auth.metrics_allowed(request):
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": "/metrics needs the metrics bearer token"}),
+                content_type="application/json",
+            )
         return web.Response(
             body=daemon.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )
@@ -443,6 +468,18 @@ def build_app(daemon: Control) -> web.Application:
             return web.json_response({"error": str(e)}, status=e.status)
         if event is None:
             return web.json_response({"ignored": True})
+        if not auth.loopback_only() and not (daemon.config.webhooks.get(event.provider) or {}).get(
+            "secretFile"
+        ):
+            # Beyond loopback an unsigned webhook would let anyone trigger refreshes.
+            daemon.metrics.webhooks.labels(event.provider, "unauthorized").inc()
+            return web.json_response(
+                {
+                    "error": f"{event.provider} webhooks need webhooks.{event.provider}.secretFile "
+                    "when gitopsd listens beyond loopback"
+                },
+                status=401,
+            )
         names = daemon.refresh_matching(
             event.urls, event.branch, reason=f"webhook {event.provider}"
         )

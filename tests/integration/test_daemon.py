@@ -62,10 +62,12 @@ class Daemon:
 
 
 @contextmanager
-def running(cfg: Path, *, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+def running(
+    cfg: Path, *, env: dict[str, str] | None = None, host: str = "127.0.0.1"
+) -> Iterator[Daemon]:
     port = _free_port()
     data = yaml.safe_load(cfg.read_text())
-    data["settings"]["listen"] = f"127.0.0.1:{port}"
+    data["settings"]["listen"] = f"{host}:{port}"
     data["settings"].setdefault("reconcileInterval", "60s")
     data["settings"].setdefault("selfHealDebounce", "0.2s")
     cfg.write_text(yaml.safe_dump(data))
@@ -95,7 +97,7 @@ def _ready(d: Daemon) -> bool:
     if d.proc.poll() is not None:
         raise AssertionError(f"daemon exited with {d.proc.returncode}:\n{d.logs()}")
     try:
-        return d.api("/readyz").status_code == 200
+        return d.api("/healthz").status_code == 200 and d.api("/readyz").status_code == 200
     except httpx.HTTPError:
         return False
 
