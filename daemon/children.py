@@ -182,12 +182,13 @@ def compare_children(
     parent: str,
     manifests: Sequence[Manifest],
     registry: ChildRegistry,
-    child_status: Callable[[str], dict[str, Any]],
+    child_status: Callable[[str], dict[str, Any] | None],
     comparison: Comparison,
 ) -> None:
     """Compare `parent`'s rendered Argo CD documents with the registry: a child is Synced when
     registered exactly as rendered; registered children no longer rendered are the prune set.
-    A child app's pseudo live object carries its status (so its health gates waves)."""
+    A child app's pseudo live object carries its status (so its health gates waves), unless
+    `child_status` gives None: then the child has no health, as in Argo CD by default."""
     desired_keys = set()
     for m in manifests:
         desired_keys.add(m.key)
@@ -197,7 +198,12 @@ def compare_children(
             synced = mine and registry.document(m.key.name) == doc
             if mine:
                 live = registry.document(m.key.name) or {}
-                comparison.live[m.key] = {**live, "status": child_status(m.key.name)}
+                status = child_status(m.key.name)
+                if status is None:
+                    comparison.no_health.add(m.key)
+                    comparison.live[m.key] = live
+                else:
+                    comparison.live[m.key] = {**live, "status": status}
         elif m.key.kind == "AppProject":
             entry = registry.projects.get(m.key.name)
             mine = entry is not None and entry[0] == parent

@@ -91,11 +91,20 @@ async def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:
         async with anyio.create_task_group() as tg:
             for app in apps:
                 tg.start_soon(one, app)
-        # Children of app-of-apps parents were reconciled inline; report their final state.
-        children = engine.reconciler.children.apps
-        for name, (_, child, _) in sorted(children.items()):
-            if name not in results:
-                results[name] = await engine.reconciler.reconcile(child, auto=False)
+        # App of apps: children registered by their parents run next (grandchildren after
+        # them); with the health gate on they were reconciled inline and are only reported.
+        gated = config.settings.app_of_apps_health_gate
+        while pending := sorted(
+            (name, child)
+            for name, (_, child, _) in engine.reconciler.children.apps.items()
+            if name not in results
+        ):
+            async with anyio.create_task_group() as tg:
+                for name, child in pending:
+                    if gated:
+                        results[name] = await engine.reconciler.reconcile(child, auto=False)
+                    else:
+                        tg.start_soon(one, child)
     order = [a.name for a in apps] + sorted(n for n in results if n not in {a.name for a in apps})
     return [(n, results[n]) for n in order]
 

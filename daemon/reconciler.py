@@ -106,6 +106,7 @@ class Reconciler:
             taken_names=lambda parent: self.taken_names(except_parent=parent),
             stopping=self.stop_requested,
             health_timeout=lambda: self.settings.health_timeout,
+            health_gate=lambda: self.settings.app_of_apps_health_gate,
         )
 
     @property
@@ -172,6 +173,9 @@ class Reconciler:
             self._restore_children(app, previous.get("children") or {})
         if sync is None and auto:
             sync = decide.resume_request(run.status)
+        if sync is not None and await self._stale_retry(app, sync, poll_max_age):
+            bound.info("retry dropped: the desired revision moved", revision=sync.revision[:12])
+            sync = None
         try:
             run.status = await self._run(app, run, sync, auto, poll_max_age, bound)
         except* GitopsdError as group:
@@ -239,6 +243,20 @@ class Reconciler:
             app, run.status, desired, comparison, operation, run.conditions, request
         )
 
+    async def _stale_retry(self, app: Application, sync: SyncRequest, max_age: float) -> bool:
+        """A retry of revision A once the source has moved on (B): Argo CD retries an
+        operation's revision only while it is still the one to sync, never rolling B back."""
+        if sync.retry_count == 0 or sync.initiated_by != "automated" or not sync.revision:
+            return False  # a manual sync of a chosen revision is retried as asked
+        if len(app.manifest_sources) != 1:
+            return False
+        src = app.manifest_sources[0]
+        try:
+            current = await self.repos.resolve(src.repo_url, src.target_revision, max_age=max_age)
+        except GitopsdError:
+            return False  # the reconcile reports the source error
+        return current.sha != sync.revision
+
     # === the stages ==========================================================================
 
     async def checked_desired(
@@ -292,7 +310,7 @@ class Reconciler:
             fingerprints,
             inventory=self.inventory,
             children=self.children,
-            child_status=lambda name: (self._states.get(name) or {}).get("status") or {},
+            child_status=self._child_status,
             parallelism=self.settings.kube_parallelism,
         )
 
@@ -300,6 +318,13 @@ class Reconciler:
         """Desired and live state of `app` now, for the diff views (no state is touched)."""
         target, desired = await self.checked_desired(app)
         return desired, await self.compare(app, target.client, desired, {})
+
+    def _child_status(self, name: str) -> dict[str, Any] | None:
+        """A child app's status as its parent sees it: with the health gate on, its health
+        counts like any resource's; off (Argo CD's default), a child has no health (None)."""
+        if not self.settings.app_of_apps_health_gate:
+            return None
+        return dict((self._states.get(name) or {}).get("status") or {})
 
     def _prunable(self, comparison: Comparison, target: Target) -> dict[ResourceKey, Body]:
         """Objects the project does not permit are never pruned."""

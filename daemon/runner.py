@@ -515,8 +515,16 @@ class Daemon:
         log.info("sync failed; retrying", app=app.name, attempt=count + 1, delay=delay)
         assert self.tg is not None
 
+        failed_at = op.get("startedAt")
+
         async def later() -> None:
             await anyio.sleep(delay)
+            latest = worker.last_status.get("operationState") or {}
+            if latest.get("startedAt") != failed_at:
+                # Another operation ran since (a newer revision synced, a manual sync): the
+                # failed one is not retried any more, as in Argo CD.
+                log.info("retry dropped: a newer operation ran", app=app.name, attempt=count + 1)
+                return
             if not worker.stopped and worker.app is app:
                 worker.trigger(f"retry {count + 1}", request)
 

@@ -173,6 +173,9 @@ class Settings:
     inventory_namespace: str = "gitopsd-system"  # where per-app inventories live in-cluster
     listen: str = "127.0.0.1:8080"
     self_heal_debounce: float = 1.0  # seconds to batch drift events before a self-heal
+    # Argo CD gives Application resources no health check: a parent does not wait for its
+    # children. True restores the wait (what Argo CD's docs add with a Lua health check).
+    app_of_apps_health_gate: bool = False
     metrics_token_file: str = ""  # when set, /metrics needs this bearer token
     cluster_probe_interval: float = 5.0  # how often each cluster's API server is asked
     cluster_unreachable_after: float = 10.0  # failing this long makes a cluster unreachable
@@ -597,6 +600,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         inventory_namespace=s.text("inventoryNamespace", d.inventory_namespace),
         listen=s.text("listen", d.listen),
         self_heal_debounce=dur("selfHealDebounce", d.self_heal_debounce),
+        app_of_apps_health_gate=s.bool("appOfAppsHealthGate", d.app_of_apps_health_gate),
         metrics_token_file=_resolve(base, s.text("metricsTokenFile", d.metrics_token_file)),
         cluster_probe_interval=dur("clusterProbeInterval", d.cluster_probe_interval),
         cluster_unreachable_after=dur("clusterUnreachableAfter", d.cluster_unreachable_after),

@@ -58,6 +58,7 @@ class Comparison:
     diffs: dict[ResourceKey, DiffResult] = field(default_factory=dict)
     errors: dict[ResourceKey, str] = field(default_factory=dict)
     shared: dict[ResourceKey, str] = field(default_factory=dict)
+    no_health: set[ResourceKey] = field(default_factory=set)  # no health check (child apps)
 
     @property
     def sync_status(self) -> SyncStatus:

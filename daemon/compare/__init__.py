@@ -118,7 +118,7 @@ async def compare(
     *,
     inventory: Inventory,
     children: ChildRegistry,
-    child_status: Callable[[str], dict[str, Any]],
+    child_status: Callable[[str], dict[str, Any] | None],
     parallelism: int,
 ) -> Comparison:
     """Per-resource Synced/OutOfSync for `app`: fingerprint fast path, else dry-run diff."""

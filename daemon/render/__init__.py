@@ -27,7 +27,7 @@ from daemon import proc, yamlio
 from daemon.errors import RenderError, SourceError
 from daemon.model import Manifest, ResourceKey
 from daemon.settings import Source
-from daemon.sources.git import safe_path
+from daemon.sources.git import UNSAFE_LINKS_FILE, safe_path
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 _MANIFEST_EXT = re.compile(r"^.*\.(yaml|yml|json)$")
@@ -101,6 +101,68 @@ def decoded(data: bytes, *, source: str) -> str:
         raise RenderError(
             f"{source}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
         ) from None
+
+
+# Every kustomization field whose entries name a file or a kustomization directory.
+_KUSTOMIZE_LIST_FIELDS = (
+    "resources",
+    "bases",
+    "components",
+    "crds",
+    "configurations",
+    "generators",
+    "transformers",
+    "validators",
+    "patchesStrategicMerge",
+)
+_KUSTOMIZE_PATH_ITEMS = ("patches", "patchesJson6902", "replacements")
+
+
+def _kustomize_refs(data: dict[str, Any]) -> list[str]:
+    """Every path a kustomization names (inline documents, which hold a newline, left out)."""
+    refs: list[str] = []
+    for key in _KUSTOMIZE_LIST_FIELDS:
+        refs += [r for r in data.get(key) or [] if isinstance(r, str)]
+    for key in _KUSTOMIZE_PATH_ITEMS:
+        for item in data.get(key) or []:
+            if isinstance(item, dict) and isinstance(item.get("path"), str):
+                refs.append(item["path"])
+    openapi = data.get("openapi")
+    if isinstance(openapi, dict) and isinstance(openapi.get("path"), str):
+        refs.append(openapi["path"])
+    helm = data.get("helmGlobals")
+    if isinstance(helm, dict):
+        refs += [helm[k] for k in ("chartHome", "configHome") if isinstance(helm.get(k), str)]
+    for chart in data.get("helmCharts") or []:
+        if isinstance(chart, dict):
+            files = [chart.get("valuesFile"), *(chart.get("additionalValuesFiles") or [])]
+            refs += [f for f in files if isinstance(f, str)]
+    for gen in (data.get("configMapGenerator") or []) + (data.get("secretGenerator") or []):
+        if isinstance(gen, dict):
+            entries = [*(gen.get("files") or []), *(gen.get("envs") or []), gen.get("env")]
+            refs += [f.split("=", 1)[-1] for f in entries if isinstance(f, str)]
+    return [r for r in refs if "\n" not in r]
+
+
+def _refuse_out_of_bounds_links(root: Path, path: str) -> None:
+    """Refuse to render when the source path holds a symlink pointing outside the repository,
+    as Argo CD does (CVE-2022-24904): such links are never extracted into the checkout, so
+    rendering without them would silently drop whatever they stood for."""
+    unsafe = root / UNSAFE_LINKS_FILE
+    if not unsafe.exists():
+        return
+    base = os.path.normpath(path)
+    found = [
+        entry
+        for entry in unsafe.read_text().splitlines()
+        if base == "." or entry.split(" -> ", 1)[0] == base or entry.startswith(base + "/")
+    ]
+    if found:
+        raise RenderError(
+            f"symlink {found[0]} points outside the repository; refusing to render "
+            f"{path!r} (out-of-bounds symlinks are not allowed)"
+            + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
+        )
 
 
 def parse_stream(
@@ -202,11 +264,16 @@ class Renderer:
             raise RenderError(str(e)) from e
         if not app_dir.is_dir():
             raise RenderError(f"source path {src.path!r} does not exist in the repository")
-        if src.helm is not None or ((app_dir / "Chart.yaml").exists() and src.directory is None):
-            return Rendered(tuple(await self._helm(req, root, app_dir)), "Helm")
+        _refuse_out_of_bounds_links(root, src.path or ".")
         has_kustomization = any((app_dir / f).exists() for f in KUSTOMIZATION_FILES)
+        has_chart = (app_dir / "Chart.yaml").exists()
+        # Explicit settings decide; else Argo CD's discovery, where Kustomize wins over Helm.
+        if src.helm is not None and src.kustomize is None:
+            return Rendered(tuple(await self._helm(req, root, app_dir)), "Helm")
         if src.kustomize is not None or (has_kustomization and src.directory is None):
             return Rendered(tuple(await self._kustomize(req, root, app_dir)), "Kustomize")
+        if has_chart and src.directory is None:
+            return Rendered(tuple(await self._helm(req, root, app_dir)), "Helm")
         docs = await anyio.to_thread.run_sync(self._directory, req, root, app_dir)
         return Rendered(tuple(to_manifests(docs)), "Directory")
 
@@ -268,6 +335,12 @@ class Renderer:
     # --- kustomize --------------------------------------------------------------------------
 
     def _check_kustomize_paths(self, root: Path, kdir: Path, seen: set[Path]) -> None:
+        """Refuse kustomizations that reach outside the repository.
+
+        kustomize confines the *files* a kustomization reads to its own directory, but follows
+        *directory* references anywhere (that is how `../base` works), and every field that
+        names a kustomization directory or a file can be pointed at the host: so every such
+        field is resolved here, and every directory it names is checked the same way."""
         """Refuse kustomizations that reach outside the repository."""
         if kdir in seen:
             return
@@ -281,17 +354,7 @@ class Renderer:
             raise RenderError(f"{kfile.relative_to(root)}: invalid YAML: {e}") from e
         if not isinstance(data, dict):
             raise RenderError(f"{kfile.relative_to(root)}: not a mapping")
-        refs: list[str] = []
-        for key in ("resources", "bases", "components", "crds", "patchesStrategicMerge"):
-            refs += [r for r in data.get(key) or [] if isinstance(r, str)]
-        for p in data.get("patches") or []:
-            if isinstance(p, dict) and isinstance(p.get("path"), str):
-                refs.append(p["path"])
-        for gen in (data.get("configMapGenerator") or []) + (data.get("secretGenerator") or []):
-            if isinstance(gen, dict):
-                for f in (gen.get("files") or []) + (gen.get("envs") or []):
-                    if isinstance(f, str):
-                        refs.append(f.split("=", 1)[-1])
+        refs = _kustomize_refs(data)
         for ref in refs:
             if re.match(r"^[a-z0-9+.-]+://", ref) or ref.startswith(("git@", "github.com/")):
                 raise RenderError(
@@ -304,11 +367,24 @@ class Renderer:
             try:
                 target = safe_path(root, rel, what=f"{kfile.relative_to(root)} reference")
             except SourceError as e:
-                raise RenderError(str(e)) from e
+                why = "goes through a symlink that leaves" if "symlink" in str(e) else "is outside"
+                raise RenderError(
+                    f"{kfile.relative_to(root)}: reference {ref!r} {why} the repository; "
+                    "kustomizations may only use files and directories of their own repository"
+                ) from e
             if target.is_dir():
                 self._check_kustomize_paths(root, target, seen)
 
     async def _kustomize(self, req: RenderRequest, root: Path, app_dir: Path) -> list[Manifest]:
+        try:
+            return await self._kustomize_build(req, root, app_dir)
+        except RenderError as e:
+            # kustomize names files by absolute path: never show where the cache lives.
+            raise RenderError(str(e).replace(str(root.resolve()), "<repo>")) from None
+
+    async def _kustomize_build(
+        self, req: RenderRequest, root: Path, app_dir: Path
+    ) -> list[Manifest]:
         if not self.kubectl:
             raise RenderError("kustomize: kubectl is not installed")
         self._check_kustomize_paths(root, app_dir, set())

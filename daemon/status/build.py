@@ -97,6 +97,8 @@ def resources_and_health(
         )
         if annotations_of(m.body).get(ANN_IGNORE_HEALTHCHECK) == "true":
             h = None
+        if m.key in comparison.no_health:
+            h = None
         health_items.append((m.key, h, body is not None))
         sync = comparison.status.get(m.key)
         resources.append(resource_entry(m.key, m.body, sync, h, requires_pruning=False))

@@ -57,6 +57,7 @@ class ChildTasks:
     taken_names: Callable[[str], set[str]]  # every app name but the given parent's children
     stopping: Callable[[], bool]
     health_timeout: Callable[[], float]
+    health_gate: Callable[[], bool]
     on_added: Callable[[Application], None] | None = None
     on_removed: Callable[[Application], Awaitable[None]] | None = None
 
@@ -96,6 +97,18 @@ class ChildTasks:
                 return result(ResultCode.SYNC_FAILED, str(e), Action.FAILED)
             if self.registry.register(parent.name, child, clean(task.target)) and self.on_added:
                 self.on_added(child)
+            if not self.health_gate():
+                # As in Argo CD, an Application has no health check: registering it is the
+                # whole task; the child syncs (or fails, with its own conditions) on its own,
+                # in its own worker, or right here once when no daemon runs workers.
+                if self.on_added is None:
+                    token = ANCESTRY.set((*ANCESTRY.get(), parent.name))
+                    try:
+                        await self.reconcile(child)
+                    finally:
+                        ANCESTRY.reset(token)
+                message = f"application/{child.name} registered"
+                return result(ResultCode.SYNCED, message, Action.CONFIGURED)
             code, message = await self._converge(parent, child)
             action = Action.CONFIGURED if code is ResultCode.SYNCED else Action.FAILED
             return result(code, message, action)

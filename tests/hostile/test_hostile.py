@@ -114,3 +114,38 @@ async def test_unbounded_jq_rule_is_refused_naming_the_rule(
     status = await assert_untouched(cluster, namespace, cfg)
     assert "ignoreDifferences[0].jqPathExpressions[0]" in condition_text(status)
     assert "'def' may run unbounded" in condition_text(status)
+
+
+@pytest.mark.parametrize(
+    "field", ["generators", "transformers", "validators", "resources", "components", "crds"]
+)
+async def test_kustomize_fields_cannot_reach_outside_the_repository(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path, field: str
+) -> None:
+    """A kustomization naming a directory on the host (another kustomization, e.g. another
+    app's checkout in the cache) in any field is refused naming the file and the reference,
+    without revealing where the cache lives; nothing is applied."""
+    host = tmp_path / "host-secrets"
+    host.mkdir()
+    (host / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
+    (host / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: stolen}\ndata: {k: v}\n"
+    )
+    cfg = await synced_baseline(cluster, namespace, git_repo, tmp_path)
+    git_repo.write(
+        {
+            "app/a.yaml": None,
+            "app/b.yaml": None,
+            "app/kustomization.yaml": f"resources: [a.yaml, b.yaml]\n{field}: [{host}]\n",
+        }
+    )
+    git_repo.write(
+        {
+            "app/a.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {key: x}\n",
+            "app/b.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata: {key: x}\n",
+        }
+    )
+    status = await assert_untouched(cluster, namespace, cfg)
+    text = condition_text(status)
+    assert f"app/kustomization.yaml: reference '{host}' is outside the repository" in text, text
+    assert "/cache/" not in text.replace(str(host), "")

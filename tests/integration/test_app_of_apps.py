@@ -37,7 +37,8 @@ def child(
 async def test_children_sync_in_parent_wave_order(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
-    """A parent's children sync as apps, wave by wave, each wave after the last child is healthy."""
+    """With appOfAppsHealthGate, a parent's children sync as apps, wave by wave, each wave after
+    the last child is healthy (what Argo CD's docs restore with an Application health check)."""
     url = git_repo.url
     git_repo.write(
         {
@@ -47,7 +48,12 @@ async def test_children_sync_in_parent_wave_order(
             "web/cm.yaml": configmap("web-config"),
         }
     )
-    cfg = write_config(tmp_path, cluster, [application("aoa-root", url, "apps", "argocd")])
+    cfg = write_config(
+        tmp_path,
+        cluster,
+        [application("aoa-root", url, "apps", "argocd")],
+        appOfAppsHealthGate=True,
+    )
     results = dict(await run_once(settings.load(cfg)))
     assert set(results) == {"aoa-root", "aoa-db", "aoa-web"}
     root = results["aoa-root"]
@@ -149,3 +155,28 @@ async def test_app_of_apps_cycle_is_refused(
     text = str(results)
     assert "app-of-apps cycle" in text
     assert "cyc-a -> cyc-b -> cyc-a2 -> cyc-b" in text
+
+
+async def test_a_bad_child_does_not_fail_its_parent(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """By default (as in Argo CD, where an Application has no health check) a child that cannot
+    be rendered carries its own error; the parent syncs its other children and is Synced."""
+    url = git_repo.url
+    git_repo.write(
+        {
+            "apps/good.yaml": child("aoa-good", url, "good", namespace),
+            "apps/bad.yaml": child("aoa-bad", url, "missing-dir", namespace),
+            "good/cm.yaml": configmap("good-config"),
+        }
+    )
+    cfg = write_config(tmp_path, cluster, [application("aoa-parent2", url, "apps", "argocd")])
+    results = dict(await run_once(settings.load(cfg)))
+    parent = results["aoa-parent2"]
+    assert parent["operationState"]["phase"] == "Succeeded", parent["operationState"]["message"]
+    assert parent["sync"]["status"] == "Synced"
+    assert parent["health"]["status"] == "Healthy"
+    assert results["aoa-good"]["sync"]["status"] == "Synced"
+    assert get(cluster, namespace, "cm/good-config") is not None
+    bad = results["aoa-bad"]
+    assert any("missing-dir" in c["message"] for c in bad.get("conditions") or []), bad

@@ -1,0 +1,80 @@
+"""Argo CD semantics that used to differ: stale retries, out-of-bounds symlinks, discovery."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
+from tests.integration.test_bad_input import assert_untouched, condition_text, synced_baseline
+from tests.integration.test_daemon import running
+from tests.integration.test_sync import configmap, get, reconcile
+
+pytestmark = pytest.mark.cluster
+
+BAD_SERVICE = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 99999}]}\n"
+GOOD_SERVICE = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n"
+
+
+def test_retries_of_a_failed_revision_stop_when_a_newer_one_syncs(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """Revision A fails and is scheduled for retry; B fixes it and syncs; no operation on A
+    starts after that, and the status stays on B."""
+    bad = git_repo.write({"a/cm.yaml": configmap("c"), "a/svc.yaml": BAD_SERVICE})
+    app = application("retry", git_repo.url, "a", namespace)
+    app["spec"]["syncPolicy"]["retry"] = {"limit": 5, "backoff": {"duration": "3s", "factor": 1}}
+    cfg = write_config(tmp_path, cluster, [app])
+    with running(cfg) as d:
+        wait_for(
+            lambda: (d.status("retry").get("operationState") or {}).get("phase") == "Failed",
+            timeout=60,
+            what="revision A failed",
+        )
+        good = git_repo.write({"a/svc.yaml": GOOD_SERVICE})
+        d.api("/api/v1/applications/retry/refresh", method="POST")
+        wait_for(lambda: d.synced("retry", good), timeout=60, what="revision B synced")
+        time.sleep(12)  # several retry periods of A
+        st = d.status("retry")
+        assert st["sync"] == {**st["sync"], "status": "Synced", "revision": good}
+        assert st["operationState"]["syncResult"]["revision"] == good
+        events = [json.loads(x) for x in d.log.read_text().splitlines() if x.startswith("{")]
+    starts = [e.get("revision") for e in events if e.get("event") == "sync starting"]
+    first_b = starts.index(good[:12])
+    assert bad[:12] in starts[:first_b]
+    assert bad[:12] not in starts[first_b:], starts
+
+
+async def test_out_of_bounds_symlink_fails_the_whole_app(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A directory app holding a symlink that points outside the repository is refused whole,
+    naming the link, instead of applying the other files without it; nothing is pruned."""
+    cfg = await synced_baseline(cluster, namespace, git_repo, tmp_path)
+    (git_repo.work / "app" / "escape.yaml").symlink_to("/etc/hostname")
+    git_repo.write({"app/c.yaml": configmap("c")})
+    status = await assert_untouched(cluster, namespace, cfg)
+    text = condition_text(status)
+    assert "symlink app/escape.yaml -> /etc/hostname points outside the repository" in text, text
+
+
+async def test_folder_with_chart_and_kustomization_is_kustomize(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """Argo CD's discovery: a folder with both Chart.yaml and kustomization.yaml is Kustomize."""
+    git_repo.write(
+        {
+            "both/Chart.yaml": "apiVersion: v2\nname: both\nversion: 0.1.0\n",
+            "both/templates/cm.yaml": configmap("from-helm"),
+            "both/kustomization.yaml": "resources: [cm.yaml]\n",
+            "both/cm.yaml": configmap("from-kustomize"),
+        }
+    )
+    cfg = write_config(tmp_path, cluster, [application("both", git_repo.url, "both", namespace)])
+    status = await reconcile(cfg, "both")
+    assert status["sourceType"] == "Kustomize"
+    assert get(cluster, namespace, "configmap/from-kustomize") is not None
+    assert get(cluster, namespace, "configmap/from-helm") is None
