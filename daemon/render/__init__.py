@@ -26,11 +26,13 @@ import yaml
 from daemon import proc, yamlio
 from daemon.errors import RenderError, SourceError
 from daemon.model import Manifest, ResourceKey
+from daemon.render import jsonnet
 from daemon.settings import Source
 from daemon.sources.git import UNSAFE_LINKS_FILE, safe_path
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-_MANIFEST_EXT = re.compile(r"^.*\.(yaml|yml|json)$")
+# Argo CD's directory apps read these; other files (README.md, *.libsonnet, ...) are skipped.
+_MANIFEST_EXT = re.compile(r"^.*\.(yaml|yml|json|jsonnet)$")
 _DOC_SPLIT = re.compile(r"^---[ \t]*(?:#.*)?$", re.MULTILINE)
 _HELM_SOURCE = re.compile(r"^# Source: (.+)$", re.MULTILINE)
 
@@ -274,21 +276,34 @@ class Renderer:
             return Rendered(tuple(await self._kustomize(req, root, app_dir)), "Kustomize")
         if has_chart and src.directory is None:
             return Rendered(tuple(await self._helm(req, root, app_dir)), "Helm")
-        docs = await anyio.to_thread.run_sync(self._directory, req, root, app_dir)
+        docs, programs = await anyio.to_thread.run_sync(self._directory, req, root, app_dir)
+        if programs:
+            args = jsonnet.options((src.directory or {}).get("jsonnet"), root=root)
+            for path, rel in programs:
+                found = await jsonnet.render_file(
+                    path,
+                    root=root,
+                    rel=rel,
+                    args=args,
+                    timeout=self.timeout,
+                    max_bytes=self.max_bytes,
+                )
+                docs.extend((rel, d) for d in found)
         return Rendered(tuple(to_manifests(docs)), "Directory")
 
     # --- directory --------------------------------------------------------------------------
 
     def _directory(
         self, req: RenderRequest, root: Path, app_dir: Path
-    ) -> list[tuple[str, dict[str, Any]]]:
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[Path, str]]]:
+        """The YAML/JSON documents of a directory source, and its Jsonnet programs (evaluated
+        by the caller, in a worker process)."""
         opts = req.source.directory or {}
         recurse = bool(opts.get("recurse", False))
         include = str(opts.get("include") or "")
         exclude = str(opts.get("exclude") or "")
-        if opts.get("jsonnet"):
-            raise RenderError("directory.jsonnet: Jsonnet is not supported")
         files: list[Path] = []
+        programs: list[tuple[Path, str]] = []
         walker = os.walk(app_dir, followlinks=False) if recurse else [(str(app_dir), [], None)]
         for dirpath, dirnames, filenames in walker:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -314,6 +329,9 @@ class Renderer:
                 raise RenderError(str(e)) from e
             if not real.is_file():
                 continue
+            if p.suffix == ".jsonnet":
+                programs.append((real, rel_repo))
+                continue
             total += real.stat().st_size
             if total > self.max_bytes:
                 raise RenderError(
@@ -330,7 +348,7 @@ class Renderer:
             else:
                 items = parse_stream(text, source=rel_repo, budget=budget)
             out.extend((rel_repo, d) for d in items)
-        return out
+        return out, programs
 
     # --- kustomize --------------------------------------------------------------------------
 

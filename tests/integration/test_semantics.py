@@ -78,3 +78,91 @@ async def test_folder_with_chart_and_kustomization_is_kustomize(
     assert status["sourceType"] == "Kustomize"
     assert get(cluster, namespace, "configmap/from-kustomize") is not None
     assert get(cluster, namespace, "configmap/from-helm") is None
+
+
+JSONNET_APP = """local lib = import 'lib/labels.libsonnet';
+function(replicas=1) [
+  {
+    apiVersion: 'v1',
+    kind: 'ConfigMap',
+    metadata: {name: 'from-jsonnet-' + std.extVar('env'), labels: lib.labels},
+    data: {replicas: std.toString(replicas)},
+  },
+]
+"""
+
+
+async def test_jsonnet_directory_with_ext_vars_tlas_and_libs(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """`*.jsonnet` files are evaluated with extVars, tlas (code) and libs, as in Argo CD;
+    `*.libsonnet` files are only imported."""
+    git_repo.write(
+        {
+            "j/app.jsonnet": JSONNET_APP,
+            "j/helpers.libsonnet": "{}",
+            "vendor/lib/labels.libsonnet": "{labels: {team: 'edge'}}",
+        }
+    )
+    app = application(
+        "jsonnet",
+        git_repo.url,
+        "j",
+        namespace,
+        source_extra={
+            "directory": {
+                "jsonnet": {
+                    "extVars": [{"name": "env", "value": "prod"}],
+                    "tlas": [{"name": "replicas", "value": "3", "code": True}],
+                    "libs": ["vendor"],
+                }
+            }
+        },
+    )
+    cfg = write_config(tmp_path, cluster, [app])
+    status = await reconcile(cfg, "jsonnet")
+    assert status["operationState"]["phase"] == "Succeeded", status["operationState"]["message"]
+    cm = get(cluster, namespace, "configmap/from-jsonnet-prod")
+    assert cm is not None
+    assert cm["data"] == {"replicas": "3"}
+    assert cm["metadata"]["labels"]["team"] == "edge"
+
+
+@pytest.mark.parametrize(
+    ("program", "expected"),
+    [
+        ("import '/etc/hostname'", "import '/etc/hostname' is outside the repository"),
+        ("import '../../../../../../etc/hostname'", "is outside the repository"),
+        ("local f(x) = f(x) + 1; f(1)", "Jsonnet error"),
+        ("std.length(std.repeat('x', 1000))", "Jsonnet produced int, not objects"),
+    ],
+)
+async def test_bad_jsonnet_fails_the_app_naming_the_file(
+    cluster: Cluster,
+    namespace: str,
+    git_repo: GitRepo,
+    tmp_path: Path,
+    program: str,
+    expected: str,
+) -> None:
+    """Imports outside the repository, runaway recursion and non-object results fail the app
+    with the file named; nothing is applied or pruned."""
+    cfg = await synced_baseline(cluster, namespace, git_repo, tmp_path)
+    git_repo.write({"app/x.jsonnet": program})
+    status = await assert_untouched(cluster, namespace, cfg)
+    text = condition_text(status)
+    assert "app/x.jsonnet" in text and expected in text, text
+
+
+async def test_runaway_jsonnet_is_stopped_at_the_render_timeout(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A Jsonnet program that would run for minutes is killed at repoTimeout, naming the file."""
+    git_repo.write({"slow/x.jsonnet": "std.foldl(function(a, b) a + b, std.range(1, 1e9), 0)"})
+    cfg = write_config(
+        tmp_path, cluster, [application("slowj", git_repo.url, "slow", namespace)], repoTimeout="3s"
+    )
+    started = time.monotonic()
+    status = await reconcile(cfg, "slowj")
+    assert time.monotonic() - started < 30
+    assert "slow/x.jsonnet: Jsonnet evaluation took longer than 3s" in condition_text(status)
