@@ -1,5 +1,6 @@
 """Cascade deletion of an app's resources (`resources-finalizer.argocd.argoproj.io`), in reverse
-wave order, limited to what the app owns and its project permits.
+wave order, limited to what the app owns and its project permits, between its PreDelete and
+PostDelete hooks.
 
 Ownership records are dropped only when every delete went through; otherwise `SyncFailed` is
 raised and the caller retries.
@@ -7,6 +8,7 @@ raised and the caller retries.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from daemon.apply import run_bounded
@@ -14,20 +16,31 @@ from daemon.appproject import AppProject
 from daemon.compare.inventory import Inventory
 from daemon.compare.live import fetch_live
 from daemon.errors import SyncFailed
+from daemon.health.wait import WaitItem, wait_healthy
 from daemon.kube import KubeClient
 from daemon.model import (
     ANN_HELM_RESOURCE_POLICY,
     Body,
+    HookType,
     ResourceKey,
     ResourceResult,
     ResourceType,
+    SyncPhase,
     annotations_of,
 )
 from daemon.plan import tracking
-from daemon.plan.options import RemovalPolicy, live_sync_options, parse_sync_options
-from daemon.plan.order import build_tasks, group_steps
+from daemon.plan.options import (
+    RemovalPolicy,
+    hook_types,
+    live_sync_options,
+    parse_sync_options,
+    sync_wave,
+)
+from daemon.plan.order import SyncTask, build_tasks, group_steps
 from daemon.plan.project import resource_violation
 from daemon.settings import Application, ClusterConfig
+from daemon.stages import Desired
+from daemon.sync.hooks import CreatedHook, cleanup, run_hook
 from daemon.sync.waves import prune_job
 
 BACKGROUND_FINALIZER = "resources-finalizer.argocd.argoproj.io/background"
@@ -90,4 +103,70 @@ async def delete_resources(
             + "; ".join(f"{r.key}: {r.message}" for r in failed)
         )
     await inventory.delete(app.name, client)
+    return results
+
+
+def delete_hooks(desired: Desired, hook_type: HookType) -> list[SyncTask]:
+    """The PreDelete or PostDelete hooks of an app, as tasks in wave order."""
+    tasks = [
+        SyncTask(m.key, SyncPhase.SYNC, sync_wave(m.body), m.body, None, True, hook_type)
+        for m in desired.manifests
+        if hook_type in hook_types(m.body)
+    ]
+    return sorted(tasks, key=lambda t: (t.wave, t.key.kind, t.key.name))
+
+
+async def run_delete_hooks(
+    client: KubeClient,
+    app: Application,
+    desired: Desired,
+    hook_type: HookType,
+    *,
+    timeout: float,
+) -> list[ResourceResult]:
+    """Run one kind of deletion hook (Argo CD 2.10+: PreDelete before the resources go, and
+    deletion blocked while one fails; PostDelete after) and wait for them to complete. Named
+    after the app and revision, so a retried deletion adopts the hooks already created.
+    Raises SyncFailed naming the hook that failed."""
+    tasks = delete_hooks(desired, hook_type)
+    if not tasks:
+        return []
+    operation = (
+        "delete-" + hashlib.sha256(f"{app.name}\0{desired.revision}".encode()).hexdigest()[:8]
+    )
+    created: list[CreatedHook] = []
+    results = []
+    for task in tasks:
+        rt = desired.types.get(task.key)
+        if rt is None:
+            raise SyncFailed(
+                f"Application/{app.name}: {hook_type} hook {task.key} has no known kind"
+            )
+        results.append(
+            await run_hook(
+                client,
+                rt,
+                task,
+                parse_sync_options([]),
+                app=app.name,
+                revision=desired.revision,
+                run_stamp=operation[7:],
+                operation_id=operation,
+                created=created,
+            )
+        )
+    failed = [r for r in results if r.failed]
+    if not failed:
+        waits = [WaitItem(h.key, h.type, is_hook=True) for h in created]
+        outcome = await wait_healthy(client, waits, timeout=timeout)
+        if not outcome.ok:
+            failed = [r for r in results if r.key in outcome.failed or r.key in outcome.waiting]
+    await cleanup(client, created, succeeded=not failed)
+    if failed:
+        blocked = "; deletion is blocked until it does" if hook_type is HookType.PRE_DELETE else ""
+        raise SyncFailed(
+            f"Application/{app.name}: {hook_type} hook "
+            + ", ".join(str(r.key) for r in failed)
+            + f" did not succeed{blocked}"
+        )
     return results

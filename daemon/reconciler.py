@@ -25,11 +25,11 @@ from daemon.appproject import AppProject
 from daemon.children import ChildRegistry, is_child_kind
 from daemon.compare import compare
 from daemon.compare.inventory import Inventory
-from daemon.deletion import delete_resources
+from daemon.deletion import delete_hooks, delete_resources, run_delete_hooks
 from daemon.desired import inputs_key, render_desired, source_shas
 from daemon.errors import GitopsdError, PlanError, ProjectViolation, SyncFailed
 from daemon.kube import Clusters, KubeClient
-from daemon.model import Body, ResourceKey, ResourceResult
+from daemon.model import Body, HookType, ResourceKey, ResourceResult
 from daemon.plan.project import app_violations, resource_violation
 from daemon.render import Renderer
 from daemon.settings import Application, ClusterConfig, Config
@@ -65,6 +65,7 @@ class RunState:
     # [group, kind, namespace] where the app's hooks live (to release their finalizers later,
     # even on deletion when nothing is rendered any more).
     hook_places: list[list[str]] = field(default_factory=list)
+    delete_hooks: bool = False  # the app renders PreDelete/PostDelete hooks
 
 
 class Reconciler:
@@ -165,6 +166,7 @@ class Reconciler:
             status=dict(previous.get("status") or {}),
             fingerprints=dict(previous.get("fingerprints") or {}),
             hook_places=list(previous.get("hookPlaces") or []),
+            delete_hooks=bool(previous.get("deleteHooks")),
         )
         started = time.monotonic()
         bound = log.bind(app=app.name, run=uuid.uuid4().hex[:8])
@@ -218,6 +220,9 @@ class Reconciler:
         request = self._admit(app, target, request, run, bound)
         if request is not None and not request.dry_run and not request.operation_id:
             request = replace(request, operation_id=uuid.uuid4().hex[:12])
+        run.delete_hooks = any(
+            delete_hooks(desired, t) for t in (HookType.PRE_DELETE, HookType.POST_DELETE)
+        )
         known = {(p[0], p[1], p[2]) for p in run.hook_places if len(p) == 3}
         known |= {(rt.group, rt.kind, ns) for rt, ns in hook_places(desired)}
         run.hook_places = [list(p) for p in sorted(known)]
@@ -401,6 +406,7 @@ class Reconciler:
             "fingerprints": run.fingerprints,
             "children": self.children.saved(app.name),
             "hookPlaces": run.hook_places,
+            "deleteHooks": run.delete_hooks,
         }
         digest = build.meaningful(record)
         changed = digest != self._digests.get(app.name, build.meaningful(previous))
@@ -459,6 +465,24 @@ class Reconciler:
             if self.child_tasks.on_added is not None:
                 self.child_tasks.on_added(child)
 
+    async def _desired_for_deletion(
+        self, app: Application, saved: dict[str, Any]
+    ) -> Desired | None:
+        """The app's rendered state, for its PreDelete/PostDelete hooks. When it cannot be
+        rendered: deletion is blocked if the app had such hooks (they must run), else it
+        proceeds without them."""
+        try:
+            _, desired = await self.checked_desired(app)
+        except GitopsdError as e:
+            if saved.get("deleteHooks"):
+                raise SyncFailed(
+                    f"Application/{app.name}: cannot render it to run its PreDelete/PostDelete "
+                    f"hooks ({e}); deletion is blocked until it renders"
+                ) from e
+            log.warning("deleting without rendering (no delete hooks known)", app=app.name)
+            return None
+        return desired
+
     async def delete_app(self, app: Application) -> list[ResourceResult]:
         """Cascade-delete what `app` owns (see `daemon.deletion`) and forget its state."""
         async with self._locks.setdefault(app.name, anyio.Lock()):
@@ -472,6 +496,12 @@ class Reconciler:
                 if len(p) == 3 and (rt := target.client.preferred(p[0], p[1])) is not None
             ]
             await release_stale(target.client, app.name, places)
+            desired = await self._desired_for_deletion(app, saved)
+            timeout = self.settings.health_timeout
+            if desired is not None:
+                await run_delete_hooks(
+                    target.client, app, desired, HookType.PRE_DELETE, timeout=timeout
+                )
             results = await delete_resources(
                 app,
                 target.project,
@@ -481,6 +511,10 @@ class Reconciler:
                 fingerprints=saved.get("fingerprints", {}),
                 parallelism=self.settings.kube_parallelism,
             )
+            if desired is not None:
+                await run_delete_hooks(
+                    target.client, app, desired, HookType.POST_DELETE, timeout=timeout
+                )
             await self.store.delete(app.name)
             self._states.pop(app.name, None)
             self._digests.pop(app.name, None)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon import settings
+from daemon.engine import Engine
+from daemon.errors import SyncFailed
 from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
 from tests.integration.test_bad_input import assert_untouched, condition_text, synced_baseline
 from tests.integration.test_daemon import running
@@ -166,3 +169,68 @@ async def test_runaway_jsonnet_is_stopped_at_the_render_timeout(
     status = await reconcile(cfg, "slowj")
     assert time.monotonic() - started < 30
     assert "slow/x.jsonnet: Jsonnet evaluation took longer than 3s" in condition_text(status)
+
+
+def delete_hook(name: str, hook: str, image: str = "busybox:1") -> str:
+    return f"""apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {name}
+  annotations:
+    argocd.argoproj.io/hook: {hook}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: main, image: "{image}"}}]
+"""
+
+
+async def test_pre_and_post_delete_hooks_run_around_cascade_delete(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """PreDelete/PostDelete hooks are left out of syncs, and run on cascade delete: PreDelete
+    before the resources go, PostDelete after."""
+    git_repo.write(
+        {
+            "d/cm.yaml": configmap("doomed"),
+            "d/pre.yaml": delete_hook("before-delete", "PreDelete"),
+            "d/post.yaml": delete_hook("after-delete", "PostDelete"),
+        }
+    )
+    app = application("deleting", git_repo.url, "d", namespace)
+    app["metadata"]["finalizers"] = ["resources-finalizer.argocd.argoproj.io"]
+    cfg = write_config(tmp_path, cluster, [app])
+    conf = settings.load(cfg)
+    async with Engine.open(conf) as engine:
+        status = await engine.reconciler.reconcile(conf.app("deleting"))
+        assert status["operationState"]["phase"] == "Succeeded"
+        assert get(cluster, namespace, "job/before-delete") is None  # not part of a sync
+        assert get(cluster, namespace, "job/after-delete") is None
+        await engine.reconciler.delete_app(conf.app("deleting"))
+    assert get(cluster, namespace, "configmap/doomed") is None
+    pre, post = (
+        get(cluster, namespace, "job/before-delete"),
+        get(cluster, namespace, "job/after-delete"),
+    )
+    assert pre is not None and post is not None
+    assert pre["metadata"]["creationTimestamp"] <= post["metadata"]["creationTimestamp"]
+
+
+async def test_failing_pre_delete_hook_blocks_deletion(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A PreDelete hook that fails blocks the deletion: nothing of the app is deleted and the
+    error names the hook."""
+    git_repo.write(
+        {"d/cm.yaml": configmap("kept"), "d/pre.yaml": delete_hook("guard", "PreDelete", "x:fail")}
+    )
+    app = application("guarded", git_repo.url, "d", namespace)
+    app["metadata"]["finalizers"] = ["resources-finalizer.argocd.argoproj.io"]
+    cfg = write_config(tmp_path, cluster, [app], healthTimeout="20s")
+    conf = settings.load(cfg)
+    async with Engine.open(conf) as engine:
+        await engine.reconciler.reconcile(conf.app("guarded"))
+        with pytest.raises(SyncFailed, match=r"PreDelete hook Job/.*/guard did not succeed"):
+            await engine.reconciler.delete_app(conf.app("guarded"))
+    assert get(cluster, namespace, "configmap/kept") is not None
