@@ -56,14 +56,18 @@ def deletable(
     """The live objects a cascade delete may remove: tracked as the app's, not owned by another
     object, not kept by Helm's resource policy, not CRDs, and permitted by the project (Argo
     CD's getPermittedAppLiveObjects)."""
+    def namespaced(k: ResourceKey) -> bool:
+        rt = types.get(k)  # None: found by its tracking id alone
+        return rt.namespaced if rt is not None else bool(k.namespace)
+
     return {
         k: b
         for k, b in live.items()
-        if tracking.is_owned_by(b, app.instance_name, namespaced=types[k].namespaced)
+        if tracking.is_owned_by(b, app.instance_name, namespaced=namespaced(k))
         and not (b.get("metadata") or {}).get("ownerReferences")
         and annotations_of(b).get(ANN_HELM_RESOURCE_POLICY) != "keep"
         and k.kind != "CustomResourceDefinition"
-        and resource_violation(project, cluster, k, namespaced=types[k].namespaced) is None
+        and resource_violation(project, cluster, k, namespaced=namespaced(k)) is None
     }
 
 
@@ -84,7 +88,11 @@ async def delete_resources(
     types = {
         key: rt for key in candidates if (rt := client.preferred(key.group, key.kind)) is not None
     }
-    owned = deletable(await fetch_live(client, types), types, app, project, cluster)
+    live = await fetch_live(client, types, owner=app.instance_name)
+    owned = deletable(live, types, app, project, cluster)
+    for key in owned:
+        if key not in types and (rt := client.preferred(key.group, key.kind)) is not None:
+            types[key] = rt
     opts = parse_sync_options([*app.sync_policy.sync_options, "Prune=true"])
     if BACKGROUND_FINALIZER in app.finalizers:
         opts = opts.merged(parse_sync_options(["PrunePropagationPolicy=background"]))
@@ -93,7 +101,7 @@ async def delete_resources(
         jobs = [
             prune_job(client, types[t.key], t, opts, True)
             for t in step.tasks
-            if t.live is not None and live_sync_options(t.live).delete is not RemovalPolicy.NEVER
+            if t.live is not None and t.key in types and live_sync_options(t.live).delete is not RemovalPolicy.NEVER
         ]
         results.extend(await run_bounded(jobs, limit=parallelism))
     failed = [r for r in results if r.failed]

@@ -18,6 +18,7 @@ from daemon.model import (
     SyncStatus,
 )
 from daemon.plan.diff import DiffResult
+from daemon.plan.options import ignore_extraneous
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,9 @@ class Comparison:
 
     @property
     def sync_status(self) -> SyncStatus:
-        if any(s is SyncStatus.OUT_OF_SYNC for s in self.status.values()) or self.owned_extra:
+        if any(s is SyncStatus.OUT_OF_SYNC for s in self.status.values()) or any(
+            not ignore_extraneous(body) for body in self.owned_extra.values()
+        ):
             return SyncStatus.OUT_OF_SYNC
         return SyncStatus.SYNCED
 

@@ -59,9 +59,9 @@ def owned_extras(
     for key, body in live.items():
         if key in desired_keys or (body.get("metadata") or {}).get("ownerReferences"):
             continue
-        if tracking.is_owned_by(body, instance, namespaced=types[key].namespaced) and not is_hook(
-            body
-        ):
+        rt = types.get(key)  # None: found by its tracking id, not recorded anywhere
+        namespaced = rt.namespaced if rt is not None else bool(key.namespace)
+        if tracking.is_owned_by(body, instance, namespaced=namespaced) and not is_hook(body):
             out[key] = body
     return out
 
@@ -127,7 +127,7 @@ async def compare(
     recorded = set(await inventory.load(app.name, client))
     recorded |= {k for k in map(tracking.key_from_str, fingerprints) if k is not None}
     wanted = wanted_types(targets, desired.types, recorded, client.preferred)
-    live = await fetch_live(client, wanted)
+    live = await fetch_live(client, wanted, owner=app.instance_name)
     desired_keys = {m.key for m in targets}
     comparison = Comparison(
         live=live,

@@ -1,4 +1,6 @@
-"""Read the live objects a compare needs: one LIST per (type, namespace) when many, else GETs."""
+"""Read the live objects a compare needs: one LIST per (type, namespace), or GETs where the type
+cannot be listed; the listing also finds objects carrying the app's tracking id that nothing
+recorded (extraneous: an inventory lost or edited, a copy of a manifest applied by hand)."""
 
 from __future__ import annotations
 
@@ -10,19 +12,20 @@ import structlog
 from daemon.errors import KubeError
 from daemon.kube import KubeClient
 from daemon.model import Body, ResourceKey, ResourceType
+from daemon.plan import tracking
 
 log = structlog.get_logger("gitopsd.compare")
 
-LIST_THRESHOLD = 3  # more wanted objects than this in one (type, namespace): one LIST
 READ_PARALLELISM = 16
 
 
 async def fetch_live(
-    client: KubeClient, keys: dict[ResourceKey, ResourceType]
+    client: KubeClient, keys: dict[ResourceKey, ResourceType], *, owner: str = ""
 ) -> dict[ResourceKey, Body]:
-    """Live objects for `keys` (absent ones are simply missing from the result). Objects the
-    client may not read are left out too: if desired, their dry-run apply fails next with the
-    API's own Forbidden message naming the resource."""
+    """Live objects for `keys` (absent ones are simply missing from the result), plus, when
+    `owner` is given, every other object of the same types and namespaces whose tracking id
+    names `owner`. Objects the client may not read are left out: if desired, their dry-run
+    apply fails next with the API's own Forbidden message naming the resource."""
     groups: dict[tuple[ResourceType, str], list[ResourceKey]] = defaultdict(list)
     for key, rt in keys.items():
         groups[(rt, key.namespace)].append(key)
@@ -32,7 +35,7 @@ async def fetch_live(
     async def group(rt: ResourceType, ns: str, wanted: list[ResourceKey]) -> None:
         async with limiter:
             try:
-                live.update(await _read_group(client, rt, ns, wanted))
+                live.update(await _read_group(client, rt, ns, wanted, owner=owner))
             except KubeError as e:
                 if e.status != 403:
                     raise
@@ -45,16 +48,20 @@ async def fetch_live(
 
 
 async def _read_group(
-    client: KubeClient, rt: ResourceType, ns: str, wanted: list[ResourceKey]
+    client: KubeClient, rt: ResourceType, ns: str, wanted: list[ResourceKey], *, owner: str
 ) -> dict[ResourceKey, Body]:
     found: dict[ResourceKey, Body] = {}
-    if len(wanted) > LIST_THRESHOLD and "list" in rt.verbs:
+    if "list" in rt.verbs:
         items, _ = await client.list(rt, ns)
         names = {k.name for k in wanted}
         for item in items:
+            item.setdefault("apiVersion", rt.api_version)
+            item.setdefault("kind", rt.kind)
             k = ResourceKey.of(item)
-            if k.name in names:
-                found[ResourceKey(k.group, k.kind, ns, k.name)] = item
+            key = ResourceKey(k.group or rt.group, k.kind, ns or k.namespace, k.name)
+            mine = owner and tracking.is_owned_by(item, owner, namespaced=rt.namespaced)
+            if k.name in names or mine:
+                found[key] = item
         return found
     for k in wanted:
         body = await client.get(rt, k.namespace, k.name)

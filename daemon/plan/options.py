@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from daemon.model import (
+    ANN_COMPARE_OPTIONS,
     ANN_HELM_HOOK,
     ANN_HELM_HOOK_DELETE_POLICY,
     ANN_HELM_HOOK_WEIGHT,
@@ -328,3 +329,10 @@ def sync_wave(body: Body) -> int:
         if text is not None and _INT.fullmatch(text):
             return int(text)
     return 0
+
+
+def ignore_extraneous(body: Body) -> bool:
+    """`argocd.argoproj.io/compare-options: IgnoreExtraneous`: an object git no longer has does
+    not make the app OutOfSync (it still requires pruning, and a sync with prune removes it)."""
+    options = annotations_of(body).get(ANN_COMPARE_OPTIONS, "")
+    return "IgnoreExtraneous" in _csv(options)

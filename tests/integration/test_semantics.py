@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from daemon import settings
 from daemon.engine import Engine
@@ -234,3 +235,51 @@ async def test_failing_pre_delete_hook_blocks_deletion(
         with pytest.raises(SyncFailed, match=r"PreDelete hook Job/.*/guard did not succeed"):
             await engine.reconciler.delete_app(conf.app("guarded"))
     assert get(cluster, namespace, "configmap/kept") is not None
+
+
+def tracked_cm(name: str, app: str, namespace: str, *, ignore_extraneous: bool = False) -> str:
+    """A ConfigMap carrying `app`'s tracking id, as a hand-applied copy of a manifest would."""
+    extra = (
+        "\n    argocd.argoproj.io/compare-options: IgnoreExtraneous" if ignore_extraneous else ""
+    )
+    return f"""apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {name}
+  namespace: {namespace}
+  annotations:
+    argocd.argoproj.io/tracking-id: {app}:/ConfigMap:{namespace}/{name}{extra}
+data: {{k: v}}
+"""
+
+
+async def test_extraneous_tracked_objects_are_found_and_pruned(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """Objects carrying the app's tracking id that no inventory records are OutOfSync
+    'requires pruning' and pruned; IgnoreExtraneous ones do not make the app OutOfSync; an
+    object tracked by another app is never touched."""
+    git_repo.write({"app/a.yaml": configmap("a")})
+    app = application("orphans", git_repo.url, "app", namespace, prune=False)
+    cfg = write_config(tmp_path, cluster, [app])
+    status = await reconcile(cfg, "orphans")
+    assert status["sync"]["status"] == "Synced"
+    cluster.kubectl(
+        "apply", "-f", "-", input=tracked_cm("quiet", "orphans", namespace, ignore_extraneous=True)
+    )
+    cluster.kubectl("apply", "-f", "-", input=tracked_cm("other", "someone-else", namespace))
+    status = await reconcile(cfg, "orphans")
+    assert status["sync"]["status"] == "Synced"  # only an IgnoreExtraneous extra
+    cluster.kubectl("apply", "-f", "-", input=tracked_cm("stray", "orphans", namespace))
+    status = await reconcile(cfg, "orphans")
+    assert status["sync"]["status"] == "OutOfSync"
+    pruning = {r["name"] for r in status["resources"] if r.get("requiresPruning")}
+    assert pruning == {"stray", "quiet"}
+    data = yaml.safe_load((tmp_path / "apps" / "orphans.yaml").read_text())
+    data["spec"]["syncPolicy"]["automated"]["prune"] = True
+    (tmp_path / "apps" / "orphans.yaml").write_text(yaml.safe_dump(data))
+    status = await reconcile(cfg, "orphans")
+    assert status["sync"]["status"] == "Synced", status["operationState"]["message"]
+    assert get(cluster, namespace, "configmap/stray") is None
+    assert get(cluster, namespace, "configmap/quiet") is None
+    assert get(cluster, namespace, "configmap/other") is not None

