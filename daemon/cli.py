@@ -112,7 +112,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
             for key, body in cmp.owned_extra.items():
                 out_of_sync = True
                 print(f"===== {key} (requires pruning)")
-                print(diffing.unified_diff(body, None, from_name="live", to_name="desired"))
+                shown = diffing.normalize(body, rules=[], key=key)  # no server noise
+                print(diffing.unified_diff(shown, None, from_name="live", to_name="desired"))
             return 1 if out_of_sync else 0
 
     return anyio.run(main)

@@ -56,6 +56,7 @@ def deletable(
     """The live objects a cascade delete may remove: tracked as the app's, not owned by another
     object, not kept by Helm's resource policy, not CRDs, and permitted by the project (Argo
     CD's getPermittedAppLiveObjects)."""
+
     def namespaced(k: ResourceKey) -> bool:
         rt = types.get(k)  # None: found by its tracking id alone
         return rt.namespaced if rt is not None else bool(k.namespace)
@@ -101,7 +102,9 @@ async def delete_resources(
         jobs = [
             prune_job(client, types[t.key], t, opts, True)
             for t in step.tasks
-            if t.live is not None and t.key in types and live_sync_options(t.live).delete is not RemovalPolicy.NEVER
+            if t.live is not None
+            and t.key in types
+            and live_sync_options(t.live).delete is not RemovalPolicy.NEVER
         ]
         results.extend(await run_bounded(jobs, limit=parallelism))
     failed = [r for r in results if r.failed]

@@ -76,7 +76,7 @@ async def render_desired(
         manifests.extend(rendered.manifests)
         revisions.append(resolved.sha)
         tools.append(rendered.tool)
-    prepared, types = await prepare(app, client, manifests)
+    prepared, types, warnings = await prepare(app, client, manifests)
     return Desired(
         revision=revisions[0] if revisions else "",
         revisions=revisions,
@@ -84,6 +84,7 @@ async def render_desired(
         types=types,
         tool=",".join(tools),
         inputs=inputs_key(app, [sha for _, sha, _ in refs] + revisions),
+        warnings=warnings,
     )
 
 
@@ -113,20 +114,34 @@ def crd_kinds(manifests: Sequence[Manifest]) -> dict[tuple[str, str], tuple[bool
 
 async def prepare(
     app: Application, client: KubeClient, manifests: Sequence[Manifest]
-) -> tuple[list[Manifest], dict[ResourceKey, ResourceType | None]]:
-    """Resolve kinds, default namespaces, add tracking ids; reject what cannot be synced."""
+) -> tuple[list[Manifest], dict[ResourceKey, ResourceType | None], list[str]]:
+    """Resolve kinds, default namespaces, add tracking ids; reject what cannot be synced.
+    Identical duplicates are a warning (one is kept, as Argo CD keeps the last); duplicates
+    that differ are an error naming the fields that differ."""
     crds = crd_kinds(manifests)
     errors: list[str] = []
+    warnings: list[str] = []
     out: list[Manifest] = []
     types: dict[ResourceKey, ResourceType | None] = {}
     seen: dict[ResourceKey, str] = {}
 
-    def unique(key: ResourceKey, source: str) -> bool:
-        if key in seen:
-            errors.append(f"{key}: defined more than once ({seen[key]} and {source})")
-            return False
-        seen[key] = source
-        return True
+    bodies: dict[ResourceKey, Body] = {}
+
+    def unique(key: ResourceKey, source: str, body: Body) -> bool:
+        if key not in seen:
+            seen[key], bodies[key] = source, body
+            return True
+        differ = sorted(
+            f for f in set(body) | set(bodies[key]) if body.get(f) != bodies[key].get(f)
+        )
+        if differ:
+            errors.append(
+                f"{key}: defined more than once, differently ({seen[key]} and {source} differ "
+                f"in {', '.join(differ)})"
+            )
+        else:
+            warnings.append(f"{key} is defined more than once ({seen[key]} and {source})")
+        return False
 
     for m in manifests:
         if is_skipped(m.body):
@@ -136,7 +151,7 @@ async def prepare(
             body = copy.deepcopy(m.body)
             body["metadata"].setdefault("namespace", CONTROL_NAMESPACE)
             key = ResourceKey.of(body)
-            if unique(key, m.source):
+            if unique(key, m.source, body):
                 out.append(Manifest(key=key, body=body, source=m.source))
                 types[key] = None
             continue
@@ -160,12 +175,12 @@ async def prepare(
             errors.append(error)
             continue
         key = ResourceKey.of(body)
-        if (is_hook(body) and not body["metadata"].get("name")) or unique(key, m.source):
+        if (is_hook(body) and not body["metadata"].get("name")) or unique(key, m.source, body):
             out.append(Manifest(key=key, body=body, source=m.source))
             types[key] = rt
     if errors:
         raise PlanError("; ".join(errors))
-    return out, types
+    return out, types, warnings
 
 
 def _unserved(m: Manifest, crds: dict[tuple[str, str], tuple[bool, set[str]]]) -> str:

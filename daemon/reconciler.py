@@ -211,6 +211,9 @@ class Reconciler:
         revision = sync.revision if sync and sync.revision else ""
         target, desired = await self.checked_desired(app, revision=revision, max_age=poll_max_age)
         bound = bound.bind(revision=desired.revision[:12])
+        if desired.warnings:
+            message = "; ".join(desired.warnings)
+            run.conditions.append(build.condition("RepeatedResourceWarning", message))
         comparison = await self.compare(app, target.client, desired, run.fingerprints)
         comparison.owned_extra = self._prunable(comparison, target)
         if comparison.shared:

@@ -334,8 +334,70 @@ _APP_SPEC_KNOWN = (
 )
 
 
+# The fields Argo CD's ApplicationSource{Helm,Kustomize,Directory} know: others are warned about,
+# as unknown top-level fields are (a typo such as `valueFile` would otherwise do nothing).
+_SOURCE_BLOCKS: dict[str, frozenset[str]] = {
+    "helm": frozenset(
+        [
+            "valueFiles",
+            "values",
+            "valuesObject",
+            "parameters",
+            "fileParameters",
+            "releaseName",
+            "passCredentials",
+            "ignoreMissingValueFiles",
+            "skipCrds",
+            "skipSchemaValidation",
+            "skipTests",
+            "version",
+            "namespace",
+            "kubeVersion",
+            "apiVersions",
+        ]
+    ),
+    "kustomize": frozenset(
+        [
+            "namePrefix",
+            "nameSuffix",
+            "images",
+            "commonLabels",
+            "commonAnnotations",
+            "commonAnnotationsEnvsubst",
+            "forceCommonLabels",
+            "forceCommonAnnotations",
+            "namespace",
+            "version",
+            "replicas",
+            "patches",
+            "components",
+            "ignoreMissingComponents",
+            "labelWithoutSelector",
+            "labelIncludeTemplates",
+            "kubeVersion",
+            "apiVersions",
+        ]
+    ),
+    "directory": frozenset({"recurse", "jsonnet", "exclude", "include"}),
+}
+_JSONNET_FIELDS = frozenset({"extVars", "tlas", "libs"})
+
+
+def _warn_unknown(block: Any, known: frozenset[str], where: str, warnings: list[str]) -> None:
+    if isinstance(block, dict):
+        for key in block:
+            if key not in known:
+                warnings.append(f"{where}.{key}: unknown field (ignored)")
+
+
 def _parse_source(data: Any, where: str, warnings: list[str]) -> Source:
     f = _Fields(data, where, warnings)
+    for block, known in _SOURCE_BLOCKS.items():
+        _warn_unknown(f.data.get(block), known, f"{where}.{block}", warnings)
+    directory = f.data.get("directory")
+    if isinstance(directory, dict):
+        jsonnet = directory.get("jsonnet")
+        _warn_unknown(jsonnet, _JSONNET_FIELDS, f"{where}.directory.jsonnet", warnings)
     src = Source(
         repo_url=f.text("repoURL", required=True),
         path=f.text("path"),
@@ -684,51 +746,32 @@ def load(path: str | os.PathLike[str]) -> Config:
     apps: list[Application] = []
     projects: list[AppProject] = []
     appsets: list[ApplicationSetDoc] = []
+    errors: list[ConfigError] = []  # every bad document is reported, not only the first
     for f in files:
-        for i, doc in _read_documents(f):
-            where = f"{f}: document {i}"
-            kind, api = doc.get("kind"), doc.get("apiVersion")
-            if api != ARGO_API and kind in ("Application", "AppProject", "ApplicationSet"):
-                raise ConfigError(f"{where}: apiVersion must be {ARGO_API}, got {api!r}")
-            if kind == "Application":
-                app = parse_application(doc, where=where, warnings=warnings)
-                if any(a.name == app.name for a in apps):
-                    other = next(a for a in apps if a.name == app.name)
-                    raise ConfigError(
-                        f"{where}: duplicate Application name {app.name!r} "
-                        f"(also defined in {other.file})"
-                    )
-                apps.append(app)
-            elif kind == "AppProject":
-                proj = parse_project(doc, where=where, warnings=warnings)
-                if any(p.name == proj.name for p in projects):
-                    raise ConfigError(f"{where}: duplicate AppProject name {proj.name!r}")
-                projects.append(proj)
-            elif kind == "ApplicationSet":
-                meta = _Fields(doc.get("metadata"), f"{where}.metadata", warnings)
-                name = meta.text("name", required=True)
-                spec = doc.get("spec")
-                if not isinstance(spec, dict) or not isinstance(spec.get("generators"), list):
-                    raise ConfigError(f"{where} (ApplicationSet/{name}).spec.generators: required")
-                if not isinstance(spec.get("template"), dict):
-                    raise ConfigError(f"{where} (ApplicationSet/{name}).spec.template: required")
-                if any(a.name == name for a in appsets):
-                    raise ConfigError(f"{where}: duplicate ApplicationSet name {name!r}")
-                appsets.append(
-                    ApplicationSetDoc(name=name, where=f"{where} (ApplicationSet/{name})", raw=doc)
-                )
-            else:
-                raise ConfigError(
-                    f"{where}: expected an Argo CD Application, AppProject or ApplicationSet, "
-                    f"got kind {kind!r}"
-                )
+        try:
+            documents = _read_documents(f)
+        except ConfigError as e:
+            errors.append(e)
+            continue
+        for i, doc in documents:
+            try:
+                _add_document(doc, f"{f}: document {i}", apps, projects, appsets, warnings)
+            except ConfigError as e:
+                errors.append(e)
     # Role policies and sync windows are validated now so a bad edit is rejected as a whole.
     for proj in projects:
         try:
             parse_roles(proj)
             project_sync_windows(proj)
         except ValueError as e:
-            raise ConfigError(str(e), file=proj.file) from e
+            errors.append(ConfigError(str(e), file=proj.file))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigError(
+            f"{len(errors)} errors:\n" + "\n".join(f"  - {e}" for e in errors),
+            file=errors[0].file,
+        )
     return Config(
         path=str(cfg_path),
         settings=settings,
@@ -742,3 +785,48 @@ def load(path: str | os.PathLike[str]) -> Config:
         warnings=tuple(warnings),
         files=(str(cfg_path), *(str(f) for f in files)),
     )
+
+
+def _add_document(
+    doc: dict[str, Any],
+    where: str,
+    apps: list[Application],
+    projects: list[AppProject],
+    appsets: list[ApplicationSetDoc],
+    warnings: list[str],
+) -> None:
+    """Validate one Argo CD document of the config files and add it to its list."""
+    kind, api = doc.get("kind"), doc.get("apiVersion")
+    if api != ARGO_API and kind in ("Application", "AppProject", "ApplicationSet"):
+        raise ConfigError(f"{where}: apiVersion must be {ARGO_API}, got {api!r}")
+    if kind == "Application":
+        app = parse_application(doc, where=where, warnings=warnings)
+        other = next((a for a in apps if a.name == app.name), None)
+        if other is not None:
+            raise ConfigError(
+                f"{where}: duplicate Application name {app.name!r} (also defined in {other.file})"
+            )
+        apps.append(app)
+    elif kind == "AppProject":
+        proj = parse_project(doc, where=where, warnings=warnings)
+        if any(p.name == proj.name for p in projects):
+            raise ConfigError(f"{where}: duplicate AppProject name {proj.name!r}")
+        projects.append(proj)
+    elif kind == "ApplicationSet":
+        meta = _Fields(doc.get("metadata"), f"{where}.metadata", warnings)
+        name = meta.text("name", required=True)
+        spec = doc.get("spec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("generators"), list):
+            raise ConfigError(f"{where} (ApplicationSet/{name}).spec.generators: required")
+        if not isinstance(spec.get("template"), dict):
+            raise ConfigError(f"{where} (ApplicationSet/{name}).spec.template: required")
+        if any(a.name == name for a in appsets):
+            raise ConfigError(f"{where}: duplicate ApplicationSet name {name!r}")
+        appsets.append(
+            ApplicationSetDoc(name=name, where=f"{where} (ApplicationSet/{name})", raw=doc)
+        )
+    else:
+        raise ConfigError(
+            f"{where}: expected an Argo CD Application, AppProject or ApplicationSet, "
+            f"got kind {kind!r}"
+        )

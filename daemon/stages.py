@@ -47,6 +47,7 @@ class Desired:
     types: dict[ResourceKey, ResourceType | None]  # None: kind defined by a CRD in this app
     tool: str
     inputs: str = ""  # digest of (spec, every source SHA): what the compare depended on
+    warnings: list[str] = field(default_factory=list)  # e.g. identical duplicate resources
 
 
 @dataclass

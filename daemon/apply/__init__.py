@@ -96,6 +96,11 @@ async def apply_one(
         )
     action = Action.CONFIGURED if existed else Action.CREATED
     verb = "configured" if existed else "created"
+    before = ((task.live or {}).get("metadata") or {}).get("resourceVersion")
+    after = (out.get("metadata") or {}).get("resourceVersion")
+    if existed and before and before == after and not dry_run:
+        # Server-side apply wrote nothing: the object already was exactly this.
+        action, verb = Action.UNCHANGED, "unchanged"
     msg = f"{key.kind.lower()}/{key.name} {verb}"
     if dry_run:
         msg += " (dry run)"

@@ -184,11 +184,15 @@ class _DryRunDiff:
         self.comparison.status[m.key] = SyncStatus.OUT_OF_SYNC
         if rt is None:
             return  # its CRD is not installed yet
+        options = self.app_options.merged(resource_sync_options(m.body))
         async with self.limiter:
             try:
-                predicted = await self.client.apply(rt, m.body, dry_run=True)
+                # Validate=false also lets unknown fields through the dry run, as on apply.
+                predicted = await self.client.apply(
+                    rt, m.body, dry_run=True, validate=options.validate
+                )
             except KubeError as e:
-                force = self.app_options.merged(resource_sync_options(m.body)).force
+                force = options.force
                 namespace_pending = m.key.namespace in self.pending
                 exists = live is not None
                 if (

@@ -445,7 +445,12 @@ def build_app(daemon: Control) -> web.Application:
                     "resource": str(key),
                     "status": "requires pruning",
                     "error": "",
-                    "diff": diffing.unified_diff(body, None, from_name="live", to_name="desired"),
+                    "diff": diffing.unified_diff(
+                        diffing.normalize(body, rules=[], key=key),
+                        None,
+                        from_name="live",
+                        to_name="desired",
+                    ),
                 }
             )
         return web.json_response({"items": items})

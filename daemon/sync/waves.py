@@ -230,8 +230,9 @@ def apply_job(run: Run, task: SyncTask) -> Job:
                 operation_id=run.operation_id,
                 created=run.hooks,
             )
-        existed = task.key in run.comparison.live
-        return await apply_one(run.client, rt, task, options=run.opts, existed=existed)
+        live = run.comparison.live.get(task.key)
+        paired = replace(task, live=live) if task.live is None and live is not None else task
+        return await apply_one(run.client, rt, paired, options=run.opts, existed=live is not None)
 
     return job
 

@@ -55,7 +55,10 @@ async def assert_untouched(cluster: Cluster, namespace: str, cfg: Path) -> dict[
             {"app/b.yaml": None, "app/c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n"},
             "has no metadata.name",
         ),
-        ({"app/b.yaml": None, "app/c.yaml": configmap("a")}, "defined more than once"),
+        (
+            {"app/b.yaml": None, "app/c.yaml": configmap("a", data="other")},
+            "defined more than once, differently (app/a.yaml and app/c.yaml differ in data)",
+        ),
         (
             {
                 "app/b.yaml": None,

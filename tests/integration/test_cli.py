@@ -85,3 +85,24 @@ def test_config_errors_exit_2_with_file_and_field(tmp_path: Path, cluster: Clust
     out = cli("check", "-c", str(cfg))
     assert out.returncode == 2
     assert "x.yaml: document 1 (Application/x).spec.destination" in out.stderr, out.stderr
+
+
+def test_check_reports_every_bad_document_and_nested_unknown_fields(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A config with two broken Application files reports both errors, not only the first;
+    a typo inside `source.helm` is warned about like a top-level unknown field."""
+    good = application("fine", git_repo.url, "a", namespace)
+    good["spec"]["source"]["helm"] = {"valueFile": "values.yaml"}
+    cfg = write_config(tmp_path, cluster, [good])
+    assert "spec.source.helm.valueFile: unknown field" in cli("check", "-c", str(cfg)).stderr
+    bad1 = application("bad-one", git_repo.url, "a", namespace)
+    del bad1["spec"]["source"]["repoURL"]
+    bad2 = application("bad-two", git_repo.url, "a", "Not_A_Namespace")
+    cfg = write_config(tmp_path, cluster, [good, bad1, bad2])
+    out = cli("check", "-c", str(cfg))
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "2 errors" in text
+    assert "bad-one.yaml" in text and "repoURL: required field is missing" in text
+    assert "bad-two.yaml" in text and "'Not_A_Namespace' is not a valid namespace name" in text

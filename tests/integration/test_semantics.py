@@ -12,6 +12,7 @@ import yaml
 from daemon import settings
 from daemon.engine import Engine
 from daemon.errors import SyncFailed
+from daemon.reconciler import SyncRequest
 from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
 from tests.integration.test_bad_input import assert_untouched, condition_text, synced_baseline
 from tests.integration.test_daemon import running
@@ -283,3 +284,49 @@ async def test_extraneous_tracked_objects_are_found_and_pruned(
     assert get(cluster, namespace, "configmap/stray") is None
     assert get(cluster, namespace, "configmap/quiet") is None
     assert get(cluster, namespace, "configmap/other") is not None
+
+
+async def test_identical_duplicates_are_a_warning_not_an_error(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """The same object in two files syncs once with a RepeatedResourceWarning, as in Argo CD."""
+    git_repo.write({"dup/a.yaml": configmap("same"), "dup/b.yaml": configmap("same")})
+    cfg = write_config(tmp_path, cluster, [application("dups", git_repo.url, "dup", namespace)])
+    status = await reconcile(cfg, "dups")
+    assert status["operationState"]["phase"] == "Succeeded"
+    assert status["sync"]["status"] == "Synced"
+    warnings = [c for c in status["conditions"] if c["type"] == "RepeatedResourceWarning"]
+    assert warnings and "dup/a.yaml and dup/b.yaml" in warnings[0]["message"]
+    assert get(cluster, namespace, "configmap/same") is not None
+
+
+async def test_validate_false_lets_unknown_fields_through(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """`Validate=false` applies an object with a field the schema does not know, as users
+    expect from Argo CD (kubectl --validate=false); without it the app is refused."""
+    body = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: loose\n  annotations:\n"
+        "    argocd.argoproj.io/sync-options: Validate=false\ndata: {k: v}\nextraField: 1\n"
+    )
+    git_repo.write({"v/cm.yaml": body})
+    cfg = write_config(tmp_path, cluster, [application("loose", git_repo.url, "v", namespace)])
+    status = await reconcile(cfg, "loose")
+    assert status["operationState"]["phase"] == "Succeeded", status.get("conditions")
+    assert get(cluster, namespace, "configmap/loose") is not None
+
+
+async def test_sync_results_say_unchanged_for_objects_not_written(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A manual sync of an app already in sync reports each object 'unchanged'."""
+    git_repo.write({"u/cm.yaml": configmap("steady")})
+    cfg = write_config(
+        tmp_path, cluster, [application("steady", git_repo.url, "u", namespace, automated=False)]
+    )
+    first = await reconcile(cfg, "steady", SyncRequest(initiated_by="tester"))
+    assert first["operationState"]["syncResult"]["resources"][0]["message"].endswith("created")
+    second = await reconcile(cfg, "steady", SyncRequest(initiated_by="tester"))
+    [result] = second["operationState"]["syncResult"]["resources"]
+    assert result["message"] == "configmap/steady unchanged"
+    assert result["action"] == "unchanged"
