@@ -538,6 +538,37 @@ class KubeClient:
             params=self._write_params(dry_run),
         )
 
+    async def write_unvalidated(
+        self, rt: ResourceType, body: Body, *, exists: bool, dry_run: bool = False
+    ) -> Body:
+        """`Validate=false`: create, or JSON-merge-patch, with fieldValidation=Ignore, so fields
+        the schema does not know are dropped by the server instead of refusing the object
+        (server-side apply cannot: it needs every field in the schema)."""
+        params = {**self._write_params(dry_run), "fieldValidation": "Ignore"}
+        if not exists:
+            ns = str(body.get("metadata", {}).get("namespace") or "")
+            return await self._send(
+                "POST",
+                rt,
+                ns,
+                "",
+                body,
+                verb="create",
+                content_type="application/json",
+                params=params,
+            )
+        meta = body.get("metadata", {})
+        return await self._send(
+            "PATCH",
+            rt,
+            str(meta.get("namespace") or ""),
+            str(meta["name"]),
+            body,
+            verb="patch (dry run)" if dry_run else "patch",
+            content_type=_MERGE,
+            params=params,
+        )
+
     async def patch_merge(self, rt: ResourceType, namespace: str, name: str, patch: Body) -> Body:
         """JSON merge patch (used to remove hook finalizers)."""
         return await self._send(

@@ -25,11 +25,15 @@ from daemon.appproject import AppProject
 from daemon.children import ChildRegistry, is_child_kind
 from daemon.compare import compare
 from daemon.compare.inventory import Inventory
+from daemon.customizations import aggregated_roles_rule
 from daemon.deletion import delete_hooks, delete_resources, run_delete_hooks
 from daemon.desired import inputs_key, render_desired, source_shas
-from daemon.errors import GitopsdError, PlanError, ProjectViolation, SyncFailed
+from daemon.errors import ConfigError, GitopsdError, PlanError, ProjectViolation, SyncFailed
+from daemon.health import lua
+from daemon.health.checks import set_custom_checks
 from daemon.kube import Clusters, KubeClient
 from daemon.model import Body, HookType, ResourceKey, ResourceResult
+from daemon.plan import diff as diffing
 from daemon.plan.project import app_violations, resource_violation
 from daemon.render import Renderer
 from daemon.settings import Application, ClusterConfig, Config
@@ -120,6 +124,9 @@ class Reconciler:
         self._config = config
         self.settings = config.settings
         self.inventory.namespace = config.settings.inventory_namespace
+        custom = config.customizations
+        set_custom_checks({gk: lua.check(script) for gk, script in custom.health.items()})
+        self.system_rules = system_rules(config)
 
     def project_for(self, app: Application) -> AppProject | None:
         """The project `app` is judged by. A project defined by a parent app (app of apps) only
@@ -211,6 +218,7 @@ class Reconciler:
         revision = sync.revision if sync and sync.revision else ""
         target, desired = await self.checked_desired(app, revision=revision, max_age=poll_max_age)
         bound = bound.bind(revision=desired.revision[:12])
+        desired = self._without_excluded(desired, target, run)
         if desired.warnings:
             message = "; ".join(desired.warnings)
             run.conditions.append(build.condition("RepeatedResourceWarning", message))
@@ -320,7 +328,25 @@ class Reconciler:
             children=self.children,
             child_status=self._child_status,
             parallelism=self.settings.kube_parallelism,
+            system_rules=self.system_rules,
         )
+
+    def _without_excluded(self, desired: Desired, target: Target, run: RunState) -> Desired:
+        """argocd-cm `resource.exclusions`/`inclusions`: excluded kinds are left alone (not
+        applied, compared or pruned), with a warning naming them."""
+        custom = self.config.customizations
+        server = target.cluster.server
+        excluded = [
+            m for m in desired.manifests if custom.excluded(m.key.group, m.key.kind, server)
+        ]
+        if not excluded:
+            return desired
+        names = ", ".join(str(m.key) for m in excluded)
+        run.conditions.append(
+            build.condition("ExcludedResourceWarning", f"excluded by resource.exclusions: {names}")
+        )
+        keep = [m for m in desired.manifests if m not in excluded]
+        return replace(desired, manifests=keep)
 
     async def diff(self, app: Application) -> tuple[Desired, Comparison]:
         """Desired and live state of `app` now, for the diff views (no state is touched)."""
@@ -340,6 +366,8 @@ class Reconciler:
         for key, body in comparison.owned_extra.items():
             rt = target.client.preferred(key.group, key.kind)
             namespaced = True if rt is None else rt.namespaced
+            if self.config.customizations.excluded(key.group, key.kind, target.cluster.server):
+                continue  # excluded kinds are never pruned
             if is_child_kind(key) or (
                 resource_violation(target.project, target.cluster, key, namespaced=namespaced)
                 is None
@@ -398,6 +426,7 @@ class Reconciler:
             children=self.child_tasks,
             stopping=self.stop_requested,
             progress=self.progress,
+            system_rules=self.system_rules,
         )
 
     async def _record(
@@ -524,6 +553,19 @@ class Reconciler:
             self._saved.discard(app.name)
             log.info("app resources deleted", app=app.name, deleted=len(results))
             return results
+
+
+def system_rules(config: Config) -> list[diffing.IgnoreRule]:
+    """The argocd-cm ignoreDifferences of `config`, parsed; ConfigError naming the key."""
+    custom = config.customizations
+    rules = list(custom.ignore_differences)
+    if custom.ignore_aggregated_roles:
+        rules.append(aggregated_roles_rule())
+    where = f"{custom.source or 'argocd-cm'} resource.customizations.ignoreDifferences"
+    try:
+        return diffing.parse_ignore_differences(rules, where=where)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _error_kind(error: BaseException) -> str:

@@ -33,6 +33,7 @@ from daemon.errors import ConfigError, GitopsdError, KubeError
 from daemon.health.checks import assess
 from daemon.kube import KubeClient
 from daemon.model import HealthStatus, ResourceType
+from daemon.reconciler import system_rules
 from daemon.settings import Application, Config, Retry
 from daemon.stages import Comparison, Desired, SyncRequest
 from daemon.status.metrics import Metrics
@@ -678,6 +679,7 @@ class Daemon:
         """Load the config again; apply it only if all of it is valid."""
         try:
             new = settings_mod.load(self.config_path)
+            system_rules(new)  # argocd-cm rules are checked before anything switches
         except (ConfigError, OSError) as e:
             self.config_error = str(e)
             self.metrics.config_reload_errors.inc()

@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
-from daemon import yamlio
+from daemon import customizations, yamlio
 from daemon.appproject import DEFAULT_PROJECT, AppProject
 from daemon.appproject.roles import parse_roles
 from daemon.appproject.windows import project_sync_windows
+from daemon.customizations import Customizations
 from daemon.durations import parse_go_duration
 from daemon.errors import ConfigError
 
@@ -196,6 +197,7 @@ class Config:
     webhooks: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    customizations: Customizations = field(default_factory=Customizations)  # from argocd-cm
 
     def app(self, name: str) -> Application:
         """The application called `name`."""
@@ -746,6 +748,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     apps: list[Application] = []
     projects: list[AppProject] = []
     appsets: list[ApplicationSetDoc] = []
+    cms: list[Customizations] = []
     errors: list[ConfigError] = []  # every bad document is reported, not only the first
     for f in files:
         try:
@@ -755,7 +758,11 @@ def load(path: str | os.PathLike[str]) -> Config:
             continue
         for i, doc in documents:
             try:
-                _add_document(doc, f"{f}: document {i}", apps, projects, appsets, warnings)
+                where = f"{f}: document {i}"
+                if doc.get("kind") == "ConfigMap" and doc.get("apiVersion") == "v1":
+                    cms.append(_argocd_cm(doc, where, warnings))
+                    continue
+                _add_document(doc, where, apps, projects, appsets, warnings)
             except ConfigError as e:
                 errors.append(e)
     # Role policies and sync windows are validated now so a bad edit is rejected as a whole.
@@ -765,6 +772,8 @@ def load(path: str | os.PathLike[str]) -> Config:
             project_sync_windows(proj)
         except ValueError as e:
             errors.append(ConfigError(str(e), file=proj.file))
+    if len(cms) > 1:
+        errors.append(ConfigError(f"argocd-cm defined more than once ({cms[1].source})"))
     if len(errors) == 1:
         raise errors[0]
     if errors:
@@ -784,7 +793,22 @@ def load(path: str | os.PathLike[str]) -> Config:
         webhooks=webhooks,
         warnings=tuple(warnings),
         files=(str(cfg_path), *(str(f) for f in files)),
+        customizations=cms[0] if cms else Customizations(),
     )
+
+
+def _argocd_cm(doc: dict[str, Any], where: str, warnings: list[str]) -> Customizations:
+    """An Argo CD `argocd-cm` ConfigMap among the application files: its resource settings."""
+    meta = doc.get("metadata") or {}
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if name != "argocd-cm":
+        raise ConfigError(
+            f"{where}: the only ConfigMap accepted here is Argo CD's argocd-cm, not {name!r}"
+        )
+    data = doc.get("data") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} (ConfigMap/argocd-cm).data: expected a mapping")
+    return customizations.parse(data, where=f"{where} (ConfigMap/argocd-cm)", warnings=warnings)
 
 
 def _add_document(

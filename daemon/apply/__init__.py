@@ -81,8 +81,10 @@ async def apply_one(
                 out = await client.replace(rt, replaced, dry_run=dry_run)
             else:
                 out = await client.create(rt, body, dry_run=dry_run)
+        elif not opts.validate:
+            out = await client.write_unvalidated(rt, body, exists=existed, dry_run=dry_run)
         else:
-            out = await client.apply(rt, body, dry_run=dry_run, validate=opts.validate)
+            out = await client.apply(rt, body, dry_run=dry_run)
     except KubeError as e:
         return ResourceResult(
             key,

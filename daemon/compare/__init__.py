@@ -34,6 +34,13 @@ from daemon.stages import Comparison, Desired
 Fingerprints = dict[str, list[str]]
 
 
+def app_rules(app: Application) -> list[diffing.IgnoreRule]:
+    """The app's own `spec.ignoreDifferences`, parsed (errors name the app and the rule)."""
+    return diffing.parse_ignore_differences(
+        list(app.ignore_differences), where=f"Application/{app.name}.spec.ignoreDifferences"
+    )
+
+
 def fingerprint_current(fp: Sequence[str] | None, desired: Body, live: Body | None) -> bool:
     """True when `live` is exactly what gitopsd applied from `desired` last time: same desired
     body, same fields owned by our field manager, same object (uid)."""
@@ -120,6 +127,7 @@ async def compare(
     children: ChildRegistry,
     child_status: Callable[[str], dict[str, Any] | None],
     parallelism: int,
+    system_rules: Sequence[diffing.IgnoreRule] = (),
 ) -> Comparison:
     """Per-resource Synced/OutOfSync for `app`: fingerprint fast path, else dry-run diff."""
     manifests = [m for m in desired.manifests if not is_child_kind(m.key)]
@@ -145,9 +153,7 @@ async def compare(
         app=app,
         client=client,
         comparison=comparison,
-        rules=diffing.parse_ignore_differences(
-            list(app.ignore_differences), where=f"Application/{app.name}.spec.ignoreDifferences"
-        ),
+        rules=[*app_rules(app), *system_rules],
         pending=namespaces_created_by_sync(app, targets),
         app_options=parse_sync_options(app.sync_policy.sync_options),
         limiter=anyio.CapacityLimiter(parallelism),
@@ -187,10 +193,12 @@ class _DryRunDiff:
         options = self.app_options.merged(resource_sync_options(m.body))
         async with self.limiter:
             try:
-                # Validate=false also lets unknown fields through the dry run, as on apply.
-                predicted = await self.client.apply(
-                    rt, m.body, dry_run=True, validate=options.validate
-                )
+                if options.validate:
+                    predicted = await self.client.apply(rt, m.body, dry_run=True)
+                else:  # as the apply will: unknown fields dropped, not refused
+                    predicted = await self.client.write_unvalidated(
+                        rt, m.body, exists=live is not None, dry_run=True
+                    )
             except KubeError as e:
                 force = options.force
                 namespace_pending = m.key.namespace in self.pending

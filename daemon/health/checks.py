@@ -562,7 +562,18 @@ _CHECKS: dict[tuple[str, str], _Check] = {
 
 def has_check(group: str, kind: str) -> bool:
     """True when `assess` has a built-in check for this group and kind."""
-    return (group, kind) in _CHECKS
+    return (group, kind) in _CHECKS or (group, kind) in _CUSTOM
+
+
+# Checks the configuration adds (argocd-cm Lua scripts), by (group, kind); they take precedence
+# over the built-in ones, as in Argo CD. Set with `set_custom_checks` when a config is loaded.
+_CUSTOM: dict[tuple[str, str], Callable[[dict[str, Any]], Health]] = {}
+
+
+def set_custom_checks(checks: Mapping[tuple[str, str], Callable[[dict[str, Any]], Health]]) -> None:
+    """Replace the configured custom health checks."""
+    _CUSTOM.clear()
+    _CUSTOM.update(checks)
 
 
 def assess(obj: dict[str, Any]) -> Health | None:
@@ -584,6 +595,9 @@ def assess(obj: dict[str, Any]) -> Health | None:
     except _Malformed as exc:
         return Health(HealthStatus.UNKNOWN, f"health check failed: {exc}")
     group = api_version.rpartition("/")[0]
+    custom = _CUSTOM.get((group, kind))
+    if custom is not None:
+        return custom(dict(body))
     check = _CHECKS.get((group, kind))
     if check is None:
         return None

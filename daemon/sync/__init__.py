@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from daemon.children import is_child_kind
+from daemon.compare import app_rules
 from daemon.compare.inventory import Inventory
 from daemon.errors import GitopsdError
 from daemon.kube import FIELD_MANAGER, KubeClient
@@ -61,6 +62,7 @@ class SyncContext:
     # Persists the Running operationState before the first write, so a process killed mid-sync
     # resumes this very operation (and adopts its hooks) after a restart.
     checkpoint: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+    system_rules: Sequence[diffing.IgnoreRule] = ()  # argocd-cm ignoreDifferences
 
 
 def preflight(
@@ -88,6 +90,7 @@ def select_manifests(
     comparison: Comparison,
     request: SyncRequest,
     opts: SyncOptions,
+    system_rules: Sequence[diffing.IgnoreRule] = (),
 ) -> list[Manifest]:
     """What the operation applies: hooks (not for a self-heal), and resources (only OutOfSync
     ones for automated syncs, self-heals and ApplyOutOfSyncOnly); with RespectIgnoreDifferences
@@ -104,11 +107,9 @@ def select_manifests(
             and (not selective or comparison.status.get(m.key) is not SyncStatus.SYNCED)
         )
     ]
-    if not (opts.respect_ignore_differences and app.ignore_differences):
+    rules = [*app_rules(app), *system_rules]
+    if not (opts.respect_ignore_differences and rules):
         return chosen
-    rules = diffing.parse_ignore_differences(
-        list(app.ignore_differences), where=f"Application/{app.name}.spec.ignoreDifferences"
-    )
     return [
         Manifest(
             m.key,
@@ -211,7 +212,7 @@ async def run_operation(
     )
     if refused:
         return done(OperationPhase.FAILED, refused, [])
-    manifests = select_manifests(app, desired, comparison, request, opts)
+    manifests = select_manifests(app, desired, comparison, request, opts, ctx.system_rules)
     tasks = build_tasks(manifests, comparison.owned_extra, prune_last=opts.prune_last)
     main, syncfail = split_syncfail(tasks)
     if request.dry_run:

@@ -330,3 +330,71 @@ async def test_sync_results_say_unchanged_for_objects_not_written(
     [result] = second["operationState"]["syncResult"]["resources"]
     assert result["message"] == "configmap/steady unchanged"
     assert result["action"] == "unchanged"
+
+
+ARGOCD_CM = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: argocd-cm
+  namespace: argocd
+data:
+  resource.customizations.health._ConfigMap: |
+    hs = {}
+    if obj.data ~= nil and obj.data.state == "broken" then
+      hs.status = "Degraded"
+      hs.message = "state is " .. obj.data.state
+      return hs
+    end
+    hs.status = "Healthy"
+    return hs
+  resource.customizations.ignoreDifferences._ConfigMap: |
+    jsonPointers: [/data/tuned]
+  resource.exclusions: |
+    - apiGroups: [""]
+      kinds: [Secret]
+"""
+
+
+async def test_argocd_cm_health_lua_ignore_differences_and_exclusions(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """An argocd-cm among the application files carries over: a Lua health check decides the
+    health of its kind, system-wide ignoreDifferences keep a drifted field Synced, and an
+    excluded kind is left alone with a warning."""
+    git_repo.write(
+        {
+            "cm/ok.yaml": configmap("ok"),
+            "cm/secret.yaml": "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+            "stringData: {k: v}\n",
+        }
+    )
+    cfg = write_config(tmp_path, cluster, [application("custom", git_repo.url, "cm", namespace)])
+    (tmp_path / "apps" / "argocd-cm.yaml").write_text(ARGOCD_CM)
+    status = await reconcile(cfg, "custom")
+    assert status["operationState"]["phase"] == "Succeeded"
+    assert status["health"]["status"] == "Healthy"
+    assert get(cluster, namespace, "secret/s") is None
+    excluded = [c for c in status["conditions"] if c["type"] == "ExcludedResourceWarning"]
+    assert excluded and f"Secret/{namespace}/s" in excluded[0]["message"]
+    cluster.kubectl("patch", "cm", "ok", "-n", namespace, "-p", '{"data":{"tuned":"by-hand"}}')
+    status = await reconcile(cfg, "custom")
+    assert status["sync"]["status"] == "Synced"
+    git_repo.write(
+        {
+            "cm/bad.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bad}\n"
+            "data: {state: broken}\n"
+        }
+    )
+    status = await reconcile(cfg, "custom")
+    assert status["health"]["status"] == "Degraded"
+    bad = next(r for r in status["resources"] if r["name"] == "bad")
+    assert bad["health"] == {"status": "Degraded", "message": "state is broken"}
+
+
+def test_argocd_cm_lua_that_loops_or_escapes_is_contained() -> None:
+    """A Lua health script cannot reach the host or run forever: it yields Unknown health."""
+    from daemon.health.lua import evaluate
+
+    assert "os" in evaluate("return os.execute('id')", {}).message
+    looping = evaluate("while true do end", {})
+    assert looping.status == "Unknown" and "budget" in looping.message
