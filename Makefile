@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv tools cluster cluster-down test unit lint demo bench dist clean
+.PHONY: all venv tools cluster cluster-down test unit lint demo bench soak dist clean
 
 all: test
 
@@ -45,6 +45,10 @@ demo: tools
 bench: tools
 	$(PY) bench/bench_sync.py
 	$(PY) bench/bench_daemon.py
+
+# Longer fault campaigns than `make test` runs (CI keeps to a few rounds).
+soak: tools
+	GITOPSD_CRASH_ROUNDS=$${GITOPSD_CRASH_ROUNDS:-30} $(PY) -m pytest tests/crash tests/faults -v
 
 dist: venv
 	$(PY) -m pip install --quiet 'pyinstaller>=6.10,<7'

@@ -64,6 +64,7 @@ def test_secret_values_appear_nowhere(
         wait_for(lambda: d.synced("secrets"), timeout=60, what="synced")
         seen = [d.api("/api/v1/applications/secrets").text, d.api("/metrics").text]
         git_repo.write({"a/secret.yaml": secret(SECOND)})
+        d.api("/api/v1/applications/secrets/refresh", method="POST")
         wait_for(
             lambda: d.synced("secrets", git_repo.git("rev-parse", "HEAD")),
             timeout=60,
