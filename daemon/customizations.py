@@ -33,6 +33,8 @@ KNOWN_KEYS = frozenset(
         "resource.compareoptions",
     }
 )
+TRACKING_KEY = "application.resourceTrackingMethod"
+TRACKING_METHODS = ("annotation", "label", "annotation+label")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class Customizations:
     exclusions: tuple[ResourceFilter, ...] = ()
     inclusions: tuple[ResourceFilter, ...] = ()
     ignore_aggregated_roles: bool = False
+    tracking_method: str = ""  # application.resourceTrackingMethod, when set
     source: str = ""
 
     def excluded(self, group: str, kind: str, server: str) -> bool:
@@ -136,6 +139,12 @@ def parse(data: Mapping[str, Any], *, where: str, warnings: list[str]) -> Custom
                     health[(group, kind)] = entry["health.lua"]
         elif key not in KNOWN_KEYS and key.startswith("resource."):
             warnings.append(f"{at}: not used by gitopsd (ignored)")
+    tracking = str(data.get(TRACKING_KEY) or "")
+    if tracking and tracking not in TRACKING_METHODS:
+        raise ConfigError(
+            f"{where}.data[{TRACKING_KEY!r}]: {tracking!r} is not one of "
+            + ", ".join(TRACKING_METHODS)
+        )
     options = _yaml(data.get("resource.compareoptions", "{}"), f"{where}.data.compareoptions")
     options = options or {}
     status_field = str(options.get("ignoreResourceStatusField", "all")).lower()
@@ -150,6 +159,7 @@ def parse(data: Mapping[str, Any], *, where: str, warnings: list[str]) -> Custom
         exclusions=_filters(data.get("resource.exclusions", "[]"), f"{where}.exclusions"),
         inclusions=_filters(data.get("resource.inclusions", "[]"), f"{where}.inclusions"),
         ignore_aggregated_roles=bool(options.get("ignoreAggregatedRoles", False)),
+        tracking_method=tracking,
         source=where,
     )
 

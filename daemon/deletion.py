@@ -38,6 +38,7 @@ from daemon.plan.options import (
 )
 from daemon.plan.order import SyncTask, build_tasks, group_steps
 from daemon.plan.project import resource_violation
+from daemon.plan.tracking import TrackingMethod
 from daemon.settings import Application, ClusterConfig
 from daemon.stages import Desired
 from daemon.sync.hooks import CreatedHook, cleanup, run_hook
@@ -52,6 +53,7 @@ def deletable(
     app: Application,
     project: AppProject,
     cluster: ClusterConfig,
+    method: TrackingMethod = TrackingMethod.ANNOTATION,
 ) -> dict[ResourceKey, Body]:
     """The live objects a cascade delete may remove: tracked as the app's, not owned by another
     object, not kept by Helm's resource policy, not CRDs, and permitted by the project (Argo
@@ -64,7 +66,7 @@ def deletable(
     return {
         k: b
         for k, b in live.items()
-        if tracking.is_owned_by(b, app.instance_name, namespaced=namespaced(k))
+        if tracking.is_owned_by(b, app.instance_name, namespaced=namespaced(k), method=method)
         and not (b.get("metadata") or {}).get("ownerReferences")
         and annotations_of(b).get(ANN_HELM_RESOURCE_POLICY) != "keep"
         and k.kind != "CustomResourceDefinition"
@@ -81,6 +83,7 @@ async def delete_resources(
     inventory: Inventory,
     fingerprints: Mapping[str, object],
     parallelism: int,
+    tracking_method: TrackingMethod = TrackingMethod.ANNOTATION,
 ) -> list[ResourceResult]:
     """Delete what `app` owns, wave by wave in reverse; forget its inventory when all went."""
     await client.discover()
@@ -89,8 +92,8 @@ async def delete_resources(
     types = {
         key: rt for key in candidates if (rt := client.preferred(key.group, key.kind)) is not None
     }
-    live = await fetch_live(client, types, owner=app.instance_name)
-    owned = deletable(live, types, app, project, cluster)
+    live = await fetch_live(client, types, owner=app.instance_name, method=tracking_method)
+    owned = deletable(live, types, app, project, cluster, tracking_method)
     for key in owned:
         if key not in types and (rt := client.preferred(key.group, key.kind)) is not None:
             types[key] = rt

@@ -17,6 +17,7 @@ from daemon.kube import KubeClient
 from daemon.model import ANN_SYNC_OPTIONS, Body, Manifest, ResourceKey, ResourceType
 from daemon.plan import tracking
 from daemon.plan.options import is_hook, is_skipped, resource_sync_options
+from daemon.plan.tracking import TrackingMethod
 from daemon.render import Renderer, RenderRequest
 from daemon.settings import DNS1123_LABEL, Application
 from daemon.sources.git import RepoCache
@@ -47,6 +48,7 @@ async def render_desired(
     renderer: Renderer,
     revision: str = "",
     max_age: float = 0.0,
+    tracking_method: TrackingMethod = TrackingMethod.ANNOTATION,
 ) -> Desired:
     """Resolve, check out and render every source; prepare manifests for the cluster."""
     manifests: list[Manifest] = []
@@ -76,7 +78,7 @@ async def render_desired(
         manifests.extend(rendered.manifests)
         revisions.append(resolved.sha)
         tools.append(rendered.tool)
-    prepared, types, warnings = await prepare(app, client, manifests)
+    prepared, types, warnings = await prepare(app, client, manifests, tracking_method)
     return Desired(
         revision=revisions[0] if revisions else "",
         revisions=revisions,
@@ -113,7 +115,10 @@ def crd_kinds(manifests: Sequence[Manifest]) -> dict[tuple[str, str], tuple[bool
 
 
 async def prepare(
-    app: Application, client: KubeClient, manifests: Sequence[Manifest]
+    app: Application,
+    client: KubeClient,
+    manifests: Sequence[Manifest],
+    tracking_method: TrackingMethod = TrackingMethod.ANNOTATION,
 ) -> tuple[list[Manifest], dict[ResourceKey, ResourceType | None], list[str]]:
     """Resolve kinds, default namespaces, add tracking ids; reject what cannot be synced.
     Identical duplicates are a warning (one is kept, as Argo CD keeps the last); duplicates
@@ -170,7 +175,7 @@ async def prepare(
                     errors.append(f"{m.source}: {m.key}: {error}")
                     continue
         namespaced = rt.namespaced if rt is not None else crds[(m.key.group, m.key.kind)][0]
-        body, error = placed(app, m, namespaced=namespaced)
+        body, error = placed(app, m, namespaced=namespaced, tracking_method=tracking_method)
         if error:
             errors.append(error)
             continue
@@ -195,7 +200,13 @@ def _unserved(m: Manifest, crds: dict[tuple[str, str], tuple[bool, set[str]]]) -
     )
 
 
-def placed(app: Application, m: Manifest, *, namespaced: bool) -> tuple[Body, str]:
+def placed(
+    app: Application,
+    m: Manifest,
+    *,
+    namespaced: bool,
+    tracking_method: TrackingMethod = TrackingMethod.ANNOTATION,
+) -> tuple[Body, str]:
     """`m`'s body with its namespace defaulted (or dropped when cluster-scoped) and the app's
     tracking id, or an error when a namespaced object has nowhere to go."""
     body = copy.deepcopy(m.body)
@@ -221,4 +232,7 @@ def placed(app: Application, m: Manifest, *, namespaced: bool) -> tuple[Body, st
     tid = tracking.build(
         app.instance_name, key, namespaced=namespaced, dest_namespace=app.destination.namespace
     )
-    return tracking.with_tracking(body, tid), ""
+    try:
+        return tracking.with_tracking(body, tid, tracking_method), ""
+    except ValueError as e:
+        return body, f"Application/{app.name}: {e}"

@@ -35,6 +35,7 @@ from daemon.kube import Clusters, KubeClient
 from daemon.model import Body, HookType, ResourceKey, ResourceResult
 from daemon.plan import diff as diffing
 from daemon.plan.project import app_violations, resource_violation
+from daemon.plan.tracking import TrackingMethod
 from daemon.render import Renderer
 from daemon.settings import Application, ClusterConfig, Config
 from daemon.sources.git import RepoCache
@@ -127,6 +128,9 @@ class Reconciler:
         custom = config.customizations
         set_custom_checks({gk: lua.check(script) for gk, script in custom.health.items()})
         self.system_rules = system_rules(config)
+        self.tracking = TrackingMethod(
+            config.settings.resource_tracking_method or custom.tracking_method or "annotation"
+        )
 
     def project_for(self, app: Application) -> AppProject | None:
         """The project `app` is judged by. A project defined by a parent app (app of apps) only
@@ -292,6 +296,7 @@ class Reconciler:
             renderer=self.renderer,
             revision=revision,
             max_age=max_age,
+            tracking_method=self.tracking,
         )
         self._inputs[app.name] = desired.inputs
         violations = app_violations(app, target.project, target.cluster, desired)
@@ -329,6 +334,7 @@ class Reconciler:
             child_status=self._child_status,
             parallelism=self.settings.kube_parallelism,
             system_rules=self.system_rules,
+            tracking_method=self.tracking,
         )
 
     def _without_excluded(self, desired: Desired, target: Target, run: RunState) -> Desired:
@@ -542,6 +548,7 @@ class Reconciler:
                 inventory=self.inventory,
                 fingerprints=saved.get("fingerprints", {}),
                 parallelism=self.settings.kube_parallelism,
+                tracking_method=self.tracking,
             )
             if desired is not None:
                 await run_delete_hooks(

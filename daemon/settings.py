@@ -178,6 +178,9 @@ class Settings:
     # children. True restores the wait (what Argo CD's docs add with a Lua health check).
     app_of_apps_health_gate: bool = False
     metrics_token_file: str = ""  # when set, /metrics needs this bearer token
+    # Argo CD's application.resourceTrackingMethod: annotation | label | annotation+label
+    # ("" = argocd-cm's, else annotation).
+    resource_tracking_method: str = ""
     cluster_probe_interval: float = 5.0  # how often each cluster's API server is asked
     cluster_unreachable_after: float = 10.0  # failing this long makes a cluster unreachable
 
@@ -665,6 +668,9 @@ def load(path: str | os.PathLike[str]) -> Config:
         listen=s.text("listen", d.listen),
         self_heal_debounce=dur("selfHealDebounce", d.self_heal_debounce),
         app_of_apps_health_gate=s.bool("appOfAppsHealthGate", d.app_of_apps_health_gate),
+        resource_tracking_method=_tracking_method(
+            s.text("resourceTrackingMethod", d.resource_tracking_method), f"{s.where}"
+        ),
         metrics_token_file=_resolve(base, s.text("metricsTokenFile", d.metrics_token_file)),
         cluster_probe_interval=dur("clusterProbeInterval", d.cluster_probe_interval),
         cluster_unreachable_after=dur("clusterUnreachableAfter", d.cluster_unreachable_after),
@@ -795,6 +801,15 @@ def load(path: str | os.PathLike[str]) -> Config:
         files=(str(cfg_path), *(str(f) for f in files)),
         customizations=cms[0] if cms else Customizations(),
     )
+
+
+def _tracking_method(value: str, where: str) -> str:
+    if value and value not in customizations.TRACKING_METHODS:
+        raise ConfigError(
+            f"{where}.resourceTrackingMethod: {value!r} is not one of "
+            + ", ".join(customizations.TRACKING_METHODS)
+        )
+    return value
 
 
 def _argocd_cm(doc: dict[str, Any], where: str, warnings: list[str]) -> Customizations:

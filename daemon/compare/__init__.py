@@ -28,6 +28,7 @@ from daemon.plan.options import (
     parse_sync_options,
     resource_sync_options,
 )
+from daemon.plan.tracking import TrackingMethod
 from daemon.settings import Application
 from daemon.stages import Comparison, Desired
 
@@ -59,6 +60,7 @@ def owned_extras(
     desired_keys: Collection[ResourceKey],
     types: Mapping[ResourceKey, ResourceType],
     instance: str,
+    method: TrackingMethod = TrackingMethod.ANNOTATION,
 ) -> dict[ResourceKey, Body]:
     """Live objects the app owns (its tracking id, not a hook, not owned by another object)
     that git no longer has: what a prune would delete."""
@@ -68,7 +70,8 @@ def owned_extras(
             continue
         rt = types.get(key)  # None: found by its tracking id, not recorded anywhere
         namespaced = rt.namespaced if rt is not None else bool(key.namespace)
-        if tracking.is_owned_by(body, instance, namespaced=namespaced) and not is_hook(body):
+        owned = tracking.is_owned_by(body, instance, namespaced=namespaced, method=method)
+        if owned and not is_hook(body):
             out[key] = body
     return out
 
@@ -128,6 +131,7 @@ async def compare(
     child_status: Callable[[str], dict[str, Any] | None],
     parallelism: int,
     system_rules: Sequence[diffing.IgnoreRule] = (),
+    tracking_method: TrackingMethod = TrackingMethod.ANNOTATION,
 ) -> Comparison:
     """Per-resource Synced/OutOfSync for `app`: fingerprint fast path, else dry-run diff."""
     manifests = [m for m in desired.manifests if not is_child_kind(m.key)]
@@ -135,11 +139,11 @@ async def compare(
     recorded = set(await inventory.load(app.name, client))
     recorded |= {k for k in map(tracking.key_from_str, fingerprints) if k is not None}
     wanted = wanted_types(targets, desired.types, recorded, client.preferred)
-    live = await fetch_live(client, wanted, owner=app.instance_name)
+    live = await fetch_live(client, wanted, owner=app.instance_name, method=tracking_method)
     desired_keys = {m.key for m in targets}
     comparison = Comparison(
         live=live,
-        owned_extra=owned_extras(live, desired_keys, wanted, app.instance_name),
+        owned_extra=owned_extras(live, desired_keys, wanted, app.instance_name, tracking_method),
         status={},
     )
     compare_children(
@@ -156,6 +160,7 @@ async def compare(
         rules=[*app_rules(app), *system_rules],
         pending=namespaces_created_by_sync(app, targets),
         app_options=parse_sync_options(app.sync_policy.sync_options),
+        tracking_method=tracking_method,
         limiter=anyio.CapacityLimiter(parallelism),
     )
     async with anyio.create_task_group() as tg:
@@ -176,10 +181,11 @@ class _DryRunDiff:
     pending: set[str]
     app_options: SyncOptions
     limiter: anyio.CapacityLimiter
+    tracking_method: TrackingMethod
 
     async def one(self, m: Manifest, rt: ResourceType | None, fp: list[str] | None) -> None:
         live = self.comparison.live.get(m.key)
-        owner = tracking.owner_of(live) if live is not None else ""
+        owner = tracking.owner_of(live, self.tracking_method) if live is not None else ""
         if owner and owner != self.app.instance_name:
             self.comparison.shared[m.key] = (
                 f"{m.key.kind}/{m.key.name} is part of applications {self.app.name} and {owner}"

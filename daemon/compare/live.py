@@ -13,6 +13,7 @@ from daemon.errors import KubeError
 from daemon.kube import KubeClient
 from daemon.model import Body, ResourceKey, ResourceType
 from daemon.plan import tracking
+from daemon.plan.tracking import TrackingMethod
 
 log = structlog.get_logger("gitopsd.compare")
 
@@ -20,7 +21,11 @@ READ_PARALLELISM = 16
 
 
 async def fetch_live(
-    client: KubeClient, keys: dict[ResourceKey, ResourceType], *, owner: str = ""
+    client: KubeClient,
+    keys: dict[ResourceKey, ResourceType],
+    *,
+    owner: str = "",
+    method: TrackingMethod = TrackingMethod.ANNOTATION,
 ) -> dict[ResourceKey, Body]:
     """Live objects for `keys` (absent ones are simply missing from the result), plus, when
     `owner` is given, every other object of the same types and namespaces whose tracking id
@@ -35,7 +40,7 @@ async def fetch_live(
     async def group(rt: ResourceType, ns: str, wanted: list[ResourceKey]) -> None:
         async with limiter:
             try:
-                live.update(await _read_group(client, rt, ns, wanted, owner=owner))
+                live.update(await _read_group(client, rt, ns, wanted, owner, method))
             except KubeError as e:
                 if e.status != 403:
                     raise
@@ -48,7 +53,12 @@ async def fetch_live(
 
 
 async def _read_group(
-    client: KubeClient, rt: ResourceType, ns: str, wanted: list[ResourceKey], *, owner: str
+    client: KubeClient,
+    rt: ResourceType,
+    ns: str,
+    wanted: list[ResourceKey],
+    owner: str,
+    method: TrackingMethod,
 ) -> dict[ResourceKey, Body]:
     found: dict[ResourceKey, Body] = {}
     if "list" in rt.verbs:
@@ -59,7 +69,9 @@ async def _read_group(
             item.setdefault("kind", rt.kind)
             k = ResourceKey.of(item)
             key = ResourceKey(k.group or rt.group, k.kind, ns or k.namespace, k.name)
-            mine = owner and tracking.is_owned_by(item, owner, namespaced=rt.namespaced)
+            mine = owner and tracking.is_owned_by(
+                item, owner, namespaced=rt.namespaced, method=method
+            )
             if k.name in names or mine:
                 found[key] = item
         return found

@@ -1,17 +1,59 @@
-"""Ownership: Argo CD's tracking-id annotation, and the inventory of what an app owns.
+"""Ownership: Argo CD's resource tracking, and the inventory of what an app owns.
 
-The tracking id is `<app>:<group>/<kind>:<namespace>/<name>`. An object belongs to an app only
-when its tracking id names the app AND the object itself (a copied annotation does not make an
-object prunable). Pure functions.
+Argo CD's `application.resourceTrackingMethod`:
+- `annotation` (the default): the tracking id `<app>:<group>/<kind>:<namespace>/<name>`; an
+  object belongs to an app only when its tracking id names the app AND the object itself (a
+  copied annotation does not make an object prunable);
+- `label`: the `app.kubernetes.io/instance` label names the app (Argo CD's legacy method);
+- `annotation+label`: the annotation decides, the label is also written (for tools that
+  select by it).
+Pure functions.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 from daemon.model import ANN_TRACKING_ID, Body, ResourceKey, annotations_of
+
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+class TrackingMethod(enum.StrEnum):
+    """Argo CD's `application.resourceTrackingMethod`."""
+
+    ANNOTATION = "annotation"
+    LABEL = "label"
+    ANNOTATION_LABEL = "annotation+label"
+
+    @property
+    def writes_label(self) -> bool:
+        return self is not TrackingMethod.ANNOTATION
+
+    @property
+    def writes_annotation(self) -> bool:
+        return self is not TrackingMethod.LABEL
+
+
+def label_value(app: str) -> str:
+    """`app` as the instance label value; ValueError when the name cannot be one (label
+    tracking needs app names of at most 63 characters, as in Argo CD)."""
+    if len(app) > 63 or not _LABEL_VALUE.match(app):
+        raise ValueError(
+            f"application name {app!r} cannot be a label value (at most 63 characters); "
+            "label tracking needs a shorter name"
+        )
+    return app
+
+
+def _labels_of(body: Body) -> dict[str, str]:
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +89,26 @@ def parse(value: str) -> TrackingId | None:
     return TrackingId(app, group, kind, ns, name)
 
 
-def owner_of(body: Body) -> str | None:
-    """The app named by an object's tracking id, if any."""
+def owner_of(body: Body, method: TrackingMethod = TrackingMethod.ANNOTATION) -> str | None:
+    """The app an object is tracked by, if any."""
+    if method is TrackingMethod.LABEL:
+        return _labels_of(body).get(LABEL_INSTANCE)
     value = annotations_of(body).get(ANN_TRACKING_ID)
     tid = parse(value) if value else None
     return tid.app if tid else None
 
 
-def is_owned_by(body: Body, app: str, *, namespaced: bool) -> bool:
-    """True when `body` carries a tracking id naming `app` and the object itself."""
+def is_owned_by(
+    body: Body,
+    app: str,
+    *,
+    namespaced: bool,
+    method: TrackingMethod = TrackingMethod.ANNOTATION,
+) -> bool:
+    """True when `body` is tracked by `app`: its tracking id names `app` and the object itself
+    (or, with label tracking, its instance label names `app`)."""
+    if method is TrackingMethod.LABEL:
+        return _labels_of(body).get(LABEL_INSTANCE) == app
     value = annotations_of(body).get(ANN_TRACKING_ID)
     tid = parse(value) if value else None
     if tid is None or tid.app != app:
@@ -68,13 +121,20 @@ def is_owned_by(body: Body, app: str, *, namespaced: bool) -> bool:
     return not namespaced or tid.namespace == key.namespace
 
 
-def with_tracking(body: Body, tracking_id: str) -> Body:
-    """A copy of `body` carrying the tracking annotation."""
+def with_tracking(
+    body: Body, tracking_id: str, method: TrackingMethod = TrackingMethod.ANNOTATION
+) -> Body:
+    """A copy of `body` tracked as `tracking_id` says, by annotation and/or label."""
     out = dict(body)
     meta = dict(out.get("metadata") or {})
-    anns = dict(meta.get("annotations") or {})
-    anns[ANN_TRACKING_ID] = tracking_id
-    meta["annotations"] = anns
+    if method.writes_annotation:
+        anns = dict(meta.get("annotations") or {})
+        anns[ANN_TRACKING_ID] = tracking_id
+        meta["annotations"] = anns
+    if method.writes_label:
+        labels = dict(meta.get("labels") or {})
+        labels[LABEL_INSTANCE] = label_value(tracking_id.split(":", 1)[0])
+        meta["labels"] = labels
     out["metadata"] = meta
     return out
 

@@ -398,3 +398,32 @@ def test_argocd_cm_lua_that_loops_or_escapes_is_contained() -> None:
     assert "os" in evaluate("return os.execute('id')", {}).message
     looping = evaluate("while true do end", {})
     assert looping.status == "Unknown" and "budget" in looping.message
+
+
+@pytest.mark.parametrize("method", ["label", "annotation+label"])
+async def test_resource_tracking_methods(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path, method: str
+) -> None:
+    """`resourceTrackingMethod` label writes the app.kubernetes.io/instance label (and no
+    tracking annotation) and prunes by it; annotation+label writes both and prunes by the
+    annotation; objects labelled for another app are never pruned."""
+    git_repo.write({"t/a.yaml": configmap("a"), "t/b.yaml": configmap("b")})
+    app = application("tracked", git_repo.url, "t", namespace)
+    cfg = write_config(tmp_path, cluster, [app], resourceTrackingMethod=method)
+    status = await reconcile(cfg, "tracked")
+    assert status["operationState"]["phase"] == "Succeeded"
+    live = get(cluster, namespace, "configmap/a")
+    assert live is not None
+    assert live["metadata"]["labels"]["app.kubernetes.io/instance"] == "tracked"
+    annotations = live["metadata"].get("annotations") or {}
+    assert ("argocd.argoproj.io/tracking-id" in annotations) == (method == "annotation+label")
+    foreign = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: foreign\n"
+        "  labels: {app.kubernetes.io/instance: other-app}\n"
+    )
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=foreign)
+    git_repo.write({"t/b.yaml": None})
+    status = await reconcile(cfg, "tracked")
+    assert status["sync"]["status"] == "Synced"
+    assert get(cluster, namespace, "configmap/b") is None
+    assert get(cluster, namespace, "configmap/foreign") is not None
