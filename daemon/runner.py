@@ -155,6 +155,7 @@ class DriftWatches:
     ) -> None:
         cluster, _, _, ns = scope_key
         backoff = 1.0
+        broken = False  # the last watch ended in an error: events may have been missed
         with scope:
             while True:
                 try:
@@ -162,13 +163,18 @@ class DriftWatches:
                     for item in items:
                         self._note(cluster, rt, item, initial=True)
                     self.established.add(scope_key)
-                    backoff = 1.0
+                    if broken:
+                        self._recovered(scope_key, f"{rt.kind} watch re-established")
+                    broken, backoff = False, 1.0
                     async for ev in client.watch(rt, ns, resource_version=rv):
-                        if ev.type == "ERROR":
+                        if ev.type == "ERROR":  # e.g. 410 Gone: relist from scratch
+                            broken = True
+                            self._lost(scope_key)
                             break
                         if ev.type in ("MODIFIED", "DELETED", "ADDED"):
                             self._note(cluster, rt, ev.object, deleted=ev.type == "DELETED")
                 except (KubeError, ValueError) as e:
+                    broken = True
                     self._lost(scope_key)
                     # Forbidden or unreachable: back off (up to a minute), never spin.
                     log.debug(
@@ -187,6 +193,13 @@ class DriftWatches:
         for app, scopes in self.app_scopes.items():
             if scope_key in scopes:
                 self.clean.discard(app)
+
+    def _recovered(self, scope_key: tuple[str, str, str, str], reason: str) -> None:
+        """A broken watch is back: compare its apps now instead of at the next poll, since
+        changes (and deletions) made meanwhile were never seen as events."""
+        for app, scopes in self.app_scopes.items():
+            if scope_key in scopes:
+                self.daemon.drift(app, reason)
 
     def covers(self, app: str) -> bool:
         """True when every type/namespace the app manages is being watched."""

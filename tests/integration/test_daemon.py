@@ -63,7 +63,11 @@ class Daemon:
 
 @contextmanager
 def running(
-    cfg: Path, *, env: dict[str, str] | None = None, host: str = "127.0.0.1"
+    cfg: Path,
+    *,
+    env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[Daemon]:
     port = _free_port()
     data = yaml.safe_load(cfg.read_text())
@@ -75,7 +79,7 @@ def running(
     import os
 
     proc = subprocess.Popen(
-        [GITOPSD, "run", "-c", str(cfg), "--log-format", "json"],
+        [GITOPSD, "run", "-c", str(cfg), "--log-format", "json", *extra_args],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
