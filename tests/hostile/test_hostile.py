@@ -44,6 +44,78 @@ CASES: list[tuple[str, dict[str, str | None], str]] = [
         "namespace name",
     ),
     (
+        "document is a list",
+        {"app/b.yaml": None, "app/c.yaml": "- apiVersion: v1\n  kind: ConfigMap\n"},
+        "app/c.yaml: document 1 is not a mapping (got list)",
+    ),
+    (
+        "invalid JSON",
+        {"app/b.yaml": None, "app/c.json": '{"apiVersion": "v1", "kind": '},
+        "app/c.json:1: invalid JSON",
+    ),
+    (
+        "name is not a string",
+        {
+            "app/b.yaml": None,
+            "app/c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: 7}\n",
+        },
+        "app/c.yaml: ConfigMap metadata.name must be a string",
+    ),
+    (
+        "List with a non-object item",
+        {"app/b.yaml": None, "app/c.yaml": "apiVersion: v1\nkind: List\nitems: [3]\n"},
+        "app/c.yaml: document 1 items[0] is not a mapping",
+    ),
+    (
+        "bad sync-options annotation",
+        {
+            "app/b.yaml": None,
+            "app/c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  annotations:\n"
+            "    argocd.argoproj.io/sync-options: Prune=maybe\n",
+        },
+        "app/c.yaml: ConfigMap/",
+    ),
+    (
+        "namespace longer than a DNS label",
+        {
+            "app/b.yaml": None,
+            "app/c.yaml": "apiVersion: v1\nkind: ConfigMap\n"
+            f"metadata: {{name: c, namespace: {'n' * 64}}}\n",
+        },
+        "is not a valid namespace name",
+    ),
+    (
+        "kustomize remote base",
+        {
+            "app/b.yaml": None,
+            "app/kustomization.yaml": "resources: [a.yaml, https://github.com/org/repo//base]\n",
+        },
+        "remote resource 'https://github.com/org/repo//base' is not allowed",
+    ),
+    (
+        "kustomize patch from outside",
+        {
+            "app/b.yaml": None,
+            "app/kustomization.yaml": "resources: [a.yaml]\n"
+            "patches: [{path: ../../../etc/x.yaml}]\n",
+        },
+        "app/kustomization.yaml: reference '../../../etc/x.yaml' is outside the repository",
+    ),
+    (
+        "alias bomb in a kustomization",
+        {"app/b.yaml": None, "app/kustomization.yaml": BOMB.replace("apiVersion: v1\n", "")},
+        "aliases expand this YAML past",
+    ),
+    (
+        "config generator file outside",
+        {
+            "app/b.yaml": None,
+            "app/kustomization.yaml": "resources: [a.yaml]\n"
+            "configMapGenerator: [{name: g, files: [/etc/passwd]}]\n",
+        },
+        "reference '/etc/passwd' is outside the repository",
+    ),
+    (
         "upper-case namespace",
         {
             "app/b.yaml": None,
