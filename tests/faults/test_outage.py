@@ -102,3 +102,31 @@ def test_outage_mid_wave_is_visible_and_the_sync_converges(
         events = [e.get("event") for e in logs]
         assert "cluster unreachable" in events
         assert "cluster reachable again" in events
+
+
+def test_slow_api_server_still_converges_in_wave_order(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """With 300 ms added to every chunk the API server sends, the multi-wave sync still
+    converges in order, and latency alone is not reported as an outage."""
+    git_repo.write(
+        {
+            "a/0.yaml": configmap("first", wave=0),
+            "a/1.yaml": deployment("mid", "nginx:1", wave=1),
+            "a/2.yaml": configmap("last", wave=2),
+        }
+    )
+    proxy.latency = 0.3
+    proxy.set("latency")
+    cfg = proxied_config(
+        tmp_path, cluster, proxy, [application("slow-api", git_repo.url, "a", namespace)]
+    )
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("slow-api"), timeout=180, what="synced over a slow link")
+        assert d.api("/readyz").status_code == 200
+        st = d.status("slow-api")
+        assert st["operationState"]["phase"] == "Succeeded"
+    first, mid, last = (get(cluster, namespace, r) for r in ("cm/first", "deploy/mid", "cm/last"))
+    assert first and mid and last
+    stamps = [o["metadata"]["creationTimestamp"] for o in (first, mid, last)]
+    assert stamps == sorted(stamps)
