@@ -20,6 +20,7 @@ import anyio
 import httpx
 from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client import Configuration
+from kubernetes_asyncio.config import kube_config as kube_config_module
 
 from daemon.errors import KubeError, KubeNotFound
 from daemon.model import Body, ResourceKey, ResourceType
@@ -150,14 +151,23 @@ class KubeClient:
         cls, *, name: str, path: str | None, context: str | None = None
     ) -> KubeClient:
         """A client from a kubeconfig file ($KUBECONFIG / ~/.kube/config when path is None)."""
-        cfg = Configuration()
-        try:
-            await kconfig.load_kube_config(
-                config_file=path, context=context or None, client_configuration=cfg
-            )
-        except Exception as e:  # the loader raises many unrelated types
-            raise KubeError(f"cluster {name}", "load kubeconfig", str(e)) from e
-        return await cls._from_configuration(name, cfg)
+        for attempt in range(2):
+            cfg = Configuration()
+            try:
+                await kconfig.load_kube_config(
+                    config_file=path, context=context or None, client_configuration=cfg
+                )
+                return await cls._from_configuration(name, cfg)
+            except (ssl.SSLError, OSError) as e:
+                # The loader writes inline certificates to temporary files once per process
+                # and reuses them; a /tmp cleaner may have removed or emptied them since.
+                if attempt == 0:
+                    kube_config_module._temp_files.clear()
+                    continue
+                raise KubeError(f"cluster {name}", "load kubeconfig", str(e)) from e
+            except Exception as e:  # the loader raises many unrelated types
+                raise KubeError(f"cluster {name}", "load kubeconfig", str(e)) from e
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
     async def in_cluster(cls, *, name: str) -> KubeClient:

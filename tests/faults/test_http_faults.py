@@ -4,15 +4,14 @@ nothing lost, shows the trouble while it lasts, and keeps healing drift."""
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
+from tests.conftest import Cluster, GitRepo, application, wait_for
+from tests.faults import proxied_config
 from tests.faults.http_proxy import HttpFaultProxy, Mode
 from tests.integration.test_daemon import running
 from tests.integration.test_sync import configmap, deployment, get
@@ -28,22 +27,9 @@ def proxy(cluster: Cluster, tmp_path: Path) -> Iterator[HttpFaultProxy]:
     p.close()
 
 
-def proxied(tmp_path: Path, cluster: Cluster, proxy: HttpFaultProxy, apps: list[dict]) -> Path:
-    """A config whose cluster is reached through `proxy`, probed every second."""
-    kc = yaml.safe_load(cluster.kubeconfig.read_text())
-    kc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
-    kc["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(
-        proxy.ca_pem
-    ).decode()
-    kubeconfig = tmp_path / "proxied.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(kc))
-    cfg = write_config(
-        tmp_path, cluster, apps, clusterProbeInterval="1s", clusterUnreachableAfter="3s"
-    )
-    data = yaml.safe_load(cfg.read_text())
-    data["clusters"][0]["kubeconfig"] = str(kubeconfig)
-    cfg.write_text(yaml.safe_dump(data))
-    return cfg
+def proxied(tmp_path: Path, cluster: Cluster, proxy: HttpFaultProxy, app: dict) -> Path:
+    """A config reaching the cluster through the HTTP-aware proxy."""
+    return proxied_config(tmp_path, cluster, proxy.port, [app], ca_pem=proxy.ca_pem)
 
 
 @pytest.mark.parametrize("fault", ["429", "503"])
@@ -65,9 +51,7 @@ def test_throttling_or_server_errors_mid_wave(
             "a/2.yaml": configmap("last", wave=2),
         }
     )
-    cfg = proxied(
-        tmp_path, cluster, proxy, [application("throttled", git_repo.url, "a", namespace)]
-    )
+    cfg = proxied(tmp_path, cluster, proxy, application("throttled", git_repo.url, "a", namespace))
     with running(cfg) as d:
         wait_for(
             lambda: get(cluster, namespace, "deployment/slow") is not None,
@@ -100,7 +84,7 @@ def test_drift_is_healed_when_watches_drop_or_expire(
     hand is still healed within seconds (the watch relists and compares), not at the next
     poll a minute later."""
     git_repo.write({"a/cm.yaml": configmap("guarded", data="from-git")})
-    cfg = proxied(tmp_path, cluster, proxy, [application("healing", git_repo.url, "a", namespace)])
+    cfg = proxied(tmp_path, cluster, proxy, application("healing", git_repo.url, "a", namespace))
     with running(cfg) as d:
         wait_for(lambda: d.synced("healing"), timeout=60, what="synced")
         time.sleep(2)  # the drift watch is up

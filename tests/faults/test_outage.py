@@ -9,9 +9,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import yaml
 
-from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
+from tests.conftest import Cluster, GitRepo, application, wait_for
+from tests.faults import proxied_config
 from tests.faults.proxy import FaultProxy, Mode
 from tests.integration.test_daemon import running
 from tests.integration.test_sync import configmap, deployment, get
@@ -26,21 +26,6 @@ def proxy(cluster: Cluster) -> Iterator[FaultProxy]:
     p = FaultProxy(target.hostname or "127.0.0.1", target.port or 443)
     yield p
     p.close()
-
-
-def proxied_config(tmp_path: Path, cluster: Cluster, proxy: FaultProxy, apps: list[dict]) -> Path:
-    """A config whose only cluster is reached through `proxy`, probed every second."""
-    kc = yaml.safe_load(cluster.kubeconfig.read_text())
-    kc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
-    kubeconfig = tmp_path / "proxied.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(kc))
-    cfg = write_config(
-        tmp_path, cluster, apps, clusterProbeInterval="1s", clusterUnreachableAfter="3s"
-    )
-    data = yaml.safe_load(cfg.read_text())
-    data["clusters"][0]["kubeconfig"] = str(kubeconfig)
-    cfg.write_text(yaml.safe_dump(data))
-    return cfg
 
 
 @pytest.mark.parametrize("fault", ["cut", "blackhole"])
@@ -63,7 +48,7 @@ def test_outage_mid_wave_is_visible_and_the_sync_converges(
         }
     )
     app = application("outage", git_repo.url, "a", namespace)
-    cfg = proxied_config(tmp_path, cluster, proxy, [app])
+    cfg = proxied_config(tmp_path, cluster, proxy.port, [app])
     with running(cfg) as d:
         wait_for(
             lambda: get(cluster, namespace, "deployment/slow") is not None,
@@ -118,9 +103,8 @@ def test_slow_api_server_still_converges_in_wave_order(
     )
     proxy.latency = 0.3
     proxy.set("latency")
-    cfg = proxied_config(
-        tmp_path, cluster, proxy, [application("slow-api", git_repo.url, "a", namespace)]
-    )
+    app = application("slow-api", git_repo.url, "a", namespace)
+    cfg = proxied_config(tmp_path, cluster, proxy.port, [app])
     with running(cfg) as d:
         wait_for(lambda: d.synced("slow-api"), timeout=180, what="synced over a slow link")
         assert d.api("/readyz").status_code == 200
