@@ -57,25 +57,29 @@ class HttpFaultProxy:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        """Stop accepting. Streams still open end on their own (their threads are daemons):
+        closing the upstream client here would drive their TLS from this thread."""
         self._server.shutdown()
         self._server.server_close()
-        self._client.close()
 
     def _guard(
         self, h: http.server.BaseHTTPRequestHandler, response: httpx.Response, cut: threading.Event
     ) -> None:
         """Reset the client's connection (as a dropped route or a restarted API server would)
-        once drop-watch is on and the stream is a second old."""
+        once drop-watch is on and the stream is a second old.
+
+        Only the socket is shut down, at the OS level: the TLS objects belong to the handler's
+        thread, and OpenSSL must not be driven from two threads at once (the handler thread
+        notices on its next write and closes the upstream response itself)."""
         started = time.monotonic()
         while not response.is_closed:
             if self.mode == "drop-watch" and time.monotonic() - started > 1:
                 self.hits += 1
                 cut.set()
                 try:
-                    h.connection.shutdown(socket.SHUT_RDWR)
+                    socket.socket.shutdown(h.connection, socket.SHUT_RDWR)
                 except OSError:
                     pass
-                response.close()
                 return
             time.sleep(0.2)
 
