@@ -519,9 +519,14 @@ class KubeClient:
             params["dryRun"] = "All"
         return params
 
-    async def create(self, rt: ResourceType, body: Body, *, dry_run: bool = False) -> Body:
-        """Create `body` (used for generateName hooks and Replace=true)."""
+    async def create(
+        self, rt: ResourceType, body: Body, *, dry_run: bool = False, validate: bool = True
+    ) -> Body:
+        """Create `body` (Replace=true on a new object; Validate=false drops unknown fields)."""
         ns = str(body.get("metadata", {}).get("namespace") or "")
+        params = self._write_params(dry_run)
+        if not validate:
+            params["fieldValidation"] = "Ignore"
         # POST goes to the collection (no name in the path).
         return await self._send(
             "POST",
@@ -531,7 +536,7 @@ class KubeClient:
             body,
             verb="create",
             content_type="application/json",
-            params=self._write_params(dry_run),
+            params=params,
         )
 
     async def replace(self, rt: ResourceType, body: Body, *, dry_run: bool = False) -> Body:
@@ -554,19 +559,9 @@ class KubeClient:
         """`Validate=false`: create, or JSON-merge-patch, with fieldValidation=Ignore, so fields
         the schema does not know are dropped by the server instead of refusing the object
         (server-side apply cannot: it needs every field in the schema)."""
-        params = {**self._write_params(dry_run), "fieldValidation": "Ignore"}
         if not exists:
-            ns = str(body.get("metadata", {}).get("namespace") or "")
-            return await self._send(
-                "POST",
-                rt,
-                ns,
-                "",
-                body,
-                verb="create",
-                content_type="application/json",
-                params=params,
-            )
+            return await self.create(rt, body, dry_run=dry_run, validate=False)
+        params = {**self._write_params(dry_run), "fieldValidation": "Ignore"}
         meta = body.get("metadata", {})
         return await self._send(
             "PATCH",
