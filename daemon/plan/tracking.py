@@ -40,10 +40,15 @@ class TrackingMethod(enum.StrEnum):
         return self is not TrackingMethod.LABEL
 
 
+def is_label_value(value: str) -> bool:
+    """Whether `value` is a valid Kubernetes label value (at most 63 characters)."""
+    return len(value) <= 63 and _LABEL_VALUE.match(value) is not None
+
+
 def label_value(app: str) -> str:
     """`app` as the instance label value; ValueError when the name cannot be one (label
     tracking needs app names of at most 63 characters, as in Argo CD)."""
-    if len(app) > 63 or not _LABEL_VALUE.match(app):
+    if not is_label_value(app):
         raise ValueError(
             f"application name {app!r} cannot be a label value (at most 63 characters); "
             "label tracking needs a shorter name"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from daemon.model import (
 )
 from daemon.plan.options import SyncOptions, delete_policies, is_hook
 from daemon.plan.order import SyncTask
+from daemon.plan.tracking import is_label_value
 from daemon.stages import Desired
 
 log = structlog.get_logger("gitopsd.sync")
@@ -35,12 +35,11 @@ log = structlog.get_logger("gitopsd.sync")
 REPLACE_POLLS = 120  # x 0.5 s: how long a replaced hook may take to disappear
 ANN_OPERATION = "gitopsd.io/operation"  # the operation that created a hook
 LABEL_HOOK_OF = "gitopsd.io/hook-of"  # the app a hook belongs to (selectable)
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def hook_label(app: str) -> str:
     """The app's name as a label value (a digest when the name does not fit one)."""
-    if len(app) <= 63 and _LABEL_VALUE.match(app):
+    if is_label_value(app):
         return app
     return "h-" + hashlib.sha256(app.encode()).hexdigest()[:40]
 
