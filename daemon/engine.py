@@ -10,10 +10,8 @@ from typing import Any
 
 import anyio
 
-from daemon import appsets
-from daemon.health.checks import aggregate, assess
 from daemon.kube import Clusters, KubeClient
-from daemon.model import HealthStatus, ResourceKey
+from daemon.model import HealthStatus
 from daemon.reconciler import Reconciler
 from daemon.render import Renderer
 from daemon.settings import Application, Config
@@ -67,15 +65,21 @@ async def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:
     results: dict[str, dict[str, Any]] = {}
     async with Engine.open(config) as engine:
         limiter = anyio.CapacityLimiter(config.settings.max_concurrent_syncs)
-        expansion = await appsets.expand(config, engine.repos)
-        engine.reconciler.generated = dict(expansion.owner)
-        for name, error in expansion.errors.items():
-            results[f"ApplicationSet/{name}"] = {
-                "sync": {"status": "Unknown"},
-                "health": {"status": "Unknown"},
-                "conditions": [{"type": "ApplicationSetError", "message": error}],
-            }
-        apps = [*config.applications, *expansion.apps.values()]
+        apps = list(config.applications)
+        if config.application_sets:
+            # Imported only when needed: generators and templates cost a start a third of a
+            # second on the development machine.
+            from daemon import appsets
+
+            expansion = await appsets.expand(config, engine.repos)
+            engine.reconciler.generated = dict(expansion.owner)
+            for name, error in expansion.errors.items():
+                results[f"ApplicationSet/{name}"] = {
+                    "sync": {"status": "Unknown"},
+                    "health": {"status": "Unknown"},
+                    "conditions": [{"type": "ApplicationSetError", "message": error}],
+                }
+            apps += expansion.apps.values()
 
         async def one(app: Application) -> None:
             async with limiter:
@@ -110,33 +114,16 @@ async def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:
 
 
 async def _await_health(engine: Engine, app: Application, status: dict[str, Any]) -> dict[str, Any]:
-    """Poll the app's resources until the app is Healthy, Degraded, or the health timeout."""
-    client = await engine.client_for(app)
+    """Re-compare the app (without syncing) every second until it is Healthy or Degraded, or
+    the health timeout passes. A compare LISTs each type once and applies the app's real health
+    rules (customizations, Lua), so the wait costs a few requests, not one GET per object."""
     deadline = anyio.current_time() + engine.config.settings.health_timeout
-    while True:
-        items = []
-        for r in status.get("resources", []):
-            if r.get("requiresPruning"):
-                continue
-            api = f"{r['group']}/{r['version']}" if r["group"] else r["version"]
-            rt = client.known(api, r["kind"])
-            if rt is None:
-                continue
-            body = await client.get(rt, r["namespace"], r["name"])
-            key = ResourceKey(r["group"], r["kind"], r["namespace"], r["name"])
-            items.append((key, assess(body) if body else None, body is not None))
-            if body is not None:
-                h = assess(body)
-                if h is not None:
-                    r["health"] = {"status": str(h.status), "message": h.message}
-        health = aggregate(items)
-        status["health"] = {"status": str(health.status), "message": health.message}
-        if health.status in (HealthStatus.HEALTHY, HealthStatus.DEGRADED):
-            break
+    while (status.get("health") or {}).get("status") not in _SETTLED:
         if anyio.current_time() > deadline:
             break
         await anyio.sleep(1)
-    saved = engine.store.load(app.name)
-    saved["status"] = status
-    await engine.store.save(app.name, saved)
+        status = await engine.reconciler.reconcile(app, auto=False)
     return status
+
+
+_SETTLED = {str(HealthStatus.HEALTHY), str(HealthStatus.DEGRADED)}

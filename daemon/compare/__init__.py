@@ -163,11 +163,27 @@ async def compare(
         tracking_method=tracking_method,
         limiter=anyio.CapacityLimiter(parallelism),
     )
+    differ.pending_absent = await _absent(client, differ.pending, targets, live)
     async with anyio.create_task_group() as tg:
         for m in targets:
             fp = fingerprints.get(tracking.key_to_str(m.key))
             tg.start_soon(differ.one, m, desired.types.get(m.key), fp)
     return comparison
+
+
+async def _absent(
+    client: KubeClient,
+    pending: Collection[str],
+    targets: Iterable[Manifest],
+    live: Mapping[ResourceKey, Body],
+) -> frozenset[str]:
+    """The namespaces the sync creates that do not exist yet, asked only for namespaces that
+    hold objects still missing (one GET each, instead of one failing dry-run per object)."""
+    asked = {m.key.namespace for m in targets if m.key.namespace in pending and m.key not in live}
+    if not asked:
+        return frozenset()
+    rt = await client.resource_for("v1", "Namespace", subject="Namespace")
+    return frozenset([ns for ns in sorted(asked) if await client.get(rt, "", ns) is None])
 
 
 @dataclass
@@ -182,6 +198,7 @@ class _DryRunDiff:
     app_options: SyncOptions
     limiter: anyio.CapacityLimiter
     tracking_method: TrackingMethod
+    pending_absent: frozenset[str] = frozenset()  # pending namespaces that do not exist yet
 
     async def one(self, m: Manifest, rt: ResourceType | None, fp: list[str] | None) -> None:
         live = self.comparison.live.get(m.key)
@@ -196,6 +213,8 @@ class _DryRunDiff:
         self.comparison.status[m.key] = SyncStatus.OUT_OF_SYNC
         if rt is None:
             return  # its CRD is not installed yet
+        if live is None and m.key.namespace in self.pending_absent:
+            return  # its namespace comes with the sync: a dry-run could only answer 404
         options = self.app_options.merged(resource_sync_options(m.body))
         async with self.limiter:
             try:

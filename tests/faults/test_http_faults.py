@@ -68,7 +68,8 @@ def test_throttling_or_server_errors_mid_wave(
             what="converged after the fault",
         )
         assert proxy.hits > 0
-        assert d.api("/readyz").status_code == 200
+        # Readiness comes back with the next probe (clusterProbeInterval), not with the sync.
+        wait_for(lambda: d.api("/readyz").status_code == 200, timeout=30, what="ready again")
 
 
 @pytest.mark.parametrize("fault", ["drop-watch", "gone-watch"])

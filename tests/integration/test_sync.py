@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,35 @@ async def test_noop_resync_makes_no_writes(
     writes = {k: v for k, v in delta.items() if k not in ("get", "list", "discover") and v}
     assert writes == {}, f"no-op resync wrote: {writes}"
     assert engine.renderer.renders == 1, "an unchanged revision must not be rendered twice"
+
+
+async def test_sync_into_a_new_namespace_skips_dry_runs_that_can_only_fail(
+    cluster: Cluster, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """With CreateNamespace=true and no namespace yet, the compare asks for the namespace once
+    instead of sending one dry-run per object (each could only answer 404); the sync then
+    creates the namespace and every object, and a dry-run runs again once it exists."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    git_repo.write({f"app/cm{i}.yaml": configmap(f"cm{i}") for i in range(20)})
+    app_doc = application("newns", git_repo.url, "app", name, options=["CreateNamespace=true"])
+    cfg = settings.load(write_config(tmp_path, cluster, [app_doc]))
+    try:
+        async with Engine.open(cfg) as engine:
+            app = cfg.app("newns")
+            client = await engine.client_for(app)
+            await client.discover()
+            status = await engine.reconciler.reconcile(app)
+            assert status["operationState"]["phase"] == "Succeeded", status["operationState"]
+            assert client.requests["apply (dry run)"] == 0
+            # 20 objects, the namespace, the inventory before and after the wave
+            assert client.requests["apply"] == 23, client.requests
+            assert get(cluster, name, "configmap/cm19") is not None
+            git_repo.write({"app/cm0.yaml": configmap("cm0", data="changed")})
+            status = await engine.reconciler.reconcile(app)
+            assert client.requests["apply (dry run)"] == 1  # the namespace exists now
+    finally:
+        with cluster.sync_client() as c:
+            c.delete(f"/api/v1/namespaces/{name}")
 
 
 async def test_hooks_run_in_their_phases(

@@ -1,0 +1,3 @@
+module gitopsd/bench/ssa
+
+go 1.22
