@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 
 from daemon import __version__, yamlio
 from daemon.errors import ConfigError, GitopsdError
+
+T = TypeVar("T")
+
+
+def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run `fn` on asyncio with uvloop's event loop (measured: about a sixth less CPU and wall
+    time on a 1,000-object sync; see the README's dependency table), or asyncio's own where
+    uvloop is not available."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return anyio.run(fn, *args)
+    return anyio.run(fn, *args, backend_options={"use_uvloop": True})
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -57,7 +70,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                     print(f"error {app.name}: {e}")
             return 1 if failures else 0
 
-    return anyio.run(main)
+    return _run(main)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -80,7 +93,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             sys.stdout.write("---\n".join(docs))
             return 0
 
-    return anyio.run(main)
+    return _run(main)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -116,7 +129,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 print(diffing.unified_diff(shown, None, from_name="live", to_name="desired"))
             return 1 if out_of_sync else 0
 
-    return anyio.run(main)
+    return _run(main)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -127,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(level=args.log_level, fmt=args.log_format)
     if args.once:
         cfg = _load(args.config)
-        results = anyio.run(run_once, cfg)
+        results = _run(run_once, cfg)
         rows = []
         ok = True
         for name, st in results:
@@ -145,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     from daemon.runner import run_daemon
 
-    return anyio.run(run_daemon, args.config)
+    return _run(run_daemon, args.config)
 
 
 def cmd_app(args: argparse.Namespace) -> int:

@@ -74,3 +74,25 @@ def test_no_import_cycle_in_daemon() -> None:
     modules = set(graph.modules)
     edges = {m: set(graph.find_modules_directly_imported_by(m)) & modules for m in modules}
     assert _cycles(edges) == []
+
+
+def test_a_start_does_not_import_what_it_does_not_need() -> None:
+    """`gitopsd run --once` imports neither kubernetes-asyncio's generated client (only
+    exec/auth-provider kubeconfigs need it), httpx (the CLI's client) nor the ApplicationSet
+    generators (only configs with ApplicationSets); the daemon neither of the first two."""
+    import subprocess
+    import sys
+
+    def loaded(modules: str) -> str:
+        code = (
+            f"import sys, {modules}\n"
+            "print(','.join(m for m in ('kubernetes_asyncio', 'httpx', 'daemon.appset')"
+            " if m in sys.modules))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+
+    assert loaded("daemon.cli, daemon.engine") == ""
+    assert loaded("daemon.runner") == "daemon.appset"
