@@ -209,7 +209,9 @@ def placed(
 ) -> tuple[Body, str]:
     """`m`'s body with its namespace defaulted (or dropped when cluster-scoped) and the app's
     tracking id, or an error when a namespaced object has nowhere to go."""
-    body = copy.deepcopy(m.body)
+    # Only metadata changes here (and with_tracking copies what it touches): a shallow copy of
+    # the two levels is enough, and a deep copy of every object cost a no-op a tenth of its time.
+    body = {**m.body, "metadata": dict(m.body["metadata"])}
     meta = body["metadata"]
     given = meta.get("namespace")
     if given and (not isinstance(given, str) or not DNS1123_LABEL.match(given)):
