@@ -43,8 +43,7 @@ demo: tools
 	$(PY) scripts/demo.py
 
 bench: tools
-	$(PY) bench/bench_sync.py
-	$(PY) bench/bench_daemon.py
+	$(PY) bench/bench_sync.py; status=$$?; $(PY) bench/bench_daemon.py && exit $$status
 
 # Longer fault campaigns than `make test` runs (CI keeps to a few rounds).
 soak: tools

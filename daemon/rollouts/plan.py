@@ -1,0 +1,476 @@
+"""One reconcile of one canary Rollout, as a pure function: from the Rollout (spec, status and
+the user's requests in it), its ReplicaSets and the time, to the writes to make and the new
+status. The controller performs the writes; nothing here talks to the cluster.
+
+The rules are Argo Rollouts' (see ../shared/research/rollouts.md): the first deploy goes
+straight to 100%; a new pod template starts the steps at 0; `setWeight` completes when the pod
+counts are reached, `pause` when its duration ran out or the user promoted, and the canary becomes
+stable after the last step once fully available; abort returns to 100% stable and Degraded.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.rollouts import replicas as math_
+from daemon.rollouts.spec import (
+    DESIRED_ANNOTATION,
+    HASH_LABEL,
+    REVISION_ANNOTATION,
+    Body,
+    Pause,
+    RolloutSpec,
+    RouteStep,
+    SetCanaryScale,
+    SetWeight,
+    Step,
+    steps_hash,
+    template_hash,
+)
+
+PAUSE_STEP = "CanaryPauseStep"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSet:
+    """A ReplicaSet of the Rollout, as the plan reads it."""
+
+    name: str
+    hash: str
+    revision: int
+    replicas: int
+    available: int
+    ready: int
+    current: int  # status.replicas
+    template: Body
+    uid: str = ""
+
+    @classmethod
+    def of(cls, body: Body) -> ReplicaSet:
+        meta = body.get("metadata") or {}
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        try:
+            revision = int((meta.get("annotations") or {}).get(REVISION_ANNOTATION, "0"))
+        except ValueError:
+            revision = 0
+        return cls(
+            name=str(meta.get("name", "")),
+            hash=str((meta.get("labels") or {}).get(HASH_LABEL, "")),
+            revision=revision,
+            replicas=int(spec.get("replicas", 1) or 0),
+            available=int(status.get("availableReplicas") or 0),
+            ready=int(status.get("readyReplicas") or 0),
+            current=int(status.get("replicas") or 0),
+            template=spec.get("template") or {},
+            uid=str(meta.get("uid", "")),
+        )
+
+    @property
+    def state(self) -> math_.SetState:
+        return math_.SetState(self.replicas, self.available)
+
+
+@dataclass
+class Plan:
+    """The writes of one reconcile, in the order the controller makes them."""
+
+    create: Body | None = None
+    scale: dict[str, int] = field(default_factory=dict)  # ReplicaSet name -> replicas
+    delete: list[str] = field(default_factory=list)  # old ReplicaSets past the history limit
+    services: dict[str, str] = field(default_factory=dict)  # Service name -> pod-template hash
+    status: Body = field(default_factory=dict)
+    events: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
+    requeue_after: float | None = None  # seconds; None: wait for an event
+
+
+def _without_hash(template: Body) -> Body:
+    out = copy.deepcopy(template)
+    labels = (out.get("metadata") or {}).get("labels")
+    if isinstance(labels, dict):
+        labels.pop(HASH_LABEL, None)
+    return out
+
+
+def new_replica_set(ro: Body, spec: RolloutSpec, h: str, revision: int, replicas: int) -> Body:
+    """The ReplicaSet of pod template `h`: named `<rollout>-<hash>`, the hash label on it, its
+    selector and its pods, owned by the Rollout."""
+    meta = ro.get("metadata") or {}
+    template = copy.deepcopy(spec.template)
+    tmeta = template.setdefault("metadata", {})
+    tmeta["labels"] = {**(tmeta.get("labels") or {}), HASH_LABEL: h}
+    selector = copy.deepcopy(spec.selector)
+    selector["matchLabels"] = {**(selector.get("matchLabels") or {}), HASH_LABEL: h}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": f"{meta.get('name')}-{h}",
+            "namespace": meta.get("namespace"),
+            "labels": dict(tmeta["labels"]),
+            "annotations": {
+                REVISION_ANNOTATION: str(revision),
+                DESIRED_ANNOTATION: str(spec.replicas),
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "argoproj.io/v1alpha1",
+                    "kind": "Rollout",
+                    "name": meta.get("name"),
+                    "uid": meta.get("uid"),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "replicas": replicas,
+            "minReadySeconds": spec.min_ready_seconds,
+            "selector": selector,
+            "template": template,
+        },
+    }
+
+
+def current_weight(steps: tuple[Step, ...], index: int, max_weight: int) -> int:
+    """The last setWeight at or before `index`; the maximum once past the last step."""
+    if index >= len(steps):
+        return max_weight
+    weight = 0
+    for st in steps[: index + 1]:
+        if isinstance(st, SetWeight):
+            weight = st.weight
+    return weight
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def plan_canary(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.datetime) -> Plan:
+    """The next writes and status of a canary Rollout."""
+    canary = spec.canary
+    assert canary is not None
+    plan = Plan()
+    status: Body = copy.deepcopy(ro.get("status") or {})
+    steps = canary.steps
+    collision = int(status.get("collisionCount") or 0)
+    h = template_hash(spec.template, collision)
+    sh = steps_hash(spec)
+
+    new = next((s for s in sets if s.hash == h), None)
+    if new is None:  # adopt a set made elsewhere (Argo Rollouts) by template equality
+        wanted = _without_hash(spec.template)
+        new = next((s for s in sets if _without_hash(s.template) == wanted), None)
+        if new is not None:
+            h = new.hash
+    stable_hash = str(status.get("stableRS") or "")
+
+    # A new template (or new steps) restarts the update.
+    if status.get("currentPodHash") != h or status.get("currentStepHash") != sh:
+        if status.get("currentPodHash"):
+            for key in ("abort", "abortedAt", "pauseConditions", "promoteFull"):
+                status.pop(key, None)
+            status["controllerPause"] = False
+            status["currentStepIndex"] = 0
+            status.pop("canary", None)
+        status["currentPodHash"], status["currentStepHash"] = h, sh
+        status.setdefault("currentStepIndex", 0)
+    if not stable_hash:
+        # Initial deploy: straight to 100%, no steps.
+        stable_hash = h
+        status["stableRS"] = h
+        status["currentStepIndex"] = len(steps)
+        plan.events.append(("RolloutCompleted", f"Rollout completed update to revision 1 ({h})"))
+    if h == stable_hash:
+        status["currentStepIndex"] = len(steps)
+        for key in ("pauseConditions", "abort", "abortedAt", "promoteFull"):
+            status.pop(key, None)
+        status["controllerPause"] = False
+    stable = next((s for s in sets if s.hash == stable_hash and s.hash != h), None)
+    old = sorted(
+        (s for s in sets if s is not new and s is not stable),
+        key=lambda s: s.revision,
+        reverse=True,
+    )
+
+    if new is None:
+        revision = max((s.revision for s in sets), default=0) + 1
+        start = spec.replicas if stable is None else 0
+        plan.create = new_replica_set(ro, spec, h, revision, start)
+        plan.events.append(
+            ("NewReplicaSetCreated", f"Created ReplicaSet {h} (revision {revision})")
+        )
+        new = ReplicaSet(
+            f"{(ro.get('metadata') or {}).get('name')}-{h}",
+            h,
+            revision,
+            start,
+            0,
+            0,
+            0,
+            spec.template,
+        )
+
+    aborted = bool(status.get("abort"))
+    if status.get("promoteFull") and not aborted:
+        status["currentStepIndex"] = len(steps)
+        status.pop("pauseConditions", None)
+        status["controllerPause"] = False
+    index = int(status.get("currentStepIndex") or 0)
+    weight = 0 if aborted else current_weight(steps, index, canary.max_weight)
+
+    targets = _targets(spec, weight, new, stable, old, steps, index, aborted)
+    for rs, n in ((new, targets.canary), *((s, targets.stable) for s in [stable] if s)):
+        if rs.replicas != n:
+            plan.scale[rs.name] = n
+    for rs, n in zip(old, targets.old, strict=True):
+        if rs.replicas != n:
+            plan.scale[rs.name] = n
+    if plan.create is not None and plan.create["spec"]["replicas"] == targets.canary:
+        plan.scale.pop(new.name, None)
+    elif plan.create is not None and new.name in plan.scale:
+        plan.create["spec"]["replicas"] = plan.scale.pop(new.name)
+
+    settled = not plan.scale and plan.create is None
+    if settled and not aborted and h != stable_hash and not spec.paused:
+        index = _advance(plan, status, steps, index, new, stable, old, targets, now)
+        if index >= len(steps) and new.available >= spec.replicas:
+            status["stableRS"] = stable_hash = h
+            plan.events.append(
+                ("RolloutCompleted", f"Rollout completed update to revision {new.revision} ({h})")
+            )
+            plan.requeue_after = 0.0  # scale the old stable down next
+    if aborted and not status.get("abortedAt"):
+        status["abortedAt"] = _iso(now)
+        status["currentStepIndex"] = 0
+        plan.events.append(("RolloutAborted", f"Rollout aborted update to revision {new.revision}"))
+
+    # Services: stable to the stable pods, canary to the new pods once any is available.
+    if canary.stable_service and stable_hash:
+        plan.services[canary.stable_service] = stable_hash
+    if canary.canary_service:
+        target = stable_hash if aborted or new.available == 0 else h
+        plan.services[canary.canary_service] = target or h
+
+    plan.delete = _history(sets, new, stable, spec.revision_history_limit, plan.scale)
+    _counts(status, spec, ro, sets, new, plan)
+    status["canary"] = {
+        **(status.get("canary") or {}),
+        "weights": {
+            "canary": {"weight": weight if h != stable_hash else 0, "podTemplateHash": h},
+            "stable": {
+                "weight": (canary.max_weight - weight) if h != stable_hash else canary.max_weight,
+                "podTemplateHash": stable_hash,
+            },
+        },
+    }
+    status["phase"], status["message"] = phase(spec, status, ro)
+    plan.status = status
+    if plan.scale or plan.create:
+        plan.requeue_after = plan.requeue_after if plan.requeue_after is not None else 1.0
+    return plan
+
+
+def _targets(
+    spec: RolloutSpec,
+    weight: int,
+    new: ReplicaSet,
+    stable: ReplicaSet | None,
+    old: list[ReplicaSet],
+    steps: tuple[Step, ...],
+    index: int,
+    aborted: bool,
+) -> math_.Targets:
+    canary = spec.canary
+    assert canary is not None
+    if canary.traffic_routed:
+        scale = None
+        if not aborted and index < len(steps):
+            for st in steps[: index + 1]:
+                if isinstance(st, SetCanaryScale):
+                    scale = None if st.match_traffic_weight else _canary_scale(st, spec)
+        if stable is None:
+            t = math_.Targets(spec.replicas, 0)
+        else:
+            t = math_.traffic_routed_canary(
+                replicas=spec.replicas,
+                weight=weight,
+                max_weight=canary.max_weight,
+                canary_scale=scale,
+                min_pods=canary.min_pods_per_replica_set,
+            )
+        return math_.Targets(t.canary, t.stable, tuple(0 for _ in old))
+    return math_.basic_canary(
+        replicas=spec.replicas,
+        weight=weight,
+        max_weight=canary.max_weight,
+        max_surge=canary.max_surge,
+        max_unavailable=canary.max_unavailable,
+        canary=new.state,
+        stable=stable.state if stable else None,
+        old=[s.state for s in old],
+    )
+
+
+def _canary_scale(st: SetCanaryScale, spec: RolloutSpec) -> int | None:
+    if st.replicas is not None:
+        return int(st.replicas)
+    if st.weight is not None:
+        return -(-int(st.weight) * spec.replicas // 100)
+    return None
+
+
+def _advance(
+    plan: Plan,
+    status: Body,
+    steps: tuple[Step, ...],
+    index: int,
+    new: ReplicaSet,
+    stable: ReplicaSet | None,
+    old: list[ReplicaSet],
+    targets: math_.Targets,
+    now: dt.datetime,
+) -> int:
+    """Complete the current step if it is done; returns the new step index."""
+    if index >= len(steps):
+        return index
+    step = steps[index]
+    done = False
+    if isinstance(step, SetWeight | SetCanaryScale):
+        done = (
+            new.replicas == targets.canary == new.available
+            and (stable is None or stable.replicas == targets.stable == stable.current)
+            and all(s.available == 0 for s in old)
+        )
+    elif isinstance(step, Pause):
+        done = _pause(plan, status, step, now)
+    elif isinstance(step, RouteStep):
+        done = True
+    else:  # an analysis step
+        conditions = status.setdefault("pauseConditions", [])
+        if not any(c.get("reason") == "AnalysisNotSupported" for c in conditions):
+            conditions.append({"reason": "AnalysisNotSupported", "startTime": _iso(now)})
+            status["controllerPause"] = True
+        status["message"] = "analysis steps are not run by this gitopsd yet: promote to continue"
+        if status.get("controllerPause") and not any(
+            c.get("reason") == "AnalysisNotSupported" for c in status.get("pauseConditions") or []
+        ):
+            done = True
+    if not done:
+        return index
+    index += 1
+    status["currentStepIndex"] = index
+    status["controllerPause"] = False
+    status.pop("pauseConditions", None) if not status.get("pauseConditions") else None
+    plan.events.append(
+        ("RolloutStepCompleted", f"Rollout step {index}/{len(steps)} completed ({_describe(step)})")
+    )
+    plan.requeue_after = 0.0
+    return index
+
+
+def _pause(plan: Plan, status: Body, step: Pause, now: dt.datetime) -> bool:
+    conditions: list[Body] = status.get("pauseConditions") or []
+    mine = next((c for c in conditions if c.get("reason") == PAUSE_STEP), None)
+    if mine is None:
+        if status.get("controllerPause"):
+            return True  # the user removed the pause (promote)
+        status["pauseConditions"] = [*conditions, {"reason": PAUSE_STEP, "startTime": _iso(now)}]
+        status["controllerPause"] = True
+        plan.events.append(("RolloutPaused", "Rollout is paused (CanaryPauseStep)"))
+        if step.seconds is not None:
+            plan.requeue_after = step.seconds
+        return False
+    if step.seconds is None:
+        return False
+    started = _parse_time(mine.get("startTime")) or now
+    left = (started + dt.timedelta(seconds=step.seconds) - now).total_seconds()
+    if left > 0:
+        plan.requeue_after = left
+        return False
+    status["pauseConditions"] = [c for c in conditions if c is not mine]
+    if not status["pauseConditions"]:
+        status.pop("pauseConditions")
+    return True
+
+
+def _describe(step: Step) -> str:
+    if isinstance(step, SetWeight):
+        return f"setWeight: {step.weight}"
+    if isinstance(step, Pause):
+        return "pause" if step.seconds is None else f"pause: {step.seconds:g}s"
+    if isinstance(step, SetCanaryScale):
+        return "setCanaryScale"
+    if isinstance(step, RouteStep):
+        return step.kind
+    return "analysis"
+
+
+def _history(
+    sets: list[ReplicaSet],
+    new: ReplicaSet,
+    stable: ReplicaSet | None,
+    limit: int,
+    scale: dict[str, int],
+) -> list[str]:
+    """Old, scaled-down sets beyond `revisionHistoryLimit`, oldest first."""
+    idle = [
+        s
+        for s in sets
+        if s is not new
+        and s is not stable
+        and scale.get(s.name, s.replicas) == 0
+        and s.current == 0
+    ]
+    idle.sort(key=lambda s: s.revision)
+    return [s.name for s in idle[: max(0, len(idle) - limit)]]
+
+
+def _counts(
+    status: Body, spec: RolloutSpec, ro: Body, sets: list[ReplicaSet], new: ReplicaSet, plan: Plan
+) -> None:
+    status["replicas"] = sum(s.current for s in sets)
+    status["updatedReplicas"] = new.current
+    status["readyReplicas"] = sum(s.ready for s in sets)
+    status["availableReplicas"] = sum(s.available for s in sets)
+    status["observedGeneration"] = str((ro.get("metadata") or {}).get("generation", ""))
+    labels = {**(spec.selector.get("matchLabels") or {})}
+    status["selector"] = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def phase(spec: RolloutSpec, status: Body, ro: Body) -> tuple[str, str]:
+    """Argo Rollouts' phase and message, from the spec and the (new) status."""
+    for c in status.get("conditions") or []:
+        if c.get("type") == "InvalidSpec" or c.get("reason") in (
+            "RolloutAborted",
+            "ProgressDeadlineExceeded",
+        ):
+            return "Degraded", f"{c.get('reason')}: {c.get('message', '')}"
+    if status.get("abort"):
+        return "Degraded", "RolloutAborted: Rollout aborted update to revision"
+    if spec.paused:
+        return "Paused", "manually paused"
+    for c in status.get("pauseConditions") or []:
+        return "Paused", str(c.get("reason"))
+    if int(status.get("updatedReplicas") or 0) < spec.replicas:
+        return "Progressing", "more replicas need to be updated"
+    if int(status.get("availableReplicas") or 0) < int(status.get("updatedReplicas") or 0):
+        return "Progressing", "updated replicas are still becoming available"
+    if spec.canary is not None:
+        if spec.canary.nginx is None and int(status.get("replicas") or 0) > int(
+            status.get("updatedReplicas") or 0
+        ):
+            return "Progressing", "old replicas are pending termination"
+        if not status.get("stableRS") or status.get("stableRS") != status.get("currentPodHash"):
+            return "Progressing", "waiting for all steps to complete"
+    return "Healthy", ""

@@ -1,0 +1,299 @@
+"""Argo Rollouts semantics as pure functions: canary pod arithmetic, spec validation, and the
+canary state machine driven step by step against a simulated ReplicaSet controller."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from daemon.rollouts import replicas as rmath
+from daemon.rollouts.plan import ReplicaSet, current_weight, plan_canary
+from daemon.rollouts.spec import HASH_LABEL, InvalidSpec, Pause, SetWeight, parse
+
+T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "weight", "surge", "expected"),
+    [
+        (10, 1, 0, (1, 9)),
+        (10, 15, 0, (2, 8)),
+        (3, 50, 0, (2, 1)),
+        (3, 10, 1, (1, 3)),
+        (2, 1, 1, (1, 2)),
+        (1, 49, 0, (0, 1)),
+        (1, 50, 0, (1, 0)),
+        (1, 1, 1, (1, 1)),
+        (10, 41, 0, (4, 6)),
+    ],
+)
+def test_weighted_counts_match_argo_rollouts(
+    replicas: int, weight: int, surge: int, expected: tuple[int, int]
+) -> None:
+    """The closest canary/stable split to a weight, as Argo Rollouts' table gives it."""
+    assert rmath.weighted_counts(replicas, weight, 100, surge) == expected
+
+
+@pytest.mark.parametrize(
+    ("replicas", "weight", "unavailable", "surge", "expected"),
+    [
+        (10, 10, 1, 1, (1, 9)),
+        (10, 30, 0, 3, (3, 10)),
+        (10, 30, 5, 0, (0, 7)),
+        (1, 5, 0, 1, (1, 1)),
+        (1, 95, 0, 1, (1, 1)),
+    ],
+)
+def test_basic_canary_respects_surge_and_availability(
+    replicas: int, weight: int, unavailable: int, surge: int, expected: tuple[int, int]
+) -> None:
+    """First step from a fully available stable set, within maxSurge and maxUnavailable."""
+    t = rmath.basic_canary(
+        replicas=replicas,
+        weight=weight,
+        max_weight=100,
+        max_surge=surge,
+        max_unavailable=unavailable,
+        canary=rmath.SetState(0, 0),
+        stable=rmath.SetState(replicas, replicas),
+        old=[],
+    )
+    assert (t.canary, t.stable) == expected
+
+
+def test_uneven_weight_does_not_round_past_surge() -> None:
+    """10 replicas at weight 5 with no surge: stable first drops to 9 (one unavailable
+    allowed), then the canary gets its pod (Argo Rollouts' own test cases)."""
+    common: dict[str, Any] = {
+        "replicas": 10,
+        "weight": 5,
+        "max_weight": 100,
+        "max_surge": 0,
+        "max_unavailable": 1,
+        "canary": rmath.SetState(0, 0),
+        "old": [],
+    }
+    first = rmath.basic_canary(stable=rmath.SetState(10, 10), **common)
+    assert (first.canary, first.stable) == (0, 9)
+    second = rmath.basic_canary(stable=rmath.SetState(9, 9), **common)
+    assert (second.canary, second.stable) == (1, 9)
+
+
+def test_fenceposts_default_to_a_quarter_and_never_both_zero() -> None:
+    """25% surge rounds up, 25% unavailable rounds down; both zero makes unavailable 1."""
+    assert rmath.fenceposts(None, None, 5) == (2, 1)
+    assert rmath.fenceposts("0%", "10%", 5) == (0, 1)
+    assert rmath.fenceposts(2, "50", 4) == (2, 2)
+
+
+def test_old_sets_drain_unhealthy_pods_first_then_within_availability() -> None:
+    """Older sets lose their unavailable pods at once and available ones only down to the
+    floor."""
+    assert rmath.drain_old([rmath.SetState(3, 1), rmath.SetState(2, 2)], 8, 7) == (0, 2)
+
+
+def rollout(**canary: Any) -> dict[str, Any]:
+    canary.setdefault("steps", [{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}])
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "web", "namespace": "ns", "uid": "u1", "generation": 1},
+        "spec": {
+            "replicas": 5,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "web:1"}]},
+            },
+            "strategy": {"canary": canary},
+        },
+    }
+
+
+class Cluster:
+    """A Rollout and its ReplicaSets, with a ReplicaSet controller whose pods become available
+    at once (unless `stuck`)."""
+
+    def __init__(self, ro: dict[str, Any]) -> None:
+        self.ro = ro
+        self.sets: dict[str, dict[str, Any]] = {}
+        self.now = T0
+        self.stuck: set[str] = set()
+        self.events: list[str] = []
+        self.services: dict[str, str] = {}
+
+    def settle_pods(self) -> None:
+        for name, rs in self.sets.items():
+            n = rs["spec"]["replicas"]
+            ready = 0 if name in self.stuck else n
+            rs["status"] = {"replicas": n, "readyReplicas": ready, "availableReplicas": ready}
+
+    def step(self) -> float | None:
+        """One reconcile; returns its requeue."""
+        spec = parse(self.ro)
+        sets = [ReplicaSet.of(b) for b in self.sets.values()]
+        plan = plan_canary(self.ro, spec, sets, self.now)
+        if plan.create is not None:
+            self.sets[plan.create["metadata"]["name"]] = copy.deepcopy(plan.create)
+        for name, n in plan.scale.items():
+            self.sets[name]["spec"]["replicas"] = n
+        for name in plan.delete:
+            del self.sets[name]
+        self.services.update(plan.services)
+        self.ro["status"] = plan.status
+        self.events += [reason for reason, _ in plan.events]
+        self.settle_pods()
+        return plan.requeue_after
+
+    def run(self, rounds: int = 20) -> None:
+        """Reconcile until nothing is left to do right now."""
+        for _ in range(rounds):
+            again = self.step()
+            if again is None or again > 1.0:
+                return
+
+    def counts(self) -> dict[str, int]:
+        return {
+            rs["metadata"]["labels"][HASH_LABEL][:4]: rs["spec"]["replicas"]
+            for rs in self.sets.values()
+        }
+
+    def update_image(self, image: str) -> None:
+        self.ro["spec"]["template"]["spec"]["containers"][0]["image"] = image
+        self.ro["metadata"]["generation"] += 1
+
+
+def test_first_deploy_goes_straight_to_full_and_stable() -> None:
+    """No stable yet: one ReplicaSet at 100%, no steps, phase Healthy."""
+    c = Cluster(rollout())
+    c.run()
+    st = c.ro["status"]
+    assert list(c.counts().values()) == [5]
+    assert st["stableRS"] == st["currentPodHash"]
+    assert st["currentStepIndex"] == 3
+    assert st["phase"] == "Healthy", st
+
+
+def test_canary_walks_its_steps_pauses_and_promotes() -> None:
+    """setWeight 20 gives 1 canary pod and 4 stable, the indefinite pause holds until
+    promoted, setWeight 60 gives 3/2, then the canary becomes stable and the old set drains."""
+    c = Cluster(rollout(canaryService="web-canary", stableService="web-stable"))
+    c.run()
+    stable_hash = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.run()
+    st = c.ro["status"]
+    new_hash = st["currentPodHash"]
+    assert new_hash != stable_hash
+    assert c.counts() == {stable_hash[:4]: 4, new_hash[:4]: 1}
+    assert st["currentStepIndex"] == 1
+    assert st["phase"] == "Paused"
+    assert st["pauseConditions"][0]["reason"] == "CanaryPauseStep"
+    assert c.services == {"web-stable": stable_hash, "web-canary": new_hash}
+    c.run()
+    assert c.ro["status"]["currentStepIndex"] == 1, "an indefinite pause waits for promotion"
+    c.ro["status"].pop("pauseConditions")  # what `promote` does
+    c.run()
+    st = c.ro["status"]
+    assert st["stableRS"] == new_hash
+    assert st["phase"] == "Healthy"
+    assert c.counts()[new_hash[:4]] == 5
+    assert c.counts().get(stable_hash[:4], 0) == 0
+    assert c.services == {"web-stable": new_hash, "web-canary": new_hash}
+    assert "RolloutCompleted" in c.events and "RolloutStepCompleted" in c.events
+
+
+def test_timed_pause_completes_when_its_time_has_come() -> None:
+    """pause {duration: 30s} asks to be woken after 30 s and completes then, not before."""
+    c = Cluster(rollout(steps=[{"setWeight": 40}, {"pause": {"duration": "30s"}}]))
+    c.run()
+    c.update_image("web:2")
+    c.run()
+    assert c.ro["status"]["currentStepIndex"] == 1
+    c.now += dt.timedelta(seconds=10)
+    assert c.step() == pytest.approx(20)
+    c.now += dt.timedelta(seconds=21)
+    c.run()
+    assert c.ro["status"]["stableRS"] == c.ro["status"]["currentPodHash"]
+
+
+def test_abort_returns_to_stable_and_is_degraded() -> None:
+    """status.abort scales the canary to 0 and the stable set back to 100%, phase Degraded;
+    the stable set was never scaled below the availability floor."""
+    c = Cluster(rollout())
+    c.run()
+    stable_hash = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.run()
+    c.ro["status"]["abort"] = True
+    c.run()
+    st = c.ro["status"]
+    assert st["phase"] == "Degraded"
+    assert c.counts()[stable_hash[:4]] == 5
+    assert c.counts()[st["currentPodHash"][:4]] == 0
+    assert st["stableRS"] == stable_hash
+
+
+def test_unhealthy_canary_does_not_advance() -> None:
+    """A canary whose pods never become available stays at its setWeight step."""
+    c = Cluster(rollout())
+    c.run()
+    c.update_image("web:bad")
+    c.step()  # creates the canary set
+    new_hash = c.ro["status"]["currentPodHash"]
+    c.stuck = {n for n, rs in c.sets.items() if rs["metadata"]["labels"][HASH_LABEL] == new_hash}
+    c.settle_pods()
+    c.run()
+    st = c.ro["status"]
+    assert st["currentStepIndex"] == 0
+    assert st["phase"] == "Progressing"
+
+
+def test_reverting_the_template_mid_canary_is_a_fast_rollback() -> None:
+    """Going back to the stable template skips the steps: the stable set is already there."""
+    c = Cluster(rollout())
+    c.run()
+    c.update_image("web:2")
+    c.run()
+    c.update_image("web:1")
+    c.run()
+    st = c.ro["status"]
+    assert st["currentPodHash"] == st["stableRS"]
+    assert st["phase"] == "Healthy"
+    assert sorted(c.counts().values()) == [0, 5]
+
+
+def test_current_weight_is_the_last_set_weight() -> None:
+    """The weight at a step is the last setWeight at or before it; the maximum after the last."""
+    steps = (SetWeight(10), Pause(None), SetWeight(50))
+    assert [current_weight(steps, i, 100) for i in range(4)] == [10, 10, 50, 100]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"strategy": {}}, "missing field '.spec.strategy.canary"),
+        ({"strategy": {"canary": {}, "blueGreen": {}}}, "Multiple Strategies"),
+        ({"selector": {}}, "empty selector"),
+        ({"strategy": {"canary": {"steps": [{"setWeight": 120}]}}}, "must be 0..100"),
+        ({"strategy": {"canary": {"steps": [{"experiment": {}}]}}}, "'experiment' is not"),
+        (
+            {"strategy": {"canary": {"maxSurge": 0, "maxUnavailable": "0%"}}},
+            "both can not be zero",
+        ),
+        (
+            {"strategy": {"canary": {"trafficRouting": {"nginx": {"stableIngress": "i"}}}}},
+            "canaryService and stableService must be set",
+        ),
+    ],
+)
+def test_invalid_specs_are_refused_naming_the_rollout(change: dict[str, Any], message: str) -> None:
+    """Specs Argo Rollouts refuses are refused with its message and the Rollout's name."""
+    ro = rollout()
+    ro["spec"].update(change)
+    with pytest.raises(InvalidSpec, match=message) as err:
+        parse(ro)
+    assert "Rollout/ns/web" in str(err.value)
