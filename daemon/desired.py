@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
 
 from daemon.children import CONTROL_NAMESPACE, is_child_kind
 from daemon.errors import KubeNotFound, PlanError
@@ -22,6 +24,8 @@ from daemon.render import Renderer, RenderRequest
 from daemon.settings import DNS1123_LABEL, Application
 from daemon.sources.git import RepoCache
 from daemon.stages import Desired
+
+log = structlog.get_logger("gitopsd.desired")
 
 
 def inputs_key(app: Application, shas: Sequence[str]) -> str:
@@ -49,8 +53,11 @@ async def render_desired(
     revision: str = "",
     max_age: float = 0.0,
     tracking_method: TrackingMethod = TrackingMethod.ANNOTATION,
+    before_prepare: Callable[[Sequence[Manifest]], Awaitable[None]] | None = None,
 ) -> Desired:
-    """Resolve, check out and render every source; prepare manifests for the cluster."""
+    """Resolve, check out and render every source; prepare manifests for the cluster.
+    `before_prepare` sees the rendered manifests before their kinds are resolved (it may
+    install CustomResourceDefinitions they need)."""
     manifests: list[Manifest] = []
     revisions: list[str] = []
     tools: list[str] = []
@@ -78,6 +85,9 @@ async def render_desired(
         manifests.extend(rendered.manifests)
         revisions.append(resolved.sha)
         tools.append(rendered.tool)
+    manifests = argo_rollouts_version(manifests)
+    if before_prepare is not None:
+        await before_prepare(manifests)
     prepared, types, warnings = await prepare(app, client, manifests, tracking_method)
     return Desired(
         revision=revisions[0] if revisions else "",
@@ -87,6 +97,35 @@ async def render_desired(
         tool=",".join(tools),
         inputs=inputs_key(app, [sha for _, sha, _ in refs] + revisions),
         warnings=warnings,
+    )
+
+
+ARGO_ROLLOUTS_KINDS = {"Rollout", "AnalysisTemplate", "ClusterAnalysisTemplate", "AnalysisRun"}
+_warned_v1: set[str] = set()
+
+
+def argo_rollouts_version(manifests: list[Manifest]) -> list[Manifest]:
+    """Argo Rollouts kinds written as `argoproj.io/v1` (as the seed document does; no release
+    serves it) are read as `argoproj.io/v1alpha1`, with one warning per file."""
+    out = []
+    for m in manifests:
+        if m.api_version == "argoproj.io/v1" and m.key.kind in ARGO_ROLLOUTS_KINDS:
+            if m.source not in _warned_v1:
+                _warned_v1.add(m.source)
+                log.warning(
+                    "argoproj.io/v1 is not served by Argo Rollouts: read as argoproj.io/v1alpha1",
+                    file=m.source,
+                    resource=f"{m.key.kind}/{m.key.name}",
+                )
+            m = Manifest(m.key, {**m.body, "apiVersion": "argoproj.io/v1alpha1"}, m.source)
+        out.append(m)
+    return out
+
+
+def uses_rollouts(manifests: Sequence[Manifest]) -> bool:
+    """True when an app contains Argo Rollouts kinds."""
+    return any(
+        m.key.group == "argoproj.io" and m.key.kind in ARGO_ROLLOUTS_KINDS for m in manifests
     )
 
 

@@ -14,6 +14,7 @@ from daemon.kube import Clusters, KubeClient
 from daemon.model import HealthStatus
 from daemon.reconciler import Reconciler
 from daemon.render import Renderer
+from daemon.rollouts.controller import Rollouts
 from daemon.settings import Application, Config
 from daemon.sources.git import RepoCache
 from daemon.status.state import StateStore
@@ -48,8 +49,19 @@ class Engine:
         reconciler = Reconciler(
             config, repos=repos, renderer=renderer, clusters=clusters, store=store
         )
+        reconciler.rollouts = Rollouts(
+            mode=s.rollouts_controller,
+            install_crds=s.rollouts_install_crds,
+            ours=reconciler.tracks,
+        )
         try:
-            yield cls(config, repos, renderer, clusters, store, reconciler)
+            async with anyio.create_task_group() as tg:
+                # Rollout controllers start when a reconcile meets an app with Rollouts.
+                tg.start_soon(reconciler.rollouts.run)
+                try:
+                    yield cls(config, repos, renderer, clusters, store, reconciler)
+                finally:
+                    tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await clusters.aclose()

@@ -561,11 +561,43 @@ class KubeClient:
             params=params,
         )
 
-    async def patch_merge(self, rt: ResourceType, namespace: str, name: str, patch: Body) -> Body:
-        """JSON merge patch (used to remove hook finalizers)."""
+    async def patch_merge(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        patch: Body,
+        *,
+        manager: str = FIELD_MANAGER,
+    ) -> Body:
+        """JSON merge patch (hook finalizers, ReplicaSet scale, Service selectors)."""
         return await self._send(
-            "PATCH", rt, namespace, name, patch, verb="patch", content_type=_MERGE
+            "PATCH",
+            rt,
+            namespace,
+            name,
+            patch,
+            verb="patch",
+            content_type=_MERGE,
+            params={"fieldManager": manager},
         )
+
+    async def patch_status(
+        self, rt: ResourceType, namespace: str, name: str, patch: Body, *, manager: str
+    ) -> Body:
+        """JSON merge patch of the status subresource."""
+        r = await self._request(
+            "PATCH",
+            rt.path(namespace, name) + "/status",
+            subject=str(ResourceKey(rt.group, rt.kind, namespace, name)),
+            verb="patch status",
+            kind=rt.kind,
+            params={"fieldManager": manager},
+            content=json.dumps(patch).encode(),
+            content_type=_MERGE,
+        )
+        assert r is not None
+        return dict(r.json())
 
     async def delete(
         self,
@@ -603,6 +635,7 @@ class KubeClient:
         *,
         resource_version: str = "",
         timeout_seconds: int = 290,
+        label_selector: str = "",
     ) -> AsyncIterator[WatchEvent]:
         """Stream events of a type until the server closes the watch."""
         params = {
@@ -610,6 +643,8 @@ class KubeClient:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout_seconds),
         }
+        if label_selector:
+            params["labelSelector"] = label_selector
         if resource_version:
             params["resourceVersion"] = resource_version
         self.requests["watch"] += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,16 +27,17 @@ from daemon.compare import compare
 from daemon.compare.inventory import Inventory
 from daemon.customizations import aggregated_roles_rule
 from daemon.deletion import delete_hooks, delete_resources, run_delete_hooks
-from daemon.desired import inputs_key, render_desired, source_shas
+from daemon.desired import inputs_key, render_desired, source_shas, uses_rollouts
 from daemon.errors import ConfigError, GitopsdError, PlanError, ProjectViolation, SyncFailed
 from daemon.health import lua
 from daemon.health.checks import set_custom_checks
 from daemon.kube import Clusters, KubeClient
-from daemon.model import Body, HookType, ResourceKey, ResourceResult
+from daemon.model import Body, HookType, Manifest, ResourceKey, ResourceResult
 from daemon.plan import diff as diffing
 from daemon.plan.project import app_violations, resource_violation
-from daemon.plan.tracking import TrackingMethod
+from daemon.plan.tracking import TrackingMethod, owner_of
 from daemon.render import Renderer
+from daemon.rollouts.controller import Rollouts
 from daemon.settings import Application, ClusterConfig, Config
 from daemon.sources.git import RepoCache
 from daemon.stages import Comparison, Desired, Operation, SyncRequest
@@ -101,6 +102,8 @@ class Reconciler:
         self.heal_retry_in = self.backoff.retry_in  # app -> seconds until self-heal may run
         self.children = ChildRegistry()
         self.generated: dict[str, str] = {}  # ApplicationSet-generated app -> its set
+        # Argo Rollouts kinds in an app: CRDs installed and a controller run (set by Engine).
+        self.rollouts: Rollouts | None = None
         self._restored: set[str] = set()
         # Called with (app name, Argo CD-shaped operationState) while a sync runs.
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
@@ -220,7 +223,9 @@ class Reconciler:
     ) -> dict[str, Any]:
         """The stages, in order, for one app."""
         revision = sync.revision if sync and sync.revision else ""
-        target, desired = await self.checked_desired(app, revision=revision, max_age=poll_max_age)
+        target, desired = await self.checked_desired(
+            app, revision=revision, max_age=poll_max_age, prepare_kinds=True
+        )
         bound = bound.bind(revision=desired.revision[:12])
         desired = self._without_excluded(desired, target, run)
         if desired.warnings:
@@ -279,8 +284,23 @@ class Reconciler:
 
     # === the stages ==========================================================================
 
+    def tracks(self, body: Body) -> bool:
+        """True when `body` is tracked by one of this daemon's apps (configured, generated
+        by an ApplicationSet, or a registered child)."""
+        owner = owner_of(body, self.tracking) or owner_of(body, TrackingMethod.ANNOTATION)
+        if not owner:
+            return False
+        names = {a.instance_name for a in self.config.applications}
+        names |= set(self.generated) | set(self.children.apps)
+        return owner in names
+
     async def checked_desired(
-        self, app: Application, *, revision: str = "", max_age: float = 0.0
+        self,
+        app: Application,
+        *,
+        revision: str = "",
+        max_age: float = 0.0,
+        prepare_kinds: bool = False,
     ) -> tuple[Target, Desired]:
         """The app's desired state, only after its AppProject allowed the source and destination
         (before git is contacted) and every rendered resource (after). Every caller — sync,
@@ -289,6 +309,13 @@ class Reconciler:
         early = app_violations(app, target.project, target.cluster, None)
         if early:
             raise ProjectViolation("; ".join(early))
+
+        async def before_prepare(manifests: Sequence[Manifest]) -> None:
+            # An app with Rollouts gets their CRDs (when allowed) and a controller; only a
+            # reconcile does this, never a read-only render, diff or check.
+            if prepare_kinds and self.rollouts is not None and uses_rollouts(manifests):
+                await self.rollouts.prepare(target.client)
+
         desired = await render_desired(
             app,
             target.client,
@@ -297,6 +324,7 @@ class Reconciler:
             revision=revision,
             max_age=max_age,
             tracking_method=self.tracking,
+            before_prepare=before_prepare,
         )
         self._inputs[app.name] = desired.inputs
         violations = app_violations(app, target.project, target.cluster, desired)

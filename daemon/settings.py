@@ -183,6 +183,11 @@ class Settings:
     resource_tracking_method: str = ""
     cluster_probe_interval: float = 5.0  # how often each cluster's API server is asked
     cluster_unreachable_after: float = 10.0  # failing this long makes a cluster unreachable
+    # Argo Rollouts kinds: install gitopsd's CRDs when an app has such resources and the cluster
+    # serves none; run the controller for Rollouts no other controller manages (auto), for all
+    # (always) or for none (never).
+    rollouts_install_crds: bool = True
+    rollouts_controller: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,6 +633,19 @@ def _resolve(base: Path, value: str) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+def _rollouts(r: _Fields, d: Settings) -> dict[str, Any]:
+    """settings.rollouts: {installCRDs, controller}."""
+    mode = r.text("controller", d.rollouts_controller)
+    if mode not in ("auto", "always", "never"):
+        raise ConfigError(f"{r.where}.controller: must be auto, always or never, not {mode!r}")
+    out = {
+        "rollouts_install_crds": r.bool("installCRDs", d.rollouts_install_crds),
+        "rollouts_controller": mode,
+    }
+    r.done()
+    return out
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate the settings file at `path` and every document it references."""
     cfg_path = Path(path).resolve()
@@ -674,6 +692,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         metrics_token_file=_resolve(base, s.text("metricsTokenFile", d.metrics_token_file)),
         cluster_probe_interval=dur("clusterProbeInterval", d.cluster_probe_interval),
         cluster_unreachable_after=dur("clusterUnreachableAfter", d.cluster_unreachable_after),
+        **_rollouts(_Fields(s.raw("rollouts") or {}, f"{s.where}.rollouts", warnings), d),
     )
     s.done()
 

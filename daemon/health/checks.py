@@ -536,6 +536,36 @@ def _application(obj: _Fields) -> Health:
     return Health(status, health.text("message"))
 
 
+def _rollout(obj: _Fields) -> Health:
+    # Argo CD's Rollout health: the controller's phase, Paused shown as Suspended, once the
+    # controller has seen the current spec (status.observedGeneration is a string there).
+    status = obj.sub("status")
+    observed = status.data.get("observedGeneration")
+    generation = obj.sub("metadata").data.get("generation")
+    if observed is not None and str(observed).isdigit() and str(observed) != str(generation):
+        return _progressing("Waiting for rollout spec update to be observed")
+    phase = status.text("phase")
+    if not phase:
+        return _progressing("Waiting for rollout spec update to be observed")
+    mapped = {"Paused": HealthStatus.SUSPENDED}.get(phase)
+    try:
+        value = mapped or HealthStatus(phase)
+    except ValueError:
+        return Health(HealthStatus.UNKNOWN, f"Rollout reports unknown phase {phase!r}")
+    return Health(value, status.text("message"))
+
+
+def _analysis_run(obj: _Fields) -> Health:
+    phase = obj.sub("status").text("phase")
+    if phase in ("", "Pending", "Running"):
+        return _progressing(obj.sub("status").text("message"))
+    if phase == "Successful":
+        return _healthy(obj.sub("status").text("message"))
+    if phase in ("Failed", "Error"):
+        return _degraded(obj.sub("status").text("message"))
+    return Health(HealthStatus.UNKNOWN, obj.sub("status").text("message"))
+
+
 _Check = Callable[[_Fields], Health]
 
 _CHECKS: dict[tuple[str, str], _Check] = {
@@ -557,6 +587,8 @@ _CHECKS: dict[tuple[str, str], _Check] = {
     ("apiextensions.k8s.io", "CustomResourceDefinition"): _crd,
     ("autoscaling", "HorizontalPodAutoscaler"): _hpa,
     ("argoproj.io", "Application"): _application,
+    ("argoproj.io", "Rollout"): _rollout,
+    ("argoproj.io", "AnalysisRun"): _analysis_run,
 }
 
 

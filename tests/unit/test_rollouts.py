@@ -297,3 +297,30 @@ def test_invalid_specs_are_refused_naming_the_rollout(change: dict[str, Any], me
     with pytest.raises(InvalidSpec, match=message) as err:
         parse(ro)
     assert "Rollout/ns/web" in str(err.value)
+
+
+def test_status_writes_are_minimal_merge_patches() -> None:
+    """Removed keys become nulls, nested changes stay nested, equal values are left out."""
+    from daemon.rollouts.controller import merge_patch
+
+    old = {"a": 1, "pauseConditions": [{"reason": "x"}], "canary": {"w": 1, "h": "a"}}
+    new = {"a": 1, "canary": {"w": 2, "h": "a"}, "phase": "Healthy"}
+    assert merge_patch(old, new) == {
+        "pauseConditions": None,
+        "canary": {"w": 2},
+        "phase": "Healthy",
+    }
+
+
+def test_another_rollouts_controller_is_recognised_but_a_user_patch_is_not() -> None:
+    """Argo Rollouts' status writes mark the Rollout as its own; kubectl patches do not."""
+    from daemon.rollouts.controller import foreign_manager
+
+    def ro(manager: str) -> dict[str, Any]:
+        entry = {"manager": manager, "operation": "Update", "subresource": "status"}
+        return {"metadata": {"managedFields": [entry]}}
+
+    assert foreign_manager(ro("rollouts-controller")) == "rollouts-controller"
+    assert foreign_manager(ro("kubectl-patch")) == ""
+    assert foreign_manager(ro("kubectl-argo-rollouts")) == ""
+    assert foreign_manager(ro("gitopsd-rollouts")) == ""

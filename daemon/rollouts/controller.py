@@ -1,0 +1,392 @@
+"""The Rollout controller inside the daemon: per cluster, it watches Rollouts and the ReplicaSets
+they own, reconciles each Rollout that changed (or whose timer is due: a timed pause) with
+`plan.plan_canary`, and makes the plan's writes through `daemon.kube`.
+
+Which Rollouts it acts on (`settings.rollouts.controller`):
+- `auto` (default): the Rollouts of this daemon's apps (by their tracking id), unless another
+  controller manages them: Argo Rollouts writes a Rollout's status as field manager
+  `rollouts-controller`; a Rollout whose managedFields show that manager on the status
+  subresource is left alone and reported once. (A user's `kubectl patch --subresource=status`,
+  which is how promote and abort are asked for, is not a controller.)
+- `always`: every Rollout in the cluster, as Argo Rollouts' controller would.
+- `never`: none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import structlog
+
+from daemon.errors import KubeError, KubeNotFound
+from daemon.kube import KubeClient
+from daemon.model import ResourceType
+from daemon.rollouts import crds
+from daemon.rollouts.plan import ReplicaSet, phase, plan_canary
+from daemon.rollouts.spec import (
+    API_VERSION,
+    HASH_LABEL,
+    MANAGED_BY,
+    Body,
+    InvalidSpec,
+    parse,
+)
+
+log = structlog.get_logger("gitopsd.rollouts")
+MANAGER = "gitopsd-rollouts"
+RELIST_AFTER_ERROR = 2.0
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns `old` into `new` (null removes a key)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    out: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        out[key] = None
+    for key, value in new.items():
+        if key not in old:
+            out[key] = value
+        elif old[key] != value:
+            out[key] = merge_patch(old[key], value)
+    return out
+
+
+OTHER_CONTROLLERS = ("rollouts-controller", "argo-rollouts")
+
+
+def foreign_manager(ro: Body) -> str:
+    """The field manager of another Rollout controller that writes this Rollout's status."""
+    for entry in (ro.get("metadata") or {}).get("managedFields") or []:
+        manager = str(entry.get("manager") or "")
+        if entry.get("subresource") == "status" and manager.startswith(OTHER_CONTROLLERS):
+            return manager
+    return ""
+
+
+async def ensure_crds(client: KubeClient, *, timeout: float = 60.0) -> list[str]:
+    """Install gitopsd's Argo Rollouts CRDs that the cluster does not serve yet; the names of
+    those installed. Existing CRDs (Argo Rollouts' own) are never touched."""
+    crd_rt = await client.resource_for(
+        "apiextensions.k8s.io/v1", "CustomResourceDefinition", subject="CRDs"
+    )
+    installed = []
+    for crd in crds.definitions():
+        name = crd["metadata"]["name"]
+        if await client.get(crd_rt, "", name) is not None:
+            continue
+        await client.create(crd_rt, crd)
+        installed.append(name)
+    deadline = time.monotonic() + timeout
+    for name in installed:
+        while True:
+            body = await client.get(crd_rt, "", name) or {}
+            conditions = (body.get("status") or {}).get("conditions") or []
+            if any(
+                c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise KubeError(f"CustomResourceDefinition/{name}", "install", "not Established")
+            await anyio.sleep(0.2)
+    if installed:
+        await client.discover_group("argoproj.io", "v1alpha1")
+    return installed
+
+
+class ClusterRollouts:
+    """The controller for one cluster."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        mode: str = "auto",
+        ours: Callable[[Body], bool] = lambda ro: True,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.client = client
+        self.mode = mode
+        self.ours = ours
+        self.now = now
+        self.dirty: set[tuple[str, str]] = set()
+        self.due: dict[tuple[str, str], float] = {}  # monotonic time of a requested requeue
+        self.wake = anyio.Event()
+        self.skipped: set[tuple[str, str]] = set()
+        self.reconciles = 0
+        self.types: dict[str, ResourceType] = {}
+
+    def mark(self, key: tuple[str, str], after: float | None = None) -> None:
+        if after is None or after <= 0:
+            self.dirty.add(key)
+        else:
+            at = time.monotonic() + after
+            self.due[key] = min(self.due.get(key, at), at)
+        self.wake.set()
+
+    async def run(self) -> None:
+        """Watch and reconcile until cancelled."""
+        c = self.client
+        self.types = {
+            "rollout": await c.resource_for(API_VERSION, "Rollout", subject="Rollout"),
+            "rs": await c.resource_for("apps/v1", "ReplicaSet", subject="ReplicaSet"),
+            "svc": await c.resource_for("v1", "Service", subject="Service"),
+            "event": await c.resource_for("v1", "Event", subject="Event"),
+        }
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, self.types["rollout"], "", self._on_rollout)
+            tg.start_soon(self._watch, self.types["rs"], HASH_LABEL, self._on_replica_set)
+            await self._work()
+
+    def _on_rollout(self, obj: Body) -> None:
+        meta = obj.get("metadata") or {}
+        self.mark((str(meta.get("namespace", "")), str(meta.get("name", ""))))
+
+    def _on_replica_set(self, obj: Body) -> None:
+        meta = obj.get("metadata") or {}
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == "Rollout" and ref.get("controller"):
+                self.mark((str(meta.get("namespace", "")), str(ref.get("name", ""))))
+
+    async def _watch(self, rt: ResourceType, selector: str, on: Callable[[Body], None]) -> None:
+        """LIST then WATCH, forever; every object seen marks its Rollout."""
+        while True:
+            try:
+                items, rv = await self.client.list(rt, label_selector=selector)
+                for item in items:
+                    on(item)
+                async for ev in self.client.watch(rt, resource_version=rv, label_selector=selector):
+                    if ev.type == "ERROR":
+                        break  # 410 Gone: relist
+                    if ev.type != "BOOKMARK":
+                        on(ev.object)
+            except KubeError as e:
+                log.info("rollouts watch restarting", kind=rt.kind, error=str(e))
+                await anyio.sleep(RELIST_AFTER_ERROR)
+
+    async def _work(self) -> None:
+        while True:
+            now = time.monotonic()
+            for key, at in list(self.due.items()):
+                if at <= now:
+                    del self.due[key]
+                    self.dirty.add(key)
+            if not self.dirty:
+                self.wake = anyio.Event()
+                timeout = min((at - now for at in self.due.values()), default=30.0)
+                with anyio.move_on_after(max(0.05, timeout)):
+                    await self.wake.wait()
+                continue
+            key = min(self.dirty)
+            self.dirty.discard(key)
+            try:
+                await self.reconcile(*key)
+            except KubeError as e:
+                log.warning("rollout reconcile failed", rollout=f"{key[0]}/{key[1]}", error=str(e))
+                self.mark(key, after=RELIST_AFTER_ERROR)
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        """One reconcile of one Rollout."""
+        t = self.types
+        ro = await self.client.get(t["rollout"], namespace, name)
+        key = (namespace, name)
+        if ro is None:
+            self.due.pop(key, None)
+            return
+        other = foreign_manager(ro)
+        if other and self.mode != "always":
+            if key not in self.skipped:
+                self.skipped.add(key)
+                log.info(
+                    "rollout left to another controller",
+                    rollout=f"{namespace}/{name}",
+                    manager=other,
+                )
+            return
+        if self.mode == "never":
+            return
+        self.reconciles += 1
+        old_status = ro.get("status") or {}
+        try:
+            spec = parse(ro)
+            if spec.canary is None:
+                raise InvalidSpec(
+                    f"{spec.subject}: blueGreen is not run by this gitopsd yet (canary only)"
+                )
+        except InvalidSpec as e:
+            status = {
+                **old_status,
+                "conditions": [_condition("InvalidSpec", "InvalidSpec", str(e))],
+            }
+            status["observedGeneration"] = str((ro.get("metadata") or {}).get("generation", ""))
+            status["phase"], status["message"] = "Degraded", f"InvalidSpec: {e}"
+            await self._status(ro, old_status, status)
+            return
+        owned, _ = await self.client.list(t["rs"], namespace, label_selector=HASH_LABEL)
+        uid = (ro.get("metadata") or {}).get("uid")
+        mine = [
+            ReplicaSet.of(b)
+            for b in owned
+            if any(
+                r.get("uid") == uid for r in (b.get("metadata") or {}).get("ownerReferences") or []
+            )
+        ]
+        plan = plan_canary(ro, spec, mine, self.now())
+        if plan.create is not None:
+            await self.client.create(t["rs"], plan.create)
+        for rs_name, n in plan.scale.items():
+            await self.client.patch_merge(
+                t["rs"], namespace, rs_name, {"spec": {"replicas": n}}, manager=MANAGER
+            )
+        for rs_name in plan.delete:
+            await self.client.delete(t["rs"], namespace, rs_name, propagation="Background")
+        for svc, h in plan.services.items():
+            await self._point(namespace, svc, h, name, plan.status)
+        plan.status["conditions"] = [
+            c for c in plan.status.get("conditions") or [] if c.get("type") != "InvalidSpec"
+        ]
+        plan.status["phase"], plan.status["message"] = phase(spec, plan.status, ro)
+        await self._status(ro, old_status, plan.status)
+        for reason, message in plan.events:
+            await self._event(ro, reason, message)
+        if plan.requeue_after is not None:
+            self.mark(key, after=plan.requeue_after)
+
+    async def _point(self, namespace: str, svc: str, h: str, rollout: str, status: Body) -> None:
+        """Point a Service's selector at the pods of template hash `h`."""
+        body = await self.client.get(self.types["svc"], namespace, svc)
+        if body is None:
+            status.setdefault("conditions", []).append(
+                _condition("Progressing", "ServiceNotFound", f"Service {svc!r} not found")
+            )
+            return
+        selector = (body.get("spec") or {}).get("selector") or {}
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        if selector.get(HASH_LABEL) == h and annotations.get(MANAGED_BY) == rollout:
+            return
+        patch = {
+            "metadata": {"annotations": {MANAGED_BY: rollout}},
+            "spec": {"selector": {HASH_LABEL: h}},
+        }
+        await self.client.patch_merge(self.types["svc"], namespace, svc, patch, manager=MANAGER)
+
+    async def _status(self, ro: Body, old: Body, new: Body) -> None:
+        patch = merge_patch(old, new)
+        if not patch:
+            return
+        meta = ro.get("metadata") or {}
+        await self.client.patch_status(
+            self.types["rollout"],
+            str(meta.get("namespace", "")),
+            str(meta.get("name", "")),
+            # The resourceVersion makes the write conditional: a promote or abort the user
+            # wrote since our read is never overwritten (409, and the next reconcile sees it).
+            {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch},
+            manager=MANAGER,
+        )
+
+    async def _event(self, ro: Body, reason: str, message: str) -> None:
+        meta = ro.get("metadata") or {}
+        stamp = self.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{meta.get('name')}.",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": "Rollout",
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning" if reason == "RolloutAborted" else "Normal",
+            "source": {"component": MANAGER},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self.client.create(self.types["event"], event)
+        except KubeError as e:  # an event is worth a log line, never a failed reconcile
+            log.info("rollout event not recorded", reason=reason, error=str(e))
+
+
+def _owned_by(body: Body, uid: str) -> bool:
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def _condition(kind: str, reason: str, message: str) -> Body:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastUpdateTime": now,
+        "lastTransitionTime": now,
+    }
+
+
+class Rollouts:
+    """One controller per cluster that has Rollouts, started on demand by the reconciler
+    (`want`) and run by the daemon (`run`)."""
+
+    def __init__(
+        self,
+        *,
+        mode: str = "auto",
+        install_crds: bool = True,
+        ours: Callable[[Body], bool] = lambda ro: True,
+    ) -> None:
+        self.mode = mode
+        self.install_crds = install_crds
+        self.ours = ours
+        self.controllers: dict[str, ClusterRollouts] = {}
+        self._wanted: dict[str, KubeClient] = {}
+        self._wake = anyio.Event()
+        self.installed: dict[str, list[str]] = {}
+
+    async def prepare(self, client: KubeClient) -> None:
+        """An app of this cluster contains Argo Rollouts kinds: install the CRDs if allowed
+        and needed, and have a controller run for the cluster."""
+        if client.name not in self.installed:
+            if self.install_crds:
+                self.installed[client.name] = await ensure_crds(client)
+            else:
+                self.installed[client.name] = []
+        if client.name not in self._wanted:
+            self._wanted[client.name] = client
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Run a controller for every cluster that wants one, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            while True:
+                for name, client in list(self._wanted.items()):
+                    if name not in self.controllers:
+                        ctl = ClusterRollouts(client, mode=self.mode, ours=self.ours)
+                        self.controllers[name] = ctl
+                        tg.start_soon(self._supervise, ctl)
+                self._wake = anyio.Event()
+                await self._wake.wait()
+
+    async def _supervise(self, ctl: ClusterRollouts) -> None:
+        while True:
+            try:
+                await ctl.run()
+            except (KubeError, KubeNotFound) as e:
+                log.warning("rollout controller restarting", cluster=ctl.client.name, error=str(e))
+                await anyio.sleep(5)
+            except Exception:  # a bug must not take the daemon down with it
+                log.exception("rollout controller crashed; restarting", cluster=ctl.client.name)
+                await anyio.sleep(5)

@@ -1,0 +1,230 @@
+"""Argo Rollouts canaries run by the daemon itself on the real control plane: CRDs installed on
+demand, ReplicaSets per pod template, steps, pauses, promotion, abort and Service selectors."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from daemon import settings
+from daemon.engine import Engine
+from tests.conftest import Cluster, GitRepo, application, write_config
+from tests.integration.test_sync import get
+
+pytestmark = pytest.mark.cluster
+
+HASH = "rollouts-pod-template-hash"
+
+
+def rollout(image: str, steps: str, api: str = "argoproj.io/v1alpha1") -> str:
+    return f"""apiVersion: {api}
+kind: Rollout
+metadata:
+  name: web
+spec:
+  replicas: 5
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+        - name: main
+          image: {image}
+  strategy:
+    canary:
+      canaryService: web-canary
+      stableService: web-stable
+      maxSurge: 1
+      maxUnavailable: 0
+      steps:
+{steps}
+"""
+
+
+SERVICES = """apiVersion: v1
+kind: Service
+metadata:
+  name: web-stable
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-canary
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+STEPS = """        - setWeight: 20
+        - pause: {}
+        - setWeight: 60
+        - pause: {duration: 2s}"""
+
+
+async def until(
+    what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 0.5
+) -> Any:
+    """Poll `check` (sync) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await anyio.to_thread.run_sync(check)
+        if last:
+            return last
+        await anyio.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def sets(cluster: Cluster, ns: str) -> dict[str, int]:
+    out = cluster.kubectl("get", "rs", "-n", ns, "-l", HASH, "-o", "json")
+    return {
+        rs["metadata"]["labels"][HASH]: rs["spec"]["replicas"] for rs in json.loads(out)["items"]
+    }
+
+
+def ro_status(cluster: Cluster, ns: str) -> dict[str, Any]:
+    ro = get(cluster, ns, "rollout/web") or {}
+    return dict(ro.get("status") or {})
+
+
+def selector(cluster: Cluster, ns: str, svc: str) -> str:
+    body = get(cluster, ns, f"service/{svc}") or {}
+    return str((body.get("spec") or {}).get("selector", {}).get(HASH, ""))
+
+
+async def test_canary_steps_pause_promote_and_complete(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """The seed's `argoproj.io/v1` Rollout is read as v1alpha1 and its CRDs installed; the first
+    deploy goes to 100%; a new image runs 1 canary pod next to 4 stable ones and pauses (the app
+    Suspended) until promoted; then 3/2, a timed pause, and the canary becomes stable with the
+    Services following, the old set scaled to zero."""
+    git_repo.write(
+        {
+            "app/svc.yaml": SERVICES,
+            "app/ro.yaml": rollout("nginx:1", STEPS, api="argoproj.io/v1"),
+        }
+    )
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("canary", git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        app = cfg.app("canary")
+        status = await engine.reconciler.reconcile(app)
+        assert status["operationState"]["phase"] == "Succeeded", status["operationState"]
+        first = await until(
+            "the first deploy to be Healthy",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+        )
+        stable = first["stableRS"]
+        assert sets(cluster, namespace) == {stable: 5}
+        assert selector(cluster, namespace, "web-stable") == stable
+
+        git_repo.write({"app/ro.yaml": rollout("nginx:2", STEPS, api="argoproj.io/v1")})
+        await engine.reconciler.reconcile(app)
+        paused = await until(
+            "the canary to pause at step 1",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Paused" and s,
+        )
+        canary = paused["currentPodHash"]
+        assert paused["currentStepIndex"] == 1
+        assert sets(cluster, namespace) == {stable: 4, canary: 1}
+        assert selector(cluster, namespace, "web-canary") == canary
+        assert selector(cluster, namespace, "web-stable") == stable
+        status = await engine.reconciler.reconcile(app, auto=False)
+        assert status["health"]["status"] == "Suspended"
+        await anyio.sleep(2)
+        assert ro_status(cluster, namespace)["currentStepIndex"] == 1, "waits to be promoted"
+
+        # What `kubectl argo rollouts promote` does: clear the pause conditions.
+        cluster.kubectl(
+            "patch",
+            "rollout",
+            "web",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"pauseConditions":null}}',
+        )
+        done = await until(
+            "the canary to become stable",
+            lambda: (
+                (s := ro_status(cluster, namespace)).get("stableRS") == canary
+                and s.get("phase") == "Healthy"
+                and s
+            ),
+        )
+        assert done["currentStepIndex"] == 4
+        assert await until(
+            "the old set to drain", lambda: sets(cluster, namespace) == {stable: 0, canary: 5}
+        )
+        assert selector(cluster, namespace, "web-stable") == canary
+        events = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "involvedObject.name=web",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        )
+        assert "RolloutStepCompleted" in events and "RolloutCompleted" in events
+
+
+async def test_abort_goes_back_to_stable_and_degrades_the_app(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """status.abort during a canary scales the canary away and the stable set back to 100%;
+    the Rollout is Degraded and so is the app, while git still holds the new version."""
+    git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": rollout("nginx:1", STEPS)})
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("abort", git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        app = cfg.app("abort")
+        await engine.reconciler.reconcile(app)
+        stable = (
+            await until(
+                "first deploy",
+                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+            )
+        )["stableRS"]
+        git_repo.write({"app/ro.yaml": rollout("nginx:2", STEPS)})
+        await engine.reconciler.reconcile(app)
+        await until("pause", lambda: ro_status(cluster, namespace).get("phase") == "Paused")
+        cluster.kubectl(
+            "patch",
+            "rollout",
+            "web",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"abort":true}}',
+        )
+        await until(
+            "the canary to be gone",
+            lambda: (
+                ro_status(cluster, namespace).get("phase") == "Degraded"
+                and sets(cluster, namespace).get(stable) == 5
+                and sum(sets(cluster, namespace).values()) == 5
+            ),
+        )
+        assert selector(cluster, namespace, "web-canary") == stable
+        status = await engine.reconciler.reconcile(app, auto=False)
+        assert status["health"]["status"] == "Degraded"
