@@ -111,6 +111,77 @@ def watch_waves(ns: str, until: float) -> None:
         time.sleep(0.3)
 
 
+def rollout_line() -> tuple[str, str]:
+    """One line about the canary Rollout: phase, step, pods per ReplicaSet."""
+    raw = kubectl("get", "rollout", "webapp", "-n", "demo-canary", "-o", "json", check=False)
+    if not raw.strip():
+        return "", "no Rollout yet"
+    ro = json.loads(raw)
+    st = ro.get("status") or {}
+    sets = json.loads(
+        kubectl("get", "rs", "-n", "demo-canary", "-l", "rollouts-pod-template-hash", "-o", "json")
+    )["items"]
+    parts = []
+    for rs in sets:
+        h = rs["metadata"]["labels"]["rollouts-pod-template-hash"]
+        mark = " (stable)" if h == st.get("stableRS") else ""
+        available = (rs.get("status") or {}).get("availableReplicas", 0)
+        parts.append(f"{h[:5]}{mark}={available}/{rs['spec']['replicas']}")
+    pods = ", ".join(parts)
+    steps = len(ro["spec"]["strategy"]["canary"]["steps"])
+    weight = ((st.get("canary") or {}).get("weights") or {}).get("canary", {}).get("weight", 0)
+    line = (
+        f"{st.get('phase', '?'):<11} step {st.get('currentStepIndex', '?')}/{steps} "
+        f"weight {weight:>3}%  pods {pods}"
+    )
+    return str(st.get("phase", "")), line
+
+
+def canary_step_through() -> None:
+    """Commit a new image for the canary Rollout and follow it step by step."""
+    say("Progressive delivery: the seed's canary Rollout, run by gitopsd itself (no Argo Rollouts)")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and rollout_line()[0] != "Healthy":
+        time.sleep(1)
+    print(f"  first deploy goes straight to 100%: {rollout_line()[1]}")
+    manifest = DEMO / "work" / "canary" / "rollout.yaml"
+    manifest.write_text(manifest.read_text().replace("image: webapp:v1", "image: webapp:v2"))
+    git("commit", "-q", "-am", "canary: webapp v2")
+    git("push", "-q", str(DEMO / "repo.git"), "HEAD:main")
+    api("/api/v1/applications/canary/refresh", method="POST")
+    print("  pushed webapp:v2; following the Rollout (kubectl get rollout works too):")
+    start = time.monotonic()
+    last, promoted = "", False
+    deadline = start + 180
+    while time.monotonic() < deadline:
+        phase, line = rollout_line()
+        if line != last:
+            print(f"  +{time.monotonic() - start:5.1f}s  {line}")
+            last = line
+        if phase == "Paused" and not promoted:
+            print(
+                "           the first pause waits for a person: promoting (what "
+                "`kubectl argo rollouts promote` does)"
+            )
+            kubectl(
+                "patch",
+                "rollout",
+                "webapp",
+                "-n",
+                "demo-canary",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                '{"status":{"pauseConditions":null}}',
+            )
+            promoted = True
+        if phase == "Healthy" and promoted:
+            break
+        time.sleep(0.3)
+    health = api("/api/v1/applications/canary")["status"]["health"]["status"]
+    print(f"  the canary is the new stable; app canary is {health}")
+
+
 def main() -> int:
     if not (ROOT / ".cluster" / "ready").exists():
         say(
@@ -197,6 +268,8 @@ def main() -> int:
                 break
             time.sleep(0.3)
 
+        canary_step_through()
+
         say("Where to look")
         print(f"  {API}/api/v1/applications      Argo CD-shaped application status")
         print(f"  {API}/metrics                   Prometheus metrics (argocd_app_info, ...)")
@@ -217,7 +290,7 @@ def main() -> int:
                 print(f"  daemon exited with {daemon.wait(30)}")
             except subprocess.TimeoutExpired:
                 daemon.kill()
-        for ns in ("demo-db", "demo-web"):
+        for ns in ("demo-db", "demo-web", "demo-canary"):
             kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
         if started_cluster:
             stop_cluster()
