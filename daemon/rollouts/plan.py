@@ -32,6 +32,7 @@ from daemon.rollouts.spec import (
 )
 
 PAUSE_STEP = "CanaryPauseStep"
+ANALYSIS_NOT_RUN = "AnalysisNotSupported"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +275,7 @@ def plan_canary(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.dat
             },
         },
     }
+    _background_analysis_condition(status, spec, now)
     status["phase"], status["message"] = phase(spec, status, ro)
     plan.status = status
     if plan.scale or plan.create:
@@ -356,16 +358,20 @@ def _advance(
         done = _pause(plan, status, step, now)
     elif isinstance(step, RouteStep):
         done = True
-    else:  # an analysis step
-        conditions = status.setdefault("pauseConditions", [])
-        if not any(c.get("reason") == "AnalysisNotSupported" for c in conditions):
-            conditions.append({"reason": "AnalysisNotSupported", "startTime": _iso(now)})
+    else:  # an analysis step: not run yet; it holds the Rollout until a person promotes
+        conditions = status.get("pauseConditions") or []
+        holding = any(c.get("reason") == ANALYSIS_NOT_RUN for c in conditions)
+        if status.get("controllerPause") and not holding:
+            done = True  # promoted
+        elif not holding:
+            status["pauseConditions"] = [
+                *conditions,
+                {"reason": ANALYSIS_NOT_RUN, "startTime": _iso(now)},
+            ]
             status["controllerPause"] = True
-        status["message"] = "analysis steps are not run by this gitopsd yet: promote to continue"
-        if status.get("controllerPause") and not any(
-            c.get("reason") == "AnalysisNotSupported" for c in status.get("pauseConditions") or []
-        ):
-            done = True
+            plan.events.append(
+                ("RolloutPaused", "analysis steps are not run by this gitopsd yet: promote")
+            )
     if not done:
         return index
     index += 1
@@ -414,6 +420,30 @@ def _describe(step: Step) -> str:
     if isinstance(step, RouteStep):
         return step.kind
     return "analysis"
+
+
+def _background_analysis_condition(status: Body, spec: RolloutSpec, now: dt.datetime) -> None:
+    """A background `analysis` is not run yet: say so on the Rollout instead of ignoring it."""
+    existing = [c for c in status.get("conditions") or [] if c.get("type") == ANALYSIS_NOT_RUN]
+    kept = [c for c in status.get("conditions") or [] if c.get("type") != ANALYSIS_NOT_RUN]
+    if existing and spec.canary is not None and spec.canary.analysis is not None:
+        kept.append(existing[0])  # unchanged: no status write, no event loop
+    elif spec.canary is not None and spec.canary.analysis is not None:
+        names = ", ".join(t.name for t in spec.canary.analysis.templates)
+        kept.append(
+            {
+                "type": ANALYSIS_NOT_RUN,
+                "status": "True",
+                "reason": ANALYSIS_NOT_RUN,
+                "message": f"background analysis ({names}) is not run by this gitopsd yet",
+                "lastUpdateTime": _iso(now),
+                "lastTransitionTime": _iso(now),
+            }
+        )
+    if kept:
+        status["conditions"] = kept
+    else:
+        status.pop("conditions", None)
 
 
 def _history(

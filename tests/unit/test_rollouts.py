@@ -175,6 +175,8 @@ def test_first_deploy_goes_straight_to_full_and_stable() -> None:
     assert st["stableRS"] == st["currentPodHash"]
     assert st["currentStepIndex"] == 3
     assert st["phase"] == "Healthy", st
+    before = copy.deepcopy(c.ro["status"])
+    assert c.step() is None and c.ro["status"] == before, "a settled Rollout needs no writes"
 
 
 def test_canary_walks_its_steps_pauses_and_promotes() -> None:
@@ -324,3 +326,28 @@ def test_another_rollouts_controller_is_recognised_but_a_user_patch_is_not() -> 
     assert foreign_manager(ro("kubectl-patch")) == ""
     assert foreign_manager(ro("kubectl-argo-rollouts")) == ""
     assert foreign_manager(ro("gitopsd-rollouts")) == ""
+
+
+def test_analysis_is_not_silently_skipped() -> None:
+    """Until analysis runs, an analysis step holds the Rollout (Paused, AnalysisNotSupported)
+    until promoted, and a background analysis is a condition on the Rollout; reconciling again
+    changes nothing (no status write loop)."""
+    c = Cluster(
+        rollout(
+            steps=[{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "sr"}]}}],
+            analysis={"templates": [{"templateName": "success-rate"}]},
+        )
+    )
+    c.run()
+    c.update_image("web:2")
+    c.run()
+    st = c.ro["status"]
+    assert st["phase"] == "Paused"
+    assert st["pauseConditions"][0]["reason"] == "AnalysisNotSupported"
+    assert any("success-rate" in x["message"] for x in st["conditions"])
+    before = copy.deepcopy(st)
+    c.step()
+    assert c.ro["status"] == before
+    c.ro["status"].pop("pauseConditions")
+    c.run()
+    assert c.ro["status"]["stableRS"] == c.ro["status"]["currentPodHash"]
