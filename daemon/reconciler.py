@@ -598,7 +598,7 @@ def system_rules(config: Config) -> list[diffing.IgnoreRule]:
         rules.append(aggregated_roles_rule())
     where = f"{custom.source or 'argocd-cm'} resource.customizations.ignoreDifferences"
     try:
-        return diffing.parse_ignore_differences(rules, where=where)
+        return [*diffing.parse_ignore_differences(rules, where=where), *diffing.CONTROLLER_OWNED]
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -133,6 +133,21 @@ def _str_list(item: dict[str, Any], field: str, at: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+# Fields a controller inside gitopsd owns on objects that git also describes: the Rollout
+# controller points a Service's selector at a pod-template hash (Service selectors are atomic
+# maps, so an apply from git would drop the key). They never count as drift and every sync keeps
+# their live values, whatever RespectIgnoreDifferences says.
+CONTROLLER_OWNED: tuple[IgnoreRule, ...] = (
+    IgnoreRule(
+        kind="Service",
+        json_pointers=(
+            "/spec/selector/rollouts-pod-template-hash",
+            "/metadata/annotations/argo-rollouts.argoproj.io~1managed-by-rollouts",
+        ),
+    ),
+)
+
+
 def rule_matches(rule: IgnoreRule, key: ResourceKey) -> bool:
     """Whether `rule` applies to the object at `key` (Argo CD globs group and kind alike)."""
     return (

@@ -107,16 +107,18 @@ def select_manifests(
             and (not selective or comparison.status.get(m.key) is not SyncStatus.SYNCED)
         )
     ]
-    rules = [*app_rules(app), *system_rules]
-    if not (opts.respect_ignore_differences and rules):
-        return chosen
+    rules = [*app_rules(app), *system_rules] if opts.respect_ignore_differences else []
+    rules += diffing.CONTROLLER_OWNED
     return [
         Manifest(
             m.key,
             diffing.respect_ignored(m.body, comparison.live[m.key], rules=rules, key=m.key),
             m.source,
         )
-        if m.key in comparison.live and not is_child_kind(m.key) and not is_hook(m.body)
+        if m.key in comparison.live
+        and not is_child_kind(m.key)
+        and not is_hook(m.body)
+        and any(diffing.rule_matches(r, m.key) for r in rules)
         else m
         for m in chosen
     ]

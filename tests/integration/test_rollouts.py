@@ -183,6 +183,10 @@ async def test_canary_steps_pause_promote_and_complete(
             "jsonpath={.items[*].reason}",
         )
         assert "RolloutStepCompleted" in events and "RolloutCompleted" in events
+        status = await engine.reconciler.reconcile(app, auto=False)
+        drifted = [r for r in status["resources"] if r.get("status") != "Synced"]
+        assert status["sync"]["status"] == "Synced", drifted
+        assert status["health"]["status"] == "Healthy"
 
 
 async def test_abort_goes_back_to_stable_and_degrades_the_app(
