@@ -26,7 +26,7 @@ from daemon.errors import KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceType
 from daemon.rollouts import crds
-from daemon.rollouts.plan import ReplicaSet, phase, plan_canary
+from daemon.rollouts.plan import ReplicaSet, phase, plan_rollout
 from daemon.rollouts.spec import (
     API_VERSION,
     HASH_LABEL,
@@ -213,10 +213,6 @@ class ClusterRollouts:
         old_status = ro.get("status") or {}
         try:
             spec = parse(ro)
-            if spec.canary is None:
-                raise InvalidSpec(
-                    f"{spec.subject}: blueGreen is not run by this gitopsd yet (canary only)"
-                )
         except InvalidSpec as e:
             status = {
                 **old_status,
@@ -235,13 +231,16 @@ class ClusterRollouts:
                 r.get("uid") == uid for r in (b.get("metadata") or {}).get("ownerReferences") or []
             )
         ]
-        plan = plan_canary(ro, spec, mine, self.now())
+        plan = plan_rollout(ro, spec, mine, self.now())
         if plan.create is not None:
             await self.client.create(t["rs"], plan.create)
         for rs_name, n in plan.scale.items():
             await self.client.patch_merge(
                 t["rs"], namespace, rs_name, {"spec": {"replicas": n}}, manager=MANAGER
             )
+        for rs_name, changes in plan.annotate.items():
+            patch = {"metadata": {"annotations": changes}}
+            await self.client.patch_merge(t["rs"], namespace, rs_name, patch, manager=MANAGER)
         for rs_name in plan.delete:
             await self.client.delete(t["rs"], namespace, rs_name, propagation="Background")
         for svc, h in plan.services.items():

@@ -20,6 +20,8 @@ from daemon.rollouts.spec import (
     DESIRED_ANNOTATION,
     HASH_LABEL,
     REVISION_ANNOTATION,
+    SCALE_DOWN_DEADLINE,
+    BlueGreen,
     Body,
     Pause,
     RolloutSpec,
@@ -48,6 +50,7 @@ class ReplicaSet:
     current: int  # status.replicas
     template: Body
     uid: str = ""
+    deadline: str = ""  # the scale-down-deadline annotation
 
     @classmethod
     def of(cls, body: Body) -> ReplicaSet:
@@ -67,6 +70,7 @@ class ReplicaSet:
             current=int(status.get("replicas") or 0),
             template=spec.get("template") or {},
             uid=str(meta.get("uid", "")),
+            deadline=str((meta.get("annotations") or {}).get(SCALE_DOWN_DEADLINE, "")),
         )
 
     @property
@@ -82,6 +86,8 @@ class Plan:
     scale: dict[str, int] = field(default_factory=dict)  # ReplicaSet name -> replicas
     delete: list[str] = field(default_factory=list)  # old ReplicaSets past the history limit
     services: dict[str, str] = field(default_factory=dict)  # Service name -> pod-template hash
+    # ReplicaSet name -> annotations to set (a None value removes one)
+    annotate: dict[str, dict[str, str | None]] = field(default_factory=dict)
     status: Body = field(default_factory=dict)
     events: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
     requeue_after: float | None = None  # seconds; None: wait for an event
@@ -423,19 +429,25 @@ def _describe(step: Step) -> str:
 
 
 def _background_analysis_condition(status: Body, spec: RolloutSpec, now: dt.datetime) -> None:
-    """A background `analysis` is not run yet: say so on the Rollout instead of ignoring it."""
+    """Background, pre- and post-promotion analyses are not run yet: say so on the Rollout
+    instead of ignoring them (a pre-promotion analysis also holds the switch for a person)."""
+    refs = []
+    if spec.canary is not None and spec.canary.analysis is not None:
+        refs.append(spec.canary.analysis)
+    if spec.blue_green is not None:
+        refs += [r for r in (spec.blue_green.pre_promotion, spec.blue_green.post_promotion) if r]
     existing = [c for c in status.get("conditions") or [] if c.get("type") == ANALYSIS_NOT_RUN]
     kept = [c for c in status.get("conditions") or [] if c.get("type") != ANALYSIS_NOT_RUN]
-    if existing and spec.canary is not None and spec.canary.analysis is not None:
+    if existing and refs:
         kept.append(existing[0])  # unchanged: no status write, no event loop
-    elif spec.canary is not None and spec.canary.analysis is not None:
-        names = ", ".join(t.name for t in spec.canary.analysis.templates)
+    elif refs:
+        names = ", ".join(t.name for r in refs for t in r.templates)
         kept.append(
             {
                 "type": ANALYSIS_NOT_RUN,
                 "status": "True",
                 "reason": ANALYSIS_NOT_RUN,
-                "message": f"background analysis ({names}) is not run by this gitopsd yet",
+                "message": f"analysis ({names}) is not run by this gitopsd yet",
                 "lastUpdateTime": _iso(now),
                 "lastTransitionTime": _iso(now),
             }
@@ -496,6 +508,13 @@ def phase(spec: RolloutSpec, status: Body, ro: Body) -> tuple[str, str]:
         return "Progressing", "more replicas need to be updated"
     if int(status.get("availableReplicas") or 0) < int(status.get("updatedReplicas") or 0):
         return "Progressing", "updated replicas are still becoming available"
+    bg = spec.blue_green
+    if bg is not None:
+        active = (status.get("blueGreen") or {}).get("activeSelector")
+        if active != status.get("currentPodHash"):
+            return "Progressing", "active service cutover pending"
+        if status.get("stableRS") != status.get("currentPodHash"):
+            return "Progressing", "waiting for analysis to complete"
     if spec.canary is not None:
         if spec.canary.nginx is None and int(status.get("replicas") or 0) > int(
             status.get("updatedReplicas") or 0
@@ -504,3 +523,184 @@ def phase(spec: RolloutSpec, status: Body, ro: Body) -> tuple[str, str]:
         if not status.get("stableRS") or status.get("stableRS") != status.get("currentPodHash"):
             return "Progressing", "waiting for all steps to complete"
     return "Healthy", ""
+
+
+BLUE_GREEN_PAUSE = "BlueGreenPause"
+
+
+def plan_blue_green(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.datetime) -> Plan:
+    """The next writes and status of a blue-green Rollout: the new set comes up behind the
+    preview Service (at previewReplicaCount, if set), an optional pause (autoPromotionEnabled
+    false, or autoPromotionSeconds), then full size and the active Service switched to it; the
+    old set is scaled down scaleDownDelaySeconds later. Abort keeps (or puts back) active on
+    the stable set and scales the new one down after abortScaleDownDelaySeconds."""
+    bg = spec.blue_green
+    assert bg is not None
+    plan = Plan()
+    status: Body = copy.deepcopy(ro.get("status") or {})
+    h = template_hash(spec.template, int(status.get("collisionCount") or 0))
+    new = next((s for s in sets if s.hash == h), None)
+    if new is None:
+        wanted = _without_hash(spec.template)
+        new = next((s for s in sets if _without_hash(s.template) == wanted), None)
+        if new is not None:
+            h = new.hash
+    if status.get("currentPodHash") != h:
+        if status.get("currentPodHash"):
+            for key in ("abort", "abortedAt", "pauseConditions", "promoteFull"):
+                status.pop(key, None)
+            status["controllerPause"] = False
+        status["currentPodHash"] = h
+    stable_hash = str(status.get("stableRS") or "")
+    blue: Body = dict(status.get("blueGreen") or {})
+    if not stable_hash:
+        stable_hash = status["stableRS"] = h
+        blue["activeSelector"] = h
+        plan.events.append(("RolloutCompleted", f"Rollout completed update to revision 1 ({h})"))
+    stable = next((s for s in sets if s.hash == stable_hash and s.hash != h), None)
+    old = [s for s in sets if s is not new and s is not stable]
+    if new is None:
+        revision = max((s.revision for s in sets), default=0) + 1
+        plan.create = new_replica_set(ro, spec, h, revision, 0)
+        plan.events.append(("NewReplicaSetCreated", f"Created ReplicaSet {h} (rev {revision})"))
+        name = str(plan.create["metadata"]["name"])
+        new = ReplicaSet(name, h, revision, 0, 0, 0, 0, spec.template)
+
+    aborted = bool(status.get("abort")) and h != stable_hash
+    promoted = h == stable_hash
+    want: dict[str, int] = {}
+    if promoted:
+        want[new.name] = spec.replicas
+        blue["activeSelector"] = h
+        for key in ("pauseConditions", "abort", "abortedAt", "promoteFull"):
+            status.pop(key, None)
+        status["controllerPause"] = False
+        _delayed_scale_down(plan, [*old, *([stable] if stable else [])], bg.scale_down_delay, now)
+    elif aborted:
+        if not status.get("abortedAt"):
+            status["abortedAt"] = _iso(now)
+            plan.events.append(
+                ("RolloutAborted", f"Rollout aborted update to revision {new.revision}")
+            )
+        blue["activeSelector"] = stable_hash
+        if stable is not None:
+            want[stable.name] = spec.replicas
+        if bg.abort_scale_down_delay > 0:
+            _delayed_scale_down(plan, [new], bg.abort_scale_down_delay, now)
+    else:
+        if stable is not None:
+            want[stable.name] = spec.replicas
+        blue.setdefault("activeSelector", stable_hash)
+        want[new.name] = _bg_progress(plan, status, blue, spec, bg, new, now)
+        for s in old:
+            want[s.name] = 0
+    for s in [new, *old, *([stable] if stable else [])]:
+        if s.name in want and s.replicas != want[s.name] and s.name not in plan.annotate:
+            plan.scale[s.name] = want[s.name]
+    if plan.create is not None and new.name in plan.scale:
+        plan.create["spec"]["replicas"] = plan.scale.pop(new.name)
+
+    blue["previewSelector"] = h
+    plan.services[bg.active_service] = blue["activeSelector"]
+    if bg.preview_service:
+        plan.services[bg.preview_service] = h
+    status["blueGreen"] = blue
+    plan.delete = _history(sets, new, stable, spec.revision_history_limit, plan.scale)
+    _counts(status, spec, ro, sets, new, plan)
+    _background_analysis_condition(status, spec, now)
+    status["phase"], status["message"] = phase(spec, status, ro)
+    plan.status = status
+    if plan.scale or plan.create:
+        plan.requeue_after = plan.requeue_after if plan.requeue_after is not None else 1.0
+    return plan
+
+
+def _bg_progress(
+    plan: Plan,
+    status: Body,
+    blue: Body,
+    spec: RolloutSpec,
+    bg: BlueGreen,
+    new: ReplicaSet,
+    now: dt.datetime,
+) -> int:
+    """An update in progress: the new set's size, and the switch once it may happen."""
+    preview_size = spec.replicas
+    if bg.preview_replica_count is not None and not _resumed(status):
+        preview_size = int(bg.preview_replica_count)
+    size = max(new.replicas, preview_size) if _resumed(status) else preview_size
+    ready = new.replicas == size and new.available >= size
+    if not ready or spec.paused or not _bg_pause(plan, status, bg, now):
+        return size
+    if not (new.available >= spec.replicas and new.replicas == spec.replicas):
+        return spec.replicas  # full size before the switch
+    blue["activeSelector"] = status["stableRS"] = new.hash
+    status.pop("pauseConditions", None)
+    status["controllerPause"] = False
+    plan.events.append(("SwitchService", f"Switched active Service to {new.hash}"))
+    message = f"Rollout completed update to revision {new.revision} ({new.hash})"
+    plan.events.append(("RolloutCompleted", message))
+    plan.requeue_after = 0.0
+    return spec.replicas
+
+
+def _resumed(status: Body) -> bool:
+    """The user (or autoPromotionSeconds) let a paused blue-green rollout go on."""
+    return bool(status.get("controllerPause")) and not any(
+        c.get("reason") == BLUE_GREEN_PAUSE for c in status.get("pauseConditions") or []
+    )
+
+
+def _bg_pause(plan: Plan, status: Body, bg: BlueGreen, now: dt.datetime) -> bool:
+    """True once the rollout may switch: no pause asked, or the pause is over."""
+    if bg.auto_promotion_enabled and bg.auto_promotion_seconds <= 0 and not bg.pre_promotion:
+        return True  # (a pre-promotion analysis is not run yet: a person promotes instead)
+    conditions: list[Body] = status.get("pauseConditions") or []
+    mine = next((c for c in conditions if c.get("reason") == BLUE_GREEN_PAUSE), None)
+    if mine is None:
+        if status.get("controllerPause"):
+            return True  # promoted
+        status["pauseConditions"] = [
+            *conditions,
+            {"reason": BLUE_GREEN_PAUSE, "startTime": _iso(now)},
+        ]
+        status["controllerPause"] = True
+        plan.events.append(("RolloutPaused", "Rollout is paused (BlueGreenPause)"))
+        if bg.auto_promotion_enabled and bg.auto_promotion_seconds > 0:
+            plan.requeue_after = float(bg.auto_promotion_seconds)
+        return False
+    if bg.auto_promotion_enabled and bg.auto_promotion_seconds > 0:
+        started = _parse_time(mine.get("startTime")) or now
+        left = (started + dt.timedelta(seconds=bg.auto_promotion_seconds) - now).total_seconds()
+        if left <= 0:
+            status["pauseConditions"] = [c for c in conditions if c is not mine]
+            return True
+        plan.requeue_after = left
+    return False
+
+
+def _delayed_scale_down(plan: Plan, sets: list[ReplicaSet], delay: float, now: dt.datetime) -> None:
+    """Scale `sets` to zero `delay` seconds after first asked, by the scale-down-deadline
+    annotation Argo Rollouts writes."""
+    for s in sets:
+        if s.replicas == 0:
+            if s.deadline:
+                plan.annotate[s.name] = {SCALE_DOWN_DEADLINE: None}
+            continue
+        if not s.deadline:
+            plan.annotate[s.name] = {SCALE_DOWN_DEADLINE: _iso(now + dt.timedelta(seconds=delay))}
+            plan.requeue_after = min(plan.requeue_after or delay, delay)
+            continue
+        at = _parse_time(s.deadline) or now
+        left = (at - now).total_seconds()
+        if left <= 0:
+            plan.scale[s.name] = 0
+        else:
+            plan.requeue_after = min(plan.requeue_after or left, left)
+
+
+def plan_rollout(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.datetime) -> Plan:
+    """The next writes and status of a Rollout, by its strategy."""
+    if spec.blue_green is not None:
+        return plan_blue_green(ro, spec, sets, now)
+    return plan_canary(ro, spec, sets, now)

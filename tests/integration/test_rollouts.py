@@ -232,3 +232,77 @@ async def test_abort_goes_back_to_stable_and_degrades_the_app(
         assert selector(cluster, namespace, "web-canary") == stable
         status = await engine.reconciler.reconcile(app, auto=False)
         assert status["health"]["status"] == "Degraded"
+
+
+def blue_green(image: str) -> str:
+    return f"""apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+        - name: main
+          image: {image}
+  strategy:
+    blueGreen:
+      activeService: web-stable
+      previewService: web-canary
+      autoPromotionEnabled: false
+      scaleDownDelaySeconds: 6
+"""
+
+
+async def test_blue_green_preview_promote_switch(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """Blue-green on the real cluster: the new version runs behind the preview Service while
+    the active one keeps the old pods; after promotion active switches, and the old set is
+    scaled down once scaleDownDelaySeconds have passed."""
+    git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": blue_green("nginx:1")})
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("bg", git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        app = cfg.app("bg")
+        await engine.reconciler.reconcile(app)
+        blue = (
+            await until(
+                "first deploy",
+                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+            )
+        )["stableRS"]
+        assert selector(cluster, namespace, "web-stable") == blue
+        git_repo.write({"app/ro.yaml": blue_green("nginx:2")})
+        await engine.reconciler.reconcile(app)
+        st = await until(
+            "the preview to be up and paused",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Paused" and s,
+        )
+        green = st["currentPodHash"]
+        assert selector(cluster, namespace, "web-canary") == green
+        assert selector(cluster, namespace, "web-stable") == blue
+        assert sets(cluster, namespace) == {blue: 3, green: 3}
+        cluster.kubectl(
+            "patch",
+            "rollout",
+            "web",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"pauseConditions":null}}',
+        )
+        await until("active to switch", lambda: selector(cluster, namespace, "web-stable") == green)
+        assert sets(cluster, namespace)[blue] == 3, "old pods stay for scaleDownDelaySeconds"
+        await until("the old set to go", lambda: sets(cluster, namespace) == {blue: 0, green: 3})
+        status = await engine.reconciler.reconcile(app, auto=False)
+        assert status["sync"]["status"] == "Synced"
+        assert status["health"]["status"] == "Healthy"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from daemon.rollouts import replicas as rmath
-from daemon.rollouts.plan import ReplicaSet, current_weight, plan_canary
+from daemon.rollouts.plan import ReplicaSet, current_weight, plan_rollout
 from daemon.rollouts.spec import HASH_LABEL, InvalidSpec, Pause, SetWeight, parse
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
@@ -135,11 +135,15 @@ class Cluster:
         """One reconcile; returns its requeue."""
         spec = parse(self.ro)
         sets = [ReplicaSet.of(b) for b in self.sets.values()]
-        plan = plan_canary(self.ro, spec, sets, self.now)
+        plan = plan_rollout(self.ro, spec, sets, self.now)
         if plan.create is not None:
             self.sets[plan.create["metadata"]["name"]] = copy.deepcopy(plan.create)
         for name, n in plan.scale.items():
             self.sets[name]["spec"]["replicas"] = n
+        for name, changes in plan.annotate.items():
+            anns = self.sets[name]["metadata"].setdefault("annotations", {})
+            for k, v in changes.items():
+                anns.pop(k, None) if v is None else anns.__setitem__(k, v)
         for name in plan.delete:
             del self.sets[name]
         self.services.update(plan.services)
@@ -351,3 +355,86 @@ def test_analysis_is_not_silently_skipped() -> None:
     c.ro["status"].pop("pauseConditions")
     c.run()
     assert c.ro["status"]["stableRS"] == c.ro["status"]["currentPodHash"]
+
+
+def blue_green(**bg: Any) -> dict[str, Any]:
+    ro = rollout()
+    bg.setdefault("activeService", "web-active")
+    bg.setdefault("previewService", "web-preview")
+    ro["spec"]["strategy"] = {"blueGreen": bg}
+    return ro
+
+
+def test_blue_green_preview_then_switch_then_delayed_scale_down() -> None:
+    """The new set comes up behind preview only (active stays on the old one), waits for a
+    promotion when autoPromotionEnabled is false, then active switches and the old set is
+    scaled down only after scaleDownDelaySeconds."""
+    c = Cluster(blue_green(autoPromotionEnabled=False, scaleDownDelaySeconds=30))
+    c.run()
+    blue = c.ro["status"]["stableRS"]
+    assert c.services == {"web-active": blue, "web-preview": blue}
+    c.update_image("web:2")
+    c.run()
+    st = c.ro["status"]
+    green = st["currentPodHash"]
+    assert c.counts() == {blue[:4]: 5, green[:4]: 5}
+    assert c.services == {"web-active": blue, "web-preview": green}
+    assert st["phase"] == "Paused" and st["pauseConditions"][0]["reason"] == "BlueGreenPause"
+    c.ro["status"].pop("pauseConditions")  # promote
+    c.run()
+    st = c.ro["status"]
+    assert c.services["web-active"] == green and st["stableRS"] == green
+    assert c.counts()[blue[:4]] == 5, "the old set waits for scaleDownDelaySeconds"
+    c.now += dt.timedelta(seconds=31)
+    c.run()
+    assert c.counts() == {blue[:4]: 0, green[:4]: 5}
+    assert c.ro["status"]["phase"] == "Healthy"
+
+
+def test_blue_green_preview_replica_count_and_auto_promotion_seconds() -> None:
+    """previewReplicaCount sizes the preview until promotion; autoPromotionSeconds promotes
+    by itself, scaling the new set to full before the switch."""
+    c = Cluster(blue_green(previewReplicaCount=1, autoPromotionSeconds=20))
+    c.run()
+    c.update_image("web:2")
+    c.run()
+    green = c.ro["status"]["currentPodHash"]
+    assert c.counts()[green[:4]] == 1
+    assert c.ro["status"]["phase"] == "Paused"
+    c.now += dt.timedelta(seconds=21)
+    c.run()
+    assert c.counts()[green[:4]] == 5
+    assert c.services["web-active"] == green
+
+
+def test_blue_green_abort_keeps_active_on_stable() -> None:
+    """Abort before the switch: active stays on the stable set, Degraded, and the preview set
+    is scaled down after abortScaleDownDelaySeconds."""
+    c = Cluster(blue_green(autoPromotionEnabled=False, abortScaleDownDelaySeconds=10))
+    c.run()
+    blue = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.run()
+    green = c.ro["status"]["currentPodHash"]
+    c.ro["status"]["abort"] = True
+    c.run()
+    assert c.ro["status"]["phase"] == "Degraded"
+    assert c.services["web-active"] == blue
+    assert c.counts()[green[:4]] == 5
+    c.now += dt.timedelta(seconds=11)
+    c.run()
+    assert c.counts() == {blue[:4]: 5, green[:4]: 0}
+
+
+def test_blue_green_pre_promotion_analysis_waits_for_a_person() -> None:
+    """A prePromotionAnalysis is not run yet: the switch waits for a promotion instead of
+    happening unchecked, and the Rollout says why."""
+    c = Cluster(blue_green(prePromotionAnalysis={"templates": [{"templateName": "smoke"}]}))
+    c.run()
+    blue = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.run()
+    st = c.ro["status"]
+    assert st["phase"] == "Paused"
+    assert c.services["web-active"] == blue
+    assert any("smoke" in x["message"] for x in st["conditions"])
