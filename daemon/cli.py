@@ -168,6 +168,13 @@ def cmd_app(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """`gitopsd rollout ...` (the API client)."""
+    from daemon.client import cmd_rollout as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gitopsd",
@@ -241,6 +248,32 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prune", action="store_true")
     v.add_argument("--wait", action="store_true")
     app.set_defaults(func=cmd_app)
+
+    ro = sub.add_parser(
+        "rollout", help="Argo Rollouts operations through a running daemon (get, promote, ...)"
+    )
+    ro.add_argument("--server", help=argparse.SUPPRESS)
+    ro.add_argument("--token-file", help=argparse.SUPPRESS)
+    ro.add_argument("-o", "--output", default="table", choices=["table", "json", "yaml"])
+    ro_verbs = ro.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, text in (
+        ("get", "show a Rollout: step, weight, pods, pause"),
+        ("promote", "go past the current pause (or step); --full skips every step"),
+        ("abort", "back to 100%% stable (the Rollout becomes Degraded)"),
+        ("retry", "run an aborted update again from step 0"),
+        ("undo", "put a previous revision's pod template back"),
+        ("pause", "pause the Rollout (spec.paused)"),
+        ("resume", "resume a paused Rollout"),
+    ):
+        v = ro_verbs.add_parser(verb, help=text, parents=[common])
+        v.add_argument("name", help="the Rollout's name")
+        v.add_argument("-n", "--namespace", default="", help="when several apps have one")
+        v.add_argument("--app", default="", help="the application the Rollout belongs to")
+        if verb == "promote":
+            v.add_argument("--full", action="store_true", help="skip all remaining steps")
+        if verb == "undo":
+            v.add_argument("--to-revision", type=int, default=None)
+    ro.set_defaults(func=cmd_rollout)
     return p
 
 

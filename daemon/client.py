@@ -222,3 +222,51 @@ def _wait(
         time.sleep(0.5)
     print(f"timed out waiting for {name}'s sync", file=sys.stderr)
     return 1
+
+
+def cmd_rollout(args: Any) -> int:
+    """Dispatch `gitopsd rollout <verb> NAME` (Argo Rollouts' kubectl plugin verbs)."""
+    from urllib.parse import urlencode
+
+    api = ApiClient.from_args(args.server, args.token_file)
+    query = {k: v for k, v in (("namespace", args.namespace), ("app", args.app)) if v}
+    suffix = f"?{urlencode(query)}" if query else ""
+    name = args.name
+    if args.verb == "get":
+        data = api.call("GET", f"/api/v1/rollouts/{name}{suffix}")
+        if args.output != "table":
+            _out(data, args.output)
+            return 0
+        ro = data["rollout"]
+        st = ro.get("status") or {}
+        strategy = ro.get("spec", {}).get("strategy") or {}
+        steps = (strategy.get("canary") or {}).get("steps")
+        print(f"Name:         {ro['metadata']['name']}")
+        print(f"Namespace:    {ro['metadata']['namespace']}")
+        print(f"Application:  {data['application']}")
+        print(f"Strategy:     {'Canary' if 'canary' in strategy else 'BlueGreen'}")
+        if steps is not None:
+            print(f"  Step:       {st.get('currentStepIndex', 0)}/{len(steps)}")
+            weights = (st.get("canary") or {}).get("weights") or {}
+            print(f"  Weight:     {(weights.get('canary') or {}).get('weight', 0)}")
+        print(f"Status:       {st.get('phase', 'Unknown')} {st.get('message', '')}".rstrip())
+        for c in st.get("pauseConditions") or []:
+            print(f"  Paused:     {c.get('reason')} since {c.get('startTime')}")
+        print(f"Images:       {', '.join(_images(ro))}")
+        print(
+            f"Replicas:     desired {ro.get('spec', {}).get('replicas', 1)}, "
+            f"current {st.get('replicas', 0)}, updated {st.get('updatedReplicas', 0)}, "
+            f"available {st.get('availableReplicas', 0)}"
+        )
+        print(f"Stable:       {st.get('stableRS', '')}   Current: {st.get('currentPodHash', '')}")
+        return 0
+    action = "promote-full" if args.verb == "promote" and args.full else args.verb
+    body = {"toRevision": args.to_revision} if getattr(args, "to_revision", None) else {}
+    data = api.call("POST", f"/api/v1/rollouts/{name}/{action}{suffix}", body)
+    print(data.get("message") or f"{action}: done")
+    return 0
+
+
+def _images(ro: dict[str, Any]) -> list[str]:
+    pod = ((ro.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return [str(c.get("image")) for c in pod.get("containers") or []]

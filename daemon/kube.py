@@ -582,6 +582,23 @@ class KubeClient:
             params={"fieldManager": manager},
         )
 
+    async def patch_json(
+        self, rt: ResourceType, namespace: str, name: str, ops: Sequence[Body], *, manager: str
+    ) -> Body:
+        """RFC 6902 JSON patch (a whole field replaced, as `undo` replaces spec.template)."""
+        r = await self._request(
+            "PATCH",
+            rt.path(namespace, name),
+            subject=str(ResourceKey(rt.group, rt.kind, namespace, name)),
+            verb="patch",
+            kind=rt.kind,
+            params={"fieldManager": manager},
+            content=json.dumps(ops).encode(),
+            content_type=_JSON_PATCH,
+        )
+        assert r is not None
+        return dict(r.json())
+
     async def patch_status(
         self, rt: ResourceType, namespace: str, name: str, patch: Body, *, manager: str
     ) -> Body:

@@ -794,6 +794,24 @@ class Daemon:
     async def diff(self, app: Application) -> tuple[Desired, Comparison]:
         return await self.engine.reconciler.diff(app)
 
+    async def rollout_get(self, app_name: str, namespace: str, name: str) -> dict[str, Any]:
+        client = await self.engine.client_for(self.workers[app_name].app)
+        rt = await client.resource_for(
+            "argoproj.io/v1alpha1", "Rollout", subject=f"Rollout/{namespace}/{name}"
+        )
+        body = await client.get(rt, namespace, name)
+        if body is None:
+            raise KubeError(f"Rollout/{namespace}/{name}", "get", "not found", status=404)
+        return body
+
+    async def rollout_action(
+        self, app_name: str, namespace: str, name: str, action: str, to_revision: int | None
+    ) -> str:
+        client = await self.engine.client_for(self.workers[app_name].app)
+        rollouts = self.engine.reconciler.rollouts
+        assert rollouts is not None
+        return await rollouts.act(client, namespace, name, action, to_revision=to_revision)
+
     def hard_refresh(self, name: str) -> None:
         worker = self.workers.get(name)
         if worker is None:

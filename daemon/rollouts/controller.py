@@ -26,6 +26,7 @@ from daemon.errors import KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceType
 from daemon.rollouts import crds
+from daemon.rollouts.actions import ActionError, plan_action
 from daemon.rollouts.plan import ReplicaSet, phase, plan_rollout
 from daemon.rollouts.spec import (
     API_VERSION,
@@ -38,6 +39,7 @@ from daemon.rollouts.spec import (
 
 log = structlog.get_logger("gitopsd.rollouts")
 MANAGER = "gitopsd-rollouts"
+USER_MANAGER = "gitopsd-rollouts-cli"  # writes asked for by a person (promote, abort, ...)
 RELIST_AFTER_ERROR = 2.0
 
 
@@ -378,6 +380,49 @@ class Rollouts:
                         tg.start_soon(self._supervise, ctl)
                 self._wake = anyio.Event()
                 await self._wake.wait()
+
+    async def act(
+        self,
+        client: KubeClient,
+        namespace: str,
+        name: str,
+        action: str,
+        *,
+        to_revision: int | None = None,
+    ) -> str:
+        """Apply a user operation (promote, abort, ...) to a Rollout, as the kubectl plugin
+        writes it; the controller picks it up on its next reconcile. Returns what was done."""
+        rt = await client.resource_for(API_VERSION, "Rollout", subject=f"Rollout/{namespace}")
+        subject = f"Rollout/{namespace}/{name}"
+        ro = await client.get(rt, namespace, name)
+        if ro is None:
+            raise KubeNotFound(subject, action, "not found", status=404)
+        sets: list[ReplicaSet] = []
+        if action == "undo":
+            rs_rt = await client.resource_for("apps/v1", "ReplicaSet", subject="ReplicaSet")
+            owned, _ = await client.list(rs_rt, namespace, label_selector=HASH_LABEL)
+            uid = str((ro.get("metadata") or {}).get("uid", ""))
+            sets = [ReplicaSet.of(b) for b in owned if _owned_by(b, uid)]
+        try:
+            writes = plan_action(action, ro, sets=sets, to_revision=to_revision)
+        except ActionError as e:
+            raise KubeError(subject, action, str(e), status=400) from e
+        if writes.template is not None:
+            op = [{"op": "replace", "path": "/spec/template", "value": writes.template}]
+            await client.patch_json(rt, namespace, name, op, manager=USER_MANAGER)
+        if writes.spec is not None:
+            await client.patch_merge(
+                rt, namespace, name, {"spec": writes.spec}, manager=USER_MANAGER
+            )
+        if writes.status is not None:
+            await client.patch_status(
+                rt, namespace, name, {"status": writes.status}, manager=USER_MANAGER
+            )
+        ctl = self.controllers.get(client.name)
+        if ctl is not None:
+            ctl.mark((namespace, name))
+        log.info("rollout action", rollout=f"{namespace}/{name}", action=action)
+        return writes.message
 
     async def _supervise(self, ctl: ClusterRollouts) -> None:
         while True:

@@ -229,6 +229,8 @@ def plan_canary(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.dat
         )
 
     aborted = bool(status.get("abort"))
+    if not aborted:
+        status.pop("abortedAt", None)  # retried
     if status.get("promoteFull") and not aborted:
         status["currentStepIndex"] = len(steps)
         status.pop("pauseConditions", None)
@@ -567,6 +569,8 @@ def plan_blue_green(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt
         new = ReplicaSet(name, h, revision, 0, 0, 0, 0, spec.template)
 
     aborted = bool(status.get("abort")) and h != stable_hash
+    if not aborted:
+        status.pop("abortedAt", None)  # retried
     promoted = h == stable_hash
     want: dict[str, int] = {}
     if promoted:

@@ -22,7 +22,7 @@ from aiohttp import web
 from daemon.appproject import AppProject
 from daemon.appproject.roles import authorize
 from daemon.appsets import Expansion
-from daemon.errors import GitopsdError
+from daemon.errors import GitopsdError, KubeError
 from daemon.settings import Application, Config
 from daemon.stages import Comparison, Desired, SyncRequest
 from daemon.status.metrics import Metrics
@@ -70,6 +70,14 @@ class Control(Protocol):
 
     def refresh_matching(self, urls: set[str], branch: str, *, reason: str) -> list[str]:
         """Refresh the apps following one of `urls` at `branch`; their names."""
+
+    async def rollout_get(self, app_name: str, namespace: str, name: str) -> dict[str, Any]:
+        """The live Rollout `namespace/name` of app `app_name`."""
+
+    async def rollout_action(
+        self, app_name: str, namespace: str, name: str, action: str, to_revision: int | None
+    ) -> str:
+        """Apply a user operation to a Rollout of app `app_name`; what was done."""
 
 
 MAX_WEBHOOK_BYTES = 10 * 1024 * 1024
@@ -454,6 +462,72 @@ def build_app(daemon: Control) -> web.Application:
                 }
             )
         return web.json_response({"items": items})
+
+    def find_rollout(request: web.Request, name: str) -> tuple[str, str]:
+        """(app, namespace) of the Rollout `name` among the apps the caller may read, narrowed
+        by ?namespace= and ?app=; 404 when none, 409 when several match."""
+        ns, only = request.query.get("namespace", ""), request.query.get("app", "")
+        found = sorted(
+            {
+                (app_name, str(r.get("namespace", "")))
+                for app_name, worker in daemon.workers.items()
+                if (not only or app_name == only) and auth.may(request, "get", app_name)
+                for r in (worker.last_status or {}).get("resources") or []
+                if r.get("group") == "argoproj.io"
+                and r.get("kind") == "Rollout"
+                and r.get("name") == name
+                and (not ns or r.get("namespace") == ns)
+            }
+        )
+        if not found:
+            if auth.principal(request) is None and not auth.open_access(mutating=False):
+                raise web.HTTPUnauthorized(
+                    text=json.dumps({"error": "a valid bearer token is required"}),
+                    content_type="application/json",
+                )
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"no Rollout {name!r} in an application you may read"}),
+                content_type="application/json",
+            )
+        if len(found) > 1:
+            where = ", ".join(f"{a} ({n})" for a, n in found)
+            raise web.HTTPConflict(
+                text=json.dumps(
+                    {"error": f"several Rollouts named {name!r}: {where}; give namespace or app"}
+                ),
+                content_type="application/json",
+            )
+        return found[0]
+
+    def kube_failure(e: KubeError) -> web.HTTPException:
+        cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound}.get(e.status, web.HTTPBadGateway)
+        return cls(text=json.dumps({"error": str(e)}), content_type="application/json")
+
+    @routes.get("/api/v1/rollouts/{name}")
+    async def rollout_get(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        app_name, ns = find_rollout(request, name)
+        try:
+            body = await daemon.rollout_get(app_name, ns, name)
+        except KubeError as e:
+            raise kube_failure(e) from e
+        return web.json_response({"application": app_name, "rollout": body})
+
+    @routes.post("/api/v1/rollouts/{name}/{action}")
+    async def rollout_action(request: web.Request) -> web.Response:
+        name, action = request.match_info["name"], request.match_info["action"]
+        app_name, ns = find_rollout(request, name)
+        # Argo CD's RBAC name for a resource action: action/<group>/<kind>/<action>.
+        auth.check_app(request, f"action/argoproj.io/Rollout/{action}", app_name)
+        data = await body_json(request)
+        revision = data.get("toRevision")
+        try:
+            message = await daemon.rollout_action(
+                app_name, ns, name, action, int(revision) if revision else None
+            )
+        except KubeError as e:
+            raise kube_failure(e) from e
+        return web.json_response({"application": app_name, "message": message})
 
     @routes.post("/api/webhook")
     async def webhook(request: web.Request) -> web.Response:

@@ -306,3 +306,111 @@ async def test_blue_green_preview_promote_switch(
         status = await engine.reconciler.reconcile(app, auto=False)
         assert status["sync"]["status"] == "Synced"
         assert status["health"]["status"] == "Healthy"
+
+
+def test_rollout_verbs_through_the_daemon_with_project_roles(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """`gitopsd rollout get|promote|abort` talk to the running daemon; promoting needs the
+    project role action `action/argoproj.io/Rollout/promote` (Argo CD's RBAC name): a viewer
+    may look but not promote, a promoter may promote, and the canary then completes."""
+    import os
+    import subprocess
+
+    import yaml
+
+    from tests.integration.test_daemon import GITOPSD, running, wait_for
+
+    steps = "        - setWeight: 20\n        - pause: {}"
+    git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": rollout("nginx:1", steps)})
+    app = application("verbs", git_repo.url, "app", namespace)
+    app["spec"]["project"] = "team"
+    cfg = write_config(tmp_path, cluster, [app])
+    policy = "p, proj:team:{role}, applications, {action}, team/*, allow"
+    project = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AppProject",
+        "metadata": {"name": "team", "namespace": "argocd"},
+        "spec": {
+            "sourceRepos": [git_repo.url],
+            "destinations": [{"namespace": namespace, "server": "*"}],
+            "roles": [
+                {
+                    "name": "promoter",
+                    "policies": [
+                        policy.format(role="promoter", action="get"),
+                        policy.format(role="promoter", action="action/argoproj.io/Rollout/promote"),
+                    ],
+                    "groups": ["promoters"],
+                },
+                {
+                    "name": "viewer",
+                    "policies": [policy.format(role="viewer", action="get")],
+                    "groups": ["viewers"],
+                },
+            ],
+        },
+    }
+    (tmp_path / "apps" / "project.yaml").write_text(yaml.safe_dump(project))
+    (tmp_path / "promoter").write_text("promoter-token")
+    (tmp_path / "viewer").write_text("viewer-token")
+    (tmp_path / "admin").write_text("admin-token")
+    data = yaml.safe_load(cfg.read_text())
+    data["apiTokens"] = [
+        {
+            "name": "p",
+            "tokenFile": str(tmp_path / "promoter"),
+            "role": "none",
+            "groups": ["promoters"],
+        },
+        {"name": "v", "tokenFile": str(tmp_path / "viewer"), "role": "none", "groups": ["viewers"]},
+        {"name": "a", "tokenFile": str(tmp_path / "admin"), "role": "admin"},
+    ]
+    cfg.write_text(yaml.safe_dump(data))
+
+    def cli(token: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "GITOPSD_TOKEN": token}
+        return subprocess.run(
+            [GITOPSD, "rollout", *args, "--server", d.url],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    with running(cfg) as d:
+        wait_for(
+            lambda: ro_status(cluster, namespace).get("phase") == "Healthy",
+            timeout=90,
+            what="first deploy",
+        )
+        git_repo.write({"app/ro.yaml": rollout("nginx:2", steps)})
+        d.api("/api/v1/applications/verbs/refresh", method="POST", token="admin-token")
+        wait_for(
+            lambda: ro_status(cluster, namespace).get("phase") == "Paused",
+            timeout=90,
+            what="the canary pause",
+        )
+        shown = cli("viewer-token", "get", "web")
+        assert shown.returncode == 0, shown.stderr
+        assert "Paused" in shown.stdout and "CanaryPauseStep" in shown.stdout
+        assert "verbs" in shown.stdout and "nginx:2" in shown.stdout
+        denied = cli("viewer-token", "promote", "web")
+        assert denied.returncode != 0 and "403" in denied.stderr, denied
+        assert ro_status(cluster, namespace).get("phase") == "Paused"
+        bad = d.api("/api/v1/rollouts/web/explode", method="POST", token="admin-token")
+        assert bad.status_code == 400, bad.text
+        missing = d.api("/api/v1/rollouts/nope", token="admin-token")
+        assert missing.status_code == 404
+        ok = cli("promoter-token", "promote", "web")
+        assert ok.returncode == 0, ok.stderr
+        assert "promoted" in ok.stdout
+        wait_for(
+            lambda: (
+                (s := ro_status(cluster, namespace)).get("phase") == "Healthy"
+                and s.get("stableRS") == s.get("currentPodHash")
+            ),
+            timeout=90,
+            what="the canary to complete after promote",
+        )
+        assert cli("promoter-token", "abort", "web").returncode != 0

@@ -438,3 +438,40 @@ def test_blue_green_pre_promotion_analysis_waits_for_a_person() -> None:
     assert st["phase"] == "Paused"
     assert c.services["web-active"] == blue
     assert any("smoke" in x["message"] for x in st["conditions"])
+
+
+def test_actions_write_what_the_kubectl_plugin_writes() -> None:
+    """promote clears pauses (or skips the current step), --full sets promoteFull, abort and
+    retry flip status.abort, pause sets spec.paused; unknown actions are refused."""
+    from daemon.rollouts.actions import ActionError, plan_action
+
+    ro = rollout()
+    ro["status"] = {"pauseConditions": [{"reason": "CanaryPauseStep"}], "currentStepIndex": 1}
+    assert plan_action("promote", ro).status == {"pauseConditions": None}
+    ro["status"] = {"currentStepIndex": 0}
+    assert plan_action("promote", ro).status == {"pauseConditions": None, "currentStepIndex": 1}
+    assert plan_action("promote-full", ro).status == {"promoteFull": True}
+    assert plan_action("abort", ro).status == {"abort": True}
+    assert plan_action("retry", ro).status == {"abort": False}
+    assert plan_action("pause", ro).spec == {"paused": True}
+    with pytest.raises(ActionError, match="unknown action"):
+        plan_action("explode", ro)
+
+
+def test_undo_puts_the_previous_template_back() -> None:
+    """undo takes the second newest revision's template (without the hash label), or the one
+    asked for; the current template already there is a skip, not a write."""
+    from daemon.rollouts.actions import ActionError, plan_action
+
+    c = Cluster(rollout())
+    c.run()
+    c.update_image("web:2")
+    c.run()
+    sets = [ReplicaSet.of(b) for b in c.sets.values()]
+    w = plan_action("undo", c.ro, sets=sets)
+    assert w.template is not None
+    assert w.template["spec"]["containers"][0]["image"] == "web:1"
+    assert HASH_LABEL not in w.template["metadata"]["labels"]
+    assert plan_action("undo", c.ro, sets=sets, to_revision=2).template is None
+    with pytest.raises(ActionError, match="no revision 9"):
+        plan_action("undo", c.ro, sets=sets, to_revision=9)
