@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ from daemon.rollouts.spec import (
     HASH_LABEL,
     REVISION_ANNOTATION,
     SCALE_DOWN_DEADLINE,
+    AnalysisRef,
+    AnalysisStep,
     BlueGreen,
     Body,
     Pause,
@@ -78,6 +81,16 @@ class ReplicaSet:
         return math_.SetState(self.replicas, self.available)
 
 
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """An AnalysisRun the Rollout needs: its kind (Step, Background, PrePromotion,
+    PostPromotion), templates and args, and the name infix (step index, pre, post)."""
+
+    kind: str
+    ref: AnalysisRef
+    infix: str
+
+
 @dataclass
 class Plan:
     """The writes of one reconcile, in the order the controller makes them."""
@@ -90,6 +103,8 @@ class Plan:
     annotate: dict[str, dict[str, str | None]] = field(default_factory=dict)
     status: Body = field(default_factory=dict)
     events: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
+    want_runs: list[RunRequest] = field(default_factory=list)  # AnalysisRuns to create
+    terminate_runs: list[str] = field(default_factory=list)  # AnalysisRuns to stop
     requeue_after: float | None = None  # seconds; None: wait for an event
 
 
@@ -163,7 +178,13 @@ def _parse_time(value: Any) -> dt.datetime | None:
         return None
 
 
-def plan_canary(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.datetime) -> Plan:
+def plan_canary(
+    ro: Body,
+    spec: RolloutSpec,
+    sets: list[ReplicaSet],
+    now: dt.datetime,
+    runs: Sequence[Body] = (),
+) -> Plan:
     """The next writes and status of a canary Rollout."""
     canary = spec.canary
     assert canary is not None
@@ -231,6 +252,7 @@ def plan_canary(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.dat
     aborted = bool(status.get("abort"))
     if not aborted:
         status.pop("abortedAt", None)  # retried
+        _clear_abort(status)
     if status.get("promoteFull") and not aborted:
         status["currentStepIndex"] = len(steps)
         status.pop("pauseConditions", None)
@@ -252,8 +274,14 @@ def plan_canary(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.dat
 
     settled = not plan.scale and plan.create is None
     if settled and not aborted and h != stable_hash and not spec.paused:
-        index = _advance(plan, status, steps, index, new, stable, old, targets, now)
-        if index >= len(steps) and new.available >= spec.replicas:
+        background = canary.analysis
+        if background is not None and stable is not None and index >= background.starting_step:
+            _analysis_gate(
+                plan, status, runs, kind="Background", infix="", ref=background, h=h, now=now
+            )
+        if not status.get("abort"):
+            index = _advance(plan, status, steps, index, new, stable, old, targets, now, runs)
+        if index >= len(steps) and new.available >= spec.replicas and not status.get("abort"):
             status["stableRS"] = stable_hash = h
             plan.events.append(
                 ("RolloutCompleted", f"Rollout completed update to revision {new.revision} ({h})")
@@ -350,6 +378,7 @@ def _advance(
     old: list[ReplicaSet],
     targets: math_.Targets,
     now: dt.datetime,
+    runs: Sequence[Body] = (),
 ) -> int:
     """Complete the current step if it is done; returns the new step index."""
     if index >= len(steps):
@@ -366,20 +395,18 @@ def _advance(
         done = _pause(plan, status, step, now)
     elif isinstance(step, RouteStep):
         done = True
-    else:  # an analysis step: not run yet; it holds the Rollout until a person promotes
-        conditions = status.get("pauseConditions") or []
-        holding = any(c.get("reason") == ANALYSIS_NOT_RUN for c in conditions)
-        if status.get("controllerPause") and not holding:
-            done = True  # promoted
-        elif not holding:
-            status["pauseConditions"] = [
-                *conditions,
-                {"reason": ANALYSIS_NOT_RUN, "startTime": _iso(now)},
-            ]
-            status["controllerPause"] = True
-            plan.events.append(
-                ("RolloutPaused", "analysis steps are not run by this gitopsd yet: promote")
-            )
+    elif isinstance(step, AnalysisStep):
+        gate = _analysis_gate(
+            plan,
+            status,
+            runs,
+            kind="Step",
+            infix=str(index),
+            ref=step.analysis,
+            h=new.hash,
+            now=now,
+        )
+        done = gate is True
     if not done:
         return index
     index += 1
@@ -431,13 +458,11 @@ def _describe(step: Step) -> str:
 
 
 def _background_analysis_condition(status: Body, spec: RolloutSpec, now: dt.datetime) -> None:
-    """Background, pre- and post-promotion analyses are not run yet: say so on the Rollout
-    instead of ignoring them (a pre-promotion analysis also holds the switch for a person)."""
+    """A blue-green postPromotionAnalysis is not run yet: say so on the Rollout instead of
+    ignoring it."""
     refs = []
-    if spec.canary is not None and spec.canary.analysis is not None:
-        refs.append(spec.canary.analysis)
-    if spec.blue_green is not None:
-        refs += [r for r in (spec.blue_green.pre_promotion, spec.blue_green.post_promotion) if r]
+    if spec.blue_green is not None and spec.blue_green.post_promotion is not None:
+        refs.append(spec.blue_green.post_promotion)
     existing = [c for c in status.get("conditions") or [] if c.get("type") == ANALYSIS_NOT_RUN]
     kept = [c for c in status.get("conditions") or [] if c.get("type") != ANALYSIS_NOT_RUN]
     if existing and refs:
@@ -530,7 +555,13 @@ def phase(spec: RolloutSpec, status: Body, ro: Body) -> tuple[str, str]:
 BLUE_GREEN_PAUSE = "BlueGreenPause"
 
 
-def plan_blue_green(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.datetime) -> Plan:
+def plan_blue_green(
+    ro: Body,
+    spec: RolloutSpec,
+    sets: list[ReplicaSet],
+    now: dt.datetime,
+    runs: Sequence[Body] = (),
+) -> Plan:
     """The next writes and status of a blue-green Rollout: the new set comes up behind the
     preview Service (at previewReplicaCount, if set), an optional pause (autoPromotionEnabled
     false, or autoPromotionSeconds), then full size and the active Service switched to it; the
@@ -571,6 +602,7 @@ def plan_blue_green(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt
     aborted = bool(status.get("abort")) and h != stable_hash
     if not aborted:
         status.pop("abortedAt", None)  # retried
+        _clear_abort(status)
     promoted = h == stable_hash
     want: dict[str, int] = {}
     if promoted:
@@ -595,7 +627,7 @@ def plan_blue_green(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt
         if stable is not None:
             want[stable.name] = spec.replicas
         blue.setdefault("activeSelector", stable_hash)
-        want[new.name] = _bg_progress(plan, status, blue, spec, bg, new, now)
+        want[new.name] = _bg_progress(plan, status, blue, spec, bg, new, now, runs)
         for s in old:
             want[s.name] = 0
     for s in [new, *old, *([stable] if stable else [])]:
@@ -627,6 +659,7 @@ def _bg_progress(
     bg: BlueGreen,
     new: ReplicaSet,
     now: dt.datetime,
+    runs: Sequence[Body] = (),
 ) -> int:
     """An update in progress: the new set's size, and the switch once it may happen."""
     preview_size = spec.replicas
@@ -634,7 +667,22 @@ def _bg_progress(
         preview_size = int(bg.preview_replica_count)
     size = max(new.replicas, preview_size) if _resumed(status) else preview_size
     ready = new.replicas == size and new.available >= size
-    if not ready or spec.paused or not _bg_pause(plan, status, bg, now):
+    if not ready or spec.paused:
+        return size
+    if bg.pre_promotion is not None:
+        gate = _analysis_gate(
+            plan,
+            status,
+            runs,
+            kind="PrePromotion",
+            infix="pre",
+            ref=bg.pre_promotion,
+            h=new.hash,
+            now=now,
+        )
+        if gate is not True:
+            return size
+    if not _bg_pause(plan, status, bg, now):
         return size
     if not (new.available >= spec.replicas and new.replicas == spec.replicas):
         return spec.replicas  # full size before the switch
@@ -657,8 +705,8 @@ def _resumed(status: Body) -> bool:
 
 def _bg_pause(plan: Plan, status: Body, bg: BlueGreen, now: dt.datetime) -> bool:
     """True once the rollout may switch: no pause asked, or the pause is over."""
-    if bg.auto_promotion_enabled and bg.auto_promotion_seconds <= 0 and not bg.pre_promotion:
-        return True  # (a pre-promotion analysis is not run yet: a person promotes instead)
+    if bg.auto_promotion_enabled and bg.auto_promotion_seconds <= 0:
+        return True
     conditions: list[Body] = status.get("pauseConditions") or []
     mine = next((c for c in conditions if c.get("reason") == BLUE_GREEN_PAUSE), None)
     if mine is None:
@@ -703,8 +751,112 @@ def _delayed_scale_down(plan: Plan, sets: list[ReplicaSet], delay: float, now: d
             plan.requeue_after = min(plan.requeue_after or left, left)
 
 
-def plan_rollout(ro: Body, spec: RolloutSpec, sets: list[ReplicaSet], now: dt.datetime) -> Plan:
-    """The next writes and status of a Rollout, by its strategy."""
+def plan_rollout(
+    ro: Body,
+    spec: RolloutSpec,
+    sets: list[ReplicaSet],
+    now: dt.datetime,
+    runs: Sequence[Body] = (),
+) -> Plan:
+    """The next writes and status of a Rollout, by its strategy (`runs`: its AnalysisRuns)."""
     if spec.blue_green is not None:
-        return plan_blue_green(ro, spec, sets, now)
-    return plan_canary(ro, spec, sets, now)
+        plan = plan_blue_green(ro, spec, sets, now, runs)
+    else:
+        plan = plan_canary(ro, spec, sets, now, runs)
+    status = plan.status
+    finished = status.get("stableRS") == status.get("currentPodHash") or status.get("abort")
+    for run in runs:
+        meta = run.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        running = (run.get("status") or {}).get("phase") not in _RUN_DONE
+        stale = labels.get(HASH_LABEL) != status.get("currentPodHash")
+        if running and not (run.get("spec") or {}).get("terminate") and (finished or stale):
+            plan.terminate_runs.append(str(meta.get("name")))
+    return plan
+
+
+_RUN_DONE = {"Successful", "Failed", "Error", "Inconclusive"}
+INCONCLUSIVE_PAUSE = "InconclusiveAnalysisRun"
+
+
+def _find_run(runs: Sequence[Body], kind: str, infix: str, h: str) -> Body | None:
+    for run in runs:
+        labels = (run.get("metadata") or {}).get("labels") or {}
+        if labels.get("rollout-type") != kind or labels.get(HASH_LABEL) != h:
+            continue
+        if kind == "Step" and labels.get("step-index") != infix:
+            continue
+        if (run.get("spec") or {}).get("terminate"):
+            continue
+        return run
+    return None
+
+
+def _analysis_gate(
+    plan: Plan,
+    status: Body,
+    runs: Sequence[Body],
+    *,
+    kind: str,
+    infix: str,
+    ref: AnalysisRef,
+    h: str,
+    now: dt.datetime,
+) -> bool | None:
+    """An analysis the Rollout waits on: True once Successful (or promoted past an
+    Inconclusive one), False while it runs or is paused, None when its failure aborted."""
+    run = _find_run(runs, kind, infix, h)
+    if run is None:
+        plan.want_runs.append(RunRequest(kind, ref, infix))
+        return False
+    rs = run.get("status") or {}
+    phase_ = str(rs.get("phase") or "")
+    if phase_ == "Successful":
+        return True
+    if phase_ in ("Failed", "Error"):
+        what = (
+            "Step-based" if kind == "Step" else f"{kind}" if kind != "Background" else "Background"
+        )
+        _abort(status, f"{what} analysis phase {phase_.lower()}: {rs.get('message', '')}", now)
+        plan.events.append(
+            ("AnalysisRunFailed", f"Analysis Run '{run['metadata']['name']}' {phase_}")
+        )
+        plan.requeue_after = 0.0
+        return None
+    if phase_ == "Inconclusive":
+        conditions = status.get("pauseConditions") or []
+        holding = any(c.get("reason") == INCONCLUSIVE_PAUSE for c in conditions)
+        if status.get("controllerPause") and not holding:
+            return True  # a person promoted past it
+        if not holding:
+            status["pauseConditions"] = [
+                *conditions,
+                {"reason": INCONCLUSIVE_PAUSE, "startTime": _iso(now)},
+            ]
+            status["controllerPause"] = True
+            plan.events.append(("RolloutPaused", "Rollout is paused (InconclusiveAnalysisRun)"))
+    return False
+
+
+def _abort(status: Body, message: str, now: dt.datetime) -> None:
+    status["abort"] = True
+    conditions = [c for c in status.get("conditions") or [] if c.get("reason") != "RolloutAborted"]
+    conditions.append(
+        {
+            "type": "Progressing",
+            "status": "False",
+            "reason": "RolloutAborted",
+            "message": message,
+            "lastUpdateTime": _iso(now),
+            "lastTransitionTime": _iso(now),
+        }
+    )
+    status["conditions"] = conditions
+
+
+def _clear_abort(status: Body) -> None:
+    conditions = [c for c in status.get("conditions") or [] if c.get("reason") != "RolloutAborted"]
+    if conditions:
+        status["conditions"] = conditions
+    else:
+        status.pop("conditions", None)

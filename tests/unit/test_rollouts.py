@@ -124,6 +124,7 @@ class Cluster:
         self.stuck: set[str] = set()
         self.events: list[str] = []
         self.services: dict[str, str] = {}
+        self.runs: dict[str, dict[str, Any]] = {}
 
     def settle_pods(self) -> None:
         for name, rs in self.sets.items():
@@ -135,7 +136,18 @@ class Cluster:
         """One reconcile; returns its requeue."""
         spec = parse(self.ro)
         sets = [ReplicaSet.of(b) for b in self.sets.values()]
-        plan = plan_rollout(self.ro, spec, sets, self.now)
+        plan = plan_rollout(self.ro, spec, sets, self.now, list(self.runs.values()))
+        for want in plan.want_runs:
+            h = plan.status["currentPodHash"]
+            name = f"web-{h}-{want.kind}-{want.infix}"
+            labels = {"rollout-type": want.kind, HASH_LABEL: h, "step-index": want.infix}
+            self.runs[name] = {
+                "metadata": {"name": name, "labels": labels},
+                "spec": {},
+                "status": {"phase": "Running"},
+            }
+        for name in plan.terminate_runs:
+            self.runs[name]["spec"]["terminate"] = True
         if plan.create is not None:
             self.sets[plan.create["metadata"]["name"]] = copy.deepcopy(plan.create)
         for name, n in plan.scale.items():
@@ -158,6 +170,12 @@ class Cluster:
             again = self.step()
             if again is None or again > 1.0:
                 return
+
+    def finish_runs(self, kind: str, phase: str, message: str = "") -> None:
+        for run in self.runs.values():
+            labels = run["metadata"]["labels"]
+            if labels["rollout-type"] == kind and not run["spec"].get("terminate"):
+                run["status"] = {"phase": phase, "message": message}
 
     def counts(self) -> dict[str, int]:
         return {
@@ -332,27 +350,81 @@ def test_another_rollouts_controller_is_recognised_but_a_user_patch_is_not() -> 
     assert foreign_manager(ro("gitopsd-rollouts")) == ""
 
 
-def test_analysis_is_not_silently_skipped() -> None:
-    """Until analysis runs, an analysis step holds the Rollout (Paused, AnalysisNotSupported)
-    until promoted, and a background analysis is a condition on the Rollout; reconciling again
-    changes nothing (no status write loop)."""
+def test_step_analysis_holds_the_step_until_successful() -> None:
+    """An analysis step creates one run for the new pods and completes only when it is
+    Successful; reconciling again while it runs changes nothing."""
     c = Cluster(
-        rollout(
-            steps=[{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "sr"}]}}],
-            analysis={"templates": [{"templateName": "success-rate"}]},
-        )
+        rollout(steps=[{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "sr"}]}}])
     )
     c.run()
     c.update_image("web:2")
     c.run()
+    assert c.ro["status"]["currentStepIndex"] == 1
+    assert [r["metadata"]["labels"]["step-index"] for r in c.runs.values()] == ["1"]
+    before = copy.deepcopy(c.ro["status"])
+    c.step()
+    assert c.ro["status"] == before and len(c.runs) == 1
+    c.finish_runs("Step", "Successful")
+    c.run()
+    assert c.ro["status"]["stableRS"] == c.ro["status"]["currentPodHash"]
+
+
+def test_failed_analysis_aborts_with_its_message() -> None:
+    """A Failed step run aborts the update: back to stable, Degraded, the run's message in
+    the Rollout's."""
+    c = Cluster(
+        rollout(steps=[{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "sr"}]}}])
+    )
+    c.run()
+    stable = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.run()
+    c.finish_runs(
+        "Step", "Failed", 'Metric "sr" assessed Failed due to failed (1) > failureLimit (0)'
+    )
+    c.run()
+    st = c.ro["status"]
+    assert st["phase"] == "Degraded"
+    assert "Step-based analysis phase failed" in st["message"] and "failureLimit" in st["message"]
+    assert c.counts()[stable[:4]] == 5
+
+
+def test_background_analysis_runs_during_the_canary_and_stops_at_promotion() -> None:
+    """Background analysis starts with the update (not on the first deploy), a Failed run
+    aborts, and a still-running one is terminated when the canary is promoted."""
+    ro = rollout(analysis={"templates": [{"templateName": "success-rate"}]})
+    c = Cluster(ro)
+    c.run()
+    assert c.runs == {}, "no analysis on the first deploy"
+    c.update_image("web:2")
+    c.run()
+    assert [r["metadata"]["labels"]["rollout-type"] for r in c.runs.values()] == ["Background"]
+    c.ro["status"].pop("pauseConditions")
+    c.run()
+    assert c.ro["status"]["stableRS"] == c.ro["status"]["currentPodHash"]
+    assert all(r["spec"].get("terminate") for r in c.runs.values())
+    c.update_image("web:3")
+    c.run()
+    c.finish_runs("Background", "Error", "consecutiveErrors (5) > consecutiveErrorLimit (4)")
+    c.run()
+    assert c.ro["status"]["phase"] == "Degraded"
+    assert "Background analysis phase error" in c.ro["status"]["message"]
+
+
+def test_inconclusive_analysis_pauses_until_promoted() -> None:
+    """An Inconclusive run pauses the Rollout (InconclusiveAnalysisRun); promoting goes on."""
+    c = Cluster(
+        rollout(steps=[{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "sr"}]}}])
+    )
+    c.run()
+    c.update_image("web:2")
+    c.run()
+    c.finish_runs("Step", "Inconclusive")
+    c.run()
     st = c.ro["status"]
     assert st["phase"] == "Paused"
-    assert st["pauseConditions"][0]["reason"] == "AnalysisNotSupported"
-    assert any("success-rate" in x["message"] for x in st["conditions"])
-    before = copy.deepcopy(st)
-    c.step()
-    assert c.ro["status"] == before
-    c.ro["status"].pop("pauseConditions")
+    assert st["pauseConditions"][0]["reason"] == "InconclusiveAnalysisRun"
+    st.pop("pauseConditions")
     c.run()
     assert c.ro["status"]["stableRS"] == c.ro["status"]["currentPodHash"]
 
@@ -426,18 +498,26 @@ def test_blue_green_abort_keeps_active_on_stable() -> None:
     assert c.counts() == {blue[:4]: 5, green[:4]: 0}
 
 
-def test_blue_green_pre_promotion_analysis_waits_for_a_person() -> None:
-    """A prePromotionAnalysis is not run yet: the switch waits for a promotion instead of
-    happening unchecked, and the Rollout says why."""
+def test_blue_green_pre_promotion_analysis_gates_the_switch() -> None:
+    """prePromotionAnalysis runs against the preview; active switches only once it is
+    Successful, and a failure aborts with active still on the old pods."""
     c = Cluster(blue_green(prePromotionAnalysis={"templates": [{"templateName": "smoke"}]}))
     c.run()
     blue = c.ro["status"]["stableRS"]
     c.update_image("web:2")
     c.run()
-    st = c.ro["status"]
-    assert st["phase"] == "Paused"
+    green = c.ro["status"]["currentPodHash"]
     assert c.services["web-active"] == blue
-    assert any("smoke" in x["message"] for x in st["conditions"])
+    assert [r["metadata"]["labels"]["rollout-type"] for r in c.runs.values()] == ["PrePromotion"]
+    c.finish_runs("PrePromotion", "Successful")
+    c.run()
+    assert c.services["web-active"] == green
+    c.update_image("web:3")
+    c.run()
+    c.finish_runs("PrePromotion", "Failed", "smoke failed")
+    c.run()
+    assert c.ro["status"]["phase"] == "Degraded"
+    assert c.services["web-active"] == green
 
 
 def test_actions_write_what_the_kubectl_plugin_writes() -> None:
