@@ -14,6 +14,7 @@ Which Rollouts it acts on (`settings.rollouts.controller`):
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -25,13 +26,15 @@ import structlog
 from daemon.errors import KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceType
-from daemon.rollouts import crds
+from daemon.rollouts import analysis as an
+from daemon.rollouts import crds, providers
 from daemon.rollouts.actions import ActionError, plan_action
-from daemon.rollouts.plan import ReplicaSet, phase, plan_rollout
+from daemon.rollouts.plan import ReplicaSet, RunRequest, phase, plan_rollout
 from daemon.rollouts.spec import (
     API_VERSION,
     HASH_LABEL,
     MANAGED_BY,
+    AnalysisRef,
     Body,
     InvalidSpec,
     parse,
@@ -138,6 +141,14 @@ class ClusterRollouts:
             "rs": await c.resource_for("apps/v1", "ReplicaSet", subject="ReplicaSet"),
             "svc": await c.resource_for("v1", "Service", subject="Service"),
             "event": await c.resource_for("v1", "Event", subject="Event"),
+            "run": await c.resource_for(API_VERSION, "AnalysisRun", subject="AnalysisRun"),
+            "template": await c.resource_for(
+                API_VERSION, "AnalysisTemplate", subject="AnalysisTemplate"
+            ),
+            "cluster_template": await c.resource_for(
+                API_VERSION, "ClusterAnalysisTemplate", subject="ClusterAnalysisTemplate"
+            ),
+            "secret": await c.resource_for("v1", "Secret", subject="Secret"),
         }
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, self.types["rollout"], "", self._on_rollout)
@@ -225,15 +236,27 @@ class ClusterRollouts:
             await self._status(ro, old_status, status)
             return
         owned, _ = await self.client.list(t["rs"], namespace, label_selector=HASH_LABEL)
-        uid = (ro.get("metadata") or {}).get("uid")
-        mine = [
-            ReplicaSet.of(b)
-            for b in owned
-            if any(
-                r.get("uid") == uid for r in (b.get("metadata") or {}).get("ownerReferences") or []
+        uid = str((ro.get("metadata") or {}).get("uid", ""))
+        mine = [ReplicaSet.of(b) for b in owned if _owned_by(b, uid)]
+        runs = await self._runs(namespace, uid)
+        wake = None
+        for run in runs:
+            after = await self._measure(run)
+            if after is not None:
+                wake = after if wake is None else min(wake, after)
+        plan = plan_rollout(ro, spec, mine, self.now(), runs)
+        h = str(plan.status.get("currentPodHash", ""))
+        revision = next((r.revision for r in mine if r.hash == h), 0) or 1
+        for want in plan.want_runs:
+            await self._start_run(ro, plan.status, want, revision)
+        for run_name in plan.terminate_runs:
+            await self.client.patch_merge(
+                t["run"], namespace, run_name, {"spec": {"terminate": True}}, manager=MANAGER
             )
-        ]
-        plan = plan_rollout(ro, spec, mine, self.now())
+        if plan.want_runs or plan.terminate_runs:
+            self.mark(key, after=0.2)
+        if wake is not None:
+            self.mark(key, after=wake)
         if plan.create is not None:
             await self.client.create(t["rs"], plan.create)
         for rs_name, n in plan.scale.items():
@@ -256,6 +279,155 @@ class ClusterRollouts:
             await self._event(ro, reason, message)
         if plan.requeue_after is not None:
             self.mark(key, after=plan.requeue_after)
+
+    # --- analysis ---------------------------------------------------------------------------
+
+    async def _runs(self, namespace: str, uid: str) -> list[Body]:
+        items, _ = await self.client.list(self.types["run"], namespace, label_selector=HASH_LABEL)
+        return [r for r in items if _owned_by(r, uid)]
+
+    async def _start_run(self, ro: Body, status: Body, want: RunRequest, revision: int) -> None:
+        """Create the AnalysisRun a Rollout asked for; one that cannot be built is created
+        with phase Error and the reason, so the Rollout aborts and says why."""
+        meta = ro.get("metadata") or {}
+        namespace = str(meta.get("namespace", ""))
+        templates: list[Body] = []
+        error = ""
+        for ref in want.ref.templates:
+            rt = self.types["cluster_template" if ref.cluster_scope else "template"]
+            body = await self.client.get(rt, "" if ref.cluster_scope else namespace, ref.name)
+            if body is None:
+                kind = "ClusterAnalysisTemplate" if ref.cluster_scope else "AnalysisTemplate"
+                error = f"{kind} {ref.name!r} not found"
+                break
+            templates.append(body)
+        h = str(status.get("currentPodHash", ""))
+        try:
+            if error:
+                raise an.AnalysisError(error)
+            run = an.build_run(
+                ro,
+                templates,
+                want.ref,
+                kind=want.kind,
+                pod_hash=h,
+                revision=revision,
+                infix=want.infix,
+                stable_hash=str(status.get("stableRS", "")),
+            )
+        except an.AnalysisError as e:
+            error = str(e)
+            run = an.build_run(
+                ro,
+                [],
+                AnalysisRef(want.ref.templates),
+                kind=want.kind,
+                pod_hash=h,
+                revision=revision,
+                infix=want.infix,
+                stable_hash=str(status.get("stableRS", "")),
+            )
+        try:
+            created = await self.client.create(self.types["run"], run)
+        except KubeError as e:
+            if e.status != 409:
+                raise
+            return  # made by an earlier reconcile
+        if error:
+            await self.client.patch_status(
+                self.types["run"],
+                namespace,
+                str(created["metadata"]["name"]),
+                {"status": {"phase": an.ERROR, "message": error}},
+                manager=MANAGER,
+            )
+        await self._event(
+            ro, "AnalysisRunRunning", f"Analysis Run '{run['metadata']['name']}' created"
+        )
+
+    async def _measure(self, run: Body) -> float | None:
+        """Take the run's due measurements and write its status; seconds until the next is
+        due (None when the run is complete)."""
+        meta, spec = run.get("metadata") or {}, run.get("spec") or {}
+        old = run.get("status") or {}
+        if old.get("phase") in an.COMPLETED:
+            return None
+        now = self.now()
+        status: Body = dict(old)
+        started = _parse(status.get("startedAt")) or now
+        status.setdefault("startedAt", an.iso(now))
+        patterns = [str(d.get("metricName", "")) for d in spec.get("dryRun") or []]
+        try:
+            metrics = [an.Metric.of(m, patterns) for m in spec.get("metrics") or []]
+        except an.AnalysisError as e:
+            status.update(phase=an.ERROR, message=str(e), completedAt=an.iso(now))
+            await self._run_status(run, old, status)
+            run["status"] = status
+            return None
+        results = {str(r.get("name")): r for r in status.get("metricResults") or []}
+        terminate = bool(spec.get("terminate"))
+        due, wait = ([], None) if terminate else an.due_metrics(metrics, results, started, now)
+        if due:
+            secrets = await self._secrets(str(meta.get("namespace", "")), spec)
+            measured: dict[str, Body] = {}
+
+            async def one(m: an.Metric) -> None:
+                measured[m.name] = await _take(m, secrets, self.now)
+
+            async with anyio.create_task_group() as tg:
+                for m in due:
+                    tg.start_soon(one, m)
+            for name, measurement in measured.items():
+                results[name] = an.record(results.get(name) or {"name": name}, measurement)
+            _, wait = an.due_metrics(metrics, results, started, self.now())
+        phase_, message, phases = an.run_phase(metrics, results, terminate=terminate)
+        for m in metrics:
+            r = results.setdefault(m.name, {"name": m.name})
+            r["phase"], msg = phases[m.name]
+            r["dryRun"] = m.dry_run
+            if msg:
+                r["message"] = msg
+        status["metricResults"] = [results[m.name] for m in metrics]
+        summary = {"count": len(metrics)}
+        for p in (an.SUCCESSFUL, an.FAILED, an.INCONCLUSIVE, an.ERROR):
+            summary[p.lower()] = sum(1 for m in metrics if not m.dry_run and phases[m.name][0] == p)
+        status["runSummary"] = summary
+        status["phase"] = phase_
+        if message:
+            status["message"] = message
+        if phase_ in an.COMPLETED:
+            status["completedAt"] = an.iso(self.now())
+            wait = None
+        await self._run_status(run, old, status)
+        run["status"] = status  # the plan that follows sees this measurement
+        return wait if wait is not None else (None if phase_ in an.COMPLETED else 1.0)
+
+    async def _run_status(self, run: Body, old: Body, new: Body) -> None:
+        patch = merge_patch(old, new)
+        if not patch:
+            return
+        meta = run.get("metadata") or {}
+        await self.client.patch_status(
+            self.types["run"],
+            str(meta.get("namespace", "")),
+            str(meta.get("name", "")),
+            {"status": patch},
+            manager=MANAGER,
+        )
+
+    async def _secrets(self, namespace: str, spec: Body) -> dict[str, str]:
+        """Values of the run's secretKeyRef args, read only at measurement time."""
+        out: dict[str, str] = {}
+        for a in spec.get("args") or []:
+            ref = (a.get("valueFrom") or {}).get("secretKeyRef")
+            if not ref:
+                continue
+            secret = await self.client.get(self.types["secret"], namespace, str(ref.get("name")))
+            raw = ((secret or {}).get("data") or {}).get(str(ref.get("key")))
+            if raw is None:
+                continue
+            out[str(a["name"])] = base64.b64decode(raw).decode(errors="replace")
+        return out
 
     async def _point(self, namespace: str, svc: str, h: str, rollout: str, status: Body) -> None:
         """Point a Service's selector at the pods of template hash `h`."""
@@ -319,6 +491,35 @@ class ClusterRollouts:
             await self.client.create(self.types["event"], event)
         except KubeError as e:  # an event is worth a log line, never a failed reconcile
             log.info("rollout event not recorded", reason=reason, error=str(e))
+
+
+def _parse(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+async def _take(m: an.Metric, secrets: dict[str, str], now: Callable[[], dt.datetime]) -> Body:
+    """One measurement of `m`: its value and phase, or Error with the provider's message
+    (secret values never appear in it)."""
+    started = now()
+    measurement: Body = {"startedAt": an.iso(started)}
+    try:
+        provider = an.substitute(m.provider, secrets) if secrets else m.provider
+        value = await providers.measure(provider)
+        measurement["value"] = value.text
+        phase_, message = an.evaluate_result(m, value.result)
+    except (providers.ProviderError, an.AnalysisError) as e:
+        phase_, message = an.ERROR, str(e)
+    for secret in secrets.values():
+        if secret:
+            message = message.replace(secret, "*****")
+    measurement["phase"] = phase_
+    if message:
+        measurement["message"] = message
+    measurement["finishedAt"] = an.iso(now())
+    return measurement
 
 
 def _owned_by(body: Body, uid: str) -> bool:

@@ -414,3 +414,128 @@ def test_rollout_verbs_through_the_daemon_with_project_roles(
             what="the canary to complete after promote",
         )
         assert cli("promoter-token", "abort", "web").returncode != 0
+
+
+class _Health:
+    """A small HTTP endpoint the analysis queries: {"ok": <bool>, "rate": <float>}."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.ok = True
+        self.hits = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits += 1
+                body = json.dumps({"ok": outer.ok, "rate": 0.99 if outer.ok else 0.5}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/health"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def analysis_template(url: str) -> str:
+    return """apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata:
+  name: health
+spec:
+  args:
+    - name: url
+  metrics:
+    - name: ok
+      interval: 1s
+      count: 2
+      successCondition: result == true
+      provider:
+        web:
+          url: "{{args.url}}"
+          jsonPath: "{$.ok}"
+"""
+
+
+STEP_ANALYSIS = """        - setWeight: 20
+        - analysis:
+            templates:
+              - templateName: health
+            args:
+              - name: url
+                value: URL"""
+
+
+async def test_step_analysis_passes_a_good_canary_and_aborts_a_bad_one(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """An analysis step creates an AnalysisRun from the template (args substituted) that
+    measures the endpoint twice; while it answers ok the canary completes, and when it turns
+    bad the next update is aborted back to stable with the run's reason."""
+    health = _Health()
+    try:
+        steps = STEP_ANALYSIS.replace("URL", health.url)
+        git_repo.write(
+            {
+                "app/svc.yaml": SERVICES,
+                "app/at.yaml": analysis_template(health.url),
+                "app/ro.yaml": rollout("nginx:1", steps),
+            }
+        )
+        cfg = settings.load(
+            write_config(tmp_path, cluster, [application("an", git_repo.url, "app", namespace)])
+        )
+        async with Engine.open(cfg) as engine:
+            app = cfg.app("an")
+            await engine.reconciler.reconcile(app)
+            first = await until(
+                "first deploy",
+                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+            )
+            git_repo.write({"app/ro.yaml": rollout("nginx:2", steps)})
+            await engine.reconciler.reconcile(app)
+            done = await until(
+                "the analysed canary to complete",
+                lambda: (
+                    (s := ro_status(cluster, namespace)).get("stableRS") != first["stableRS"]
+                    and s.get("phase") == "Healthy"
+                    and s
+                ),
+            )
+            runs = json.loads(cluster.kubectl("get", "analysisrun", "-n", namespace, "-o", "json"))
+            (run,) = runs["items"]
+            assert run["status"]["phase"] == "Successful"
+            assert run["spec"]["metrics"][0]["provider"]["web"]["url"] == health.url
+            assert run["status"]["metricResults"][0]["count"] == 2
+            assert run["metadata"]["labels"]["rollout-type"] == "Step"
+            assert health.hits >= 2
+
+            health.ok = False
+            git_repo.write({"app/ro.yaml": rollout("nginx:3", steps)})
+            await engine.reconciler.reconcile(app)
+            failed = await until(
+                "the bad canary to abort",
+                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Degraded" and s,
+            )
+            assert "Step-based analysis phase failed" in failed["message"]
+            assert failed["stableRS"] == done["stableRS"]
+            await until(
+                "back to 100% stable",
+                lambda: (
+                    sets(cluster, namespace).get(done["stableRS"]) == 5
+                    and sum(sets(cluster, namespace).values()) == 5
+                ),
+            )
+    finally:
+        health.close()
