@@ -27,7 +27,7 @@ from daemon.errors import KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceType
 from daemon.rollouts import analysis as an
-from daemon.rollouts import crds, providers
+from daemon.rollouts import crds
 from daemon.rollouts.actions import ActionError, plan_action
 from daemon.rollouts.plan import ReplicaSet, RunRequest, phase, plan_rollout
 from daemon.rollouts.spec import (
@@ -503,6 +503,9 @@ def _parse(value: Any) -> dt.datetime | None:
 async def _take(m: an.Metric, secrets: dict[str, str], now: Callable[[], dt.datetime]) -> Body:
     """One measurement of `m`: its value and phase, or Error with the provider's message
     (secret values never appear in it)."""
+    # Imported here: httpx is only needed once an analysis measures (a start stays light).
+    from daemon.rollouts import providers
+
     started = now()
     measurement: Body = {"startedAt": an.iso(started)}
     try:
