@@ -7,6 +7,7 @@ runs the daemon against it, shows the apps syncing wave by wave with health, com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.testenv.prometheus import Exporter, running_prometheus  # noqa: E402
 from tests.testenv.session import ensure_cluster, stop_cluster, write_settings  # noqa: E402
 
 DEMO = ROOT / ".demo"
@@ -137,9 +139,48 @@ def rollout_line() -> tuple[str, str]:
     return str(st.get("phase", "")), line
 
 
-def canary_step_through() -> None:
-    """Commit a new image for the canary Rollout and follow it step by step."""
-    say("Progressive delivery: the seed's canary Rollout, run by gitopsd itself (no Argo Rollouts)")
+def analysis_line() -> str:
+    """The newest AnalysisRun: phase and measured values."""
+    raw = kubectl("get", "analysisrun", "-n", "demo-canary", "-o", "json", check=False)
+    items = json.loads(raw)["items"] if raw.strip() else []
+    if not items:
+        return ""
+    run = max(items, key=lambda r: r["metadata"]["creationTimestamp"])
+    st = run.get("status") or {}
+    values = [
+        f"{m.get('value', '?')}:{m.get('phase', '?')}"
+        for r in st.get("metricResults") or []
+        for m in r.get("measurements") or []
+    ]
+    return f"analysis {run['metadata']['name']}: {st.get('phase', 'Pending')} {' '.join(values)}"
+
+
+def follow(start: float, until: str, deadline: float, promote: bool) -> None:
+    """Print the Rollout (and its analysis) whenever they change, until phase `until`."""
+    last, promoted = "", False
+    while time.monotonic() < deadline:
+        phase, line = rollout_line()
+        line = f"{line}\n           {analysis_line()}".rstrip()
+        if line != last:
+            print(f"  +{time.monotonic() - start:5.1f}s  {line}")
+            last = line
+        if promote and phase == "Paused" and not promoted:
+            print("           the first pause waits for a person: gitopsd rollout promote webapp")
+            out = sh(str(VENV_BIN / "gitopsd"), "rollout", "promote", "webapp", "--server", API)
+            print(f"           {out.strip()}")
+            promoted = True
+        if phase == until and (promoted or not promote):
+            return
+        time.sleep(0.3)
+
+
+def canary_step_through(exporter: Exporter) -> None:
+    """Commit a new image for the canary Rollout and follow it step by step, with its
+    background analysis querying Prometheus; then a bad version that the analysis aborts."""
+    say(
+        "Progressive delivery: the seed's canary Rollout and success-rate analysis, run by "
+        "gitopsd itself (no Argo Rollouts)"
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and rollout_line()[0] != "Healthy":
         time.sleep(1)
@@ -150,36 +191,25 @@ def canary_step_through() -> None:
     git("push", "-q", str(DEMO / "repo.git"), "HEAD:main")
     api("/api/v1/applications/canary/refresh", method="POST")
     print("  pushed webapp:v2; following the Rollout (kubectl get rollout works too):")
-    start = time.monotonic()
-    last, promoted = "", False
-    deadline = start + 180
-    while time.monotonic() < deadline:
-        phase, line = rollout_line()
-        if line != last:
-            print(f"  +{time.monotonic() - start:5.1f}s  {line}")
-            last = line
-        if phase == "Paused" and not promoted:
-            print(
-                "           the first pause waits for a person: promoting (what "
-                "`kubectl argo rollouts promote` does)"
-            )
-            kubectl(
-                "patch",
-                "rollout",
-                "webapp",
-                "-n",
-                "demo-canary",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                '{"status":{"pauseConditions":null}}',
-            )
-            promoted = True
-        if phase == "Healthy" and promoted:
-            break
-        time.sleep(0.3)
+    follow(time.monotonic(), "Healthy", time.monotonic() + 180, promote=True)
     health = api("/api/v1/applications/canary")["status"]["health"]["status"]
     print(f"  the canary is the new stable; app canary is {health}")
+
+    say("A bad version: webapp's success rate drops to 50% and v3 is pushed")
+    exporter.success = 0.5
+    time.sleep(5)  # the query's 4 s rate window forgets the good traffic
+    manifest.write_text(manifest.read_text().replace("image: webapp:v2", "image: webapp:v3"))
+    git("commit", "-q", "-am", "canary: webapp v3")
+    git("push", "-q", str(DEMO / "repo.git"), "HEAD:main")
+    api("/api/v1/applications/canary/refresh", method="POST")
+    follow(time.monotonic(), "Degraded", time.monotonic() + 120, promote=False)
+    time.sleep(3)
+    print(f"  {rollout_line()[1]}")
+    out = sh(str(VENV_BIN / "gitopsd"), "rollout", "get", "webapp", "--server", API, check=False)
+    print("\n".join("    " + line for line in out.splitlines()))
+    health = api("/api/v1/applications/canary")["status"]["health"]["status"]
+    print(f"  the analysis aborted v3: all traffic is back on v2; app canary is {health}")
+    exporter.success = 1.0
 
 
 def main() -> int:
@@ -190,12 +220,23 @@ def main() -> int:
         )
     _, started_cluster = ensure_cluster()
     daemon: subprocess.Popen[bytes] | None = None
+    exporter = Exporter("webapp")
+    stack = contextlib.ExitStack()
     try:
         shutil.rmtree(DEMO, ignore_errors=True)
         (DEMO / "work").mkdir(parents=True)
         (DEMO / "apps").mkdir()
+        say("Starting Prometheus (Debian's package) scraping a demo exporter of webapp's requests")
+        prometheus = stack.enter_context(running_prometheus(DEMO / "prometheus", exporter))
+        print(f'  {prometheus}  (http_requests_total{{service="webapp"}}, 100% success)')
         say("Creating a git repository from config/examples/apps")
         shutil.copytree(ROOT / "config/examples/apps", DEMO / "work", dirs_exist_ok=True)
+        analysis = DEMO / "work" / "canary" / "analysis.yaml"
+        analysis.write_text(
+            analysis.read_text().replace(
+                "http://prometheus-server.monitoring.svc.cluster.local", prometheus
+            )
+        )
         sh("git", "init", "-q", "--bare", "-b", "main", str(DEMO / "repo.git"))
         git("init", "-q", "-b", "main")
         git("add", "-A")
@@ -268,7 +309,7 @@ def main() -> int:
                 break
             time.sleep(0.3)
 
-        canary_step_through()
+        canary_step_through(exporter)
 
         say("Where to look")
         print(f"  {API}/api/v1/applications      Argo CD-shaped application status")
@@ -290,6 +331,8 @@ def main() -> int:
                 print(f"  daemon exited with {daemon.wait(30)}")
             except subprocess.TimeoutExpired:
                 daemon.kill()
+        stack.close()
+        exporter.close()
         for ns in ("demo-db", "demo-web", "demo-canary"):
             kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
         if started_cluster:

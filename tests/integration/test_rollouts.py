@@ -93,8 +93,8 @@ def sets(cluster: Cluster, ns: str) -> dict[str, int]:
     }
 
 
-def ro_status(cluster: Cluster, ns: str) -> dict[str, Any]:
-    ro = get(cluster, ns, "rollout/web") or {}
+def ro_status(cluster: Cluster, ns: str, name: str = "web") -> dict[str, Any]:
+    ro = get(cluster, ns, f"rollout/{name}") or {}
     return dict(ro.get("status") or {})
 
 
