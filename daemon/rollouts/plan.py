@@ -287,6 +287,9 @@ def plan_canary(
                 ("RolloutCompleted", f"Rollout completed update to revision {new.revision} ({h})")
             )
             plan.requeue_after = 0.0  # scale the old stable down next
+    if aborted:
+        status.pop("pauseConditions", None)  # an aborted update waits for nobody
+        status["controllerPause"] = False
     if aborted and not status.get("abortedAt"):
         status["abortedAt"] = _iso(now)
         status["currentStepIndex"] = 0

@@ -256,6 +256,7 @@ def test_abort_returns_to_stable_and_is_degraded() -> None:
     c.run()
     st = c.ro["status"]
     assert st["phase"] == "Degraded"
+    assert "pauseConditions" not in st, "an aborted update waits for nobody"
     assert c.counts()[stable_hash[:4]] == 5
     assert c.counts()[st["currentPodHash"][:4]] == 0
     assert st["stableRS"] == stable_hash
