@@ -539,3 +539,84 @@ async def test_step_analysis_passes_a_good_canary_and_aborts_a_bad_one(
             )
     finally:
         health.close()
+
+
+def test_a_killed_daemon_resumes_the_canary_where_it_was(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """kill -9 during a paused canary: the restarted daemon finds the Rollout at the same step
+    (its state lives in the Rollout's status, not in the daemon), re-runs no finished step,
+    leaves the stable set as it was, and completes after a promotion."""
+    import signal
+
+    from tests.integration.test_daemon import running, wait_for
+
+    steps = (
+        "        - setWeight: 40\n        - pause: {}\n        - setWeight: 80\n        - pause: {}"
+    )
+    git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": rollout("nginx:1", steps)})
+    cfg = write_config(tmp_path, cluster, [application("crash", git_repo.url, "app", namespace)])
+    with running(cfg) as d:
+        wait_for(
+            lambda: ro_status(cluster, namespace).get("phase") == "Healthy",
+            timeout=90,
+            what="first deploy",
+        )
+        stable = ro_status(cluster, namespace)["stableRS"]
+        git_repo.write({"app/ro.yaml": rollout("nginx:2", steps)})
+        d.api("/api/v1/applications/crash/refresh", method="POST")
+        wait_for(
+            lambda: ro_status(cluster, namespace).get("phase") == "Paused",
+            timeout=90,
+            what="the canary at its first pause",
+        )
+        before = ro_status(cluster, namespace)
+        counts = sets(cluster, namespace)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+    assert before["currentStepIndex"] == 1
+    assert counts[stable] == 3 and counts[before["currentPodHash"]] == 2
+    events_before = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "reason=RolloutStepCompleted",
+        "-o",
+        "name",
+    ).split()
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("crash"), timeout=60, what="the restarted daemon's reconcile")
+        time.sleep(3)
+        after = ro_status(cluster, namespace)
+        assert after["currentStepIndex"] == 1 and after["phase"] == "Paused"
+        assert sets(cluster, namespace) == counts, "nothing rescaled by the restart"
+        again = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "reason=RolloutStepCompleted",
+            "-o",
+            "name",
+        ).split()
+        assert len(again) == len(events_before), "no finished step ran again"
+        cluster.kubectl(
+            "patch",
+            "rollout",
+            "web",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"pauseConditions":null}}',
+        )
+        wait_for(
+            lambda: ro_status(cluster, namespace).get("currentStepIndex") == 3,
+            timeout=90,
+            what="the next pause after the promotion",
+        )
+        assert sets(cluster, namespace)[stable] == 1
