@@ -14,7 +14,14 @@ from typing import Any
 
 from daemon.durations import parse_go_duration
 from daemon.rollouts.expr import ExprError, evaluate
-from daemon.rollouts.spec import API_VERSION, HASH_LABEL, REVISION_ANNOTATION, AnalysisRef, Body
+from daemon.rollouts.spec import (
+    API_VERSION,
+    HASH_LABEL,
+    REVISION_ANNOTATION,
+    AnalysisRef,
+    Body,
+    owner_reference,
+)
 
 PENDING, RUNNING, SUCCESSFUL = "Pending", "Running", "Successful"
 FAILED, ERROR, INCONCLUSIVE = "Failed", "Error", "Inconclusive"
@@ -202,16 +209,7 @@ def build_run(
             "namespace": meta.get("namespace"),
             "labels": labels,
             "annotations": {REVISION_ANNOTATION: str(revision)},
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "Rollout",
-                    "name": meta.get("name"),
-                    "uid": meta.get("uid"),
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [owner_reference(ro)],
         },
         "spec": {
             "metrics": resolved,

@@ -32,6 +32,7 @@ from daemon.rollouts.spec import (
     SetCanaryScale,
     SetWeight,
     Step,
+    owner_reference,
     steps_hash,
     template_hash,
 )
@@ -136,16 +137,7 @@ def new_replica_set(ro: Body, spec: RolloutSpec, h: str, revision: int, replicas
                 REVISION_ANNOTATION: str(revision),
                 DESIRED_ANNOTATION: str(spec.replicas),
             },
-            "ownerReferences": [
-                {
-                    "apiVersion": "argoproj.io/v1alpha1",
-                    "kind": "Rollout",
-                    "name": meta.get("name"),
-                    "uid": meta.get("uid"),
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [owner_reference(ro)],
         },
         "spec": {
             "replicas": replicas,
@@ -154,6 +146,31 @@ def new_replica_set(ro: Body, spec: RolloutSpec, h: str, revision: int, replicas
             "template": template,
         },
     }
+
+
+def _current_set(
+    spec: RolloutSpec, status: Body, sets: list[ReplicaSet]
+) -> tuple[str, ReplicaSet | None]:
+    """The pod-template hash of the spec and its ReplicaSet, if one exists: by hash, else by
+    template equality (a set Argo Rollouts made, whose Go-computed hash we cannot reproduce)."""
+    h = template_hash(spec.template, int(status.get("collisionCount") or 0))
+    new = next((s for s in sets if s.hash == h), None)
+    if new is None:
+        wanted = _without_hash(spec.template)
+        new = next((s for s in sets if _without_hash(s.template) == wanted), None)
+        if new is not None:
+            h = new.hash
+    return h, new
+
+
+def _finish(plan: Plan, status: Body, spec: RolloutSpec, ro: Body, now: dt.datetime) -> Plan:
+    """The status's conditions and phase, and a prompt requeue while sets are being scaled."""
+    _background_analysis_condition(status, spec, now)
+    status["phase"], status["message"] = phase(spec, status, ro)
+    plan.status = status
+    if plan.scale or plan.create:
+        plan.requeue_after = plan.requeue_after if plan.requeue_after is not None else 1.0
+    return plan
 
 
 def current_weight(steps: tuple[Step, ...], index: int, max_weight: int) -> int:
@@ -191,16 +208,8 @@ def plan_canary(
     plan = Plan()
     status: Body = copy.deepcopy(ro.get("status") or {})
     steps = canary.steps
-    collision = int(status.get("collisionCount") or 0)
-    h = template_hash(spec.template, collision)
+    h, new = _current_set(spec, status, sets)
     sh = steps_hash(spec)
-
-    new = next((s for s in sets if s.hash == h), None)
-    if new is None:  # adopt a set made elsewhere (Argo Rollouts) by template equality
-        wanted = _without_hash(spec.template)
-        new = next((s for s in sets if _without_hash(s.template) == wanted), None)
-        if new is not None:
-            h = new.hash
     stable_hash = str(status.get("stableRS") or "")
 
     # A new template (or new steps) restarts the update.
@@ -314,12 +323,7 @@ def plan_canary(
             },
         },
     }
-    _background_analysis_condition(status, spec, now)
-    status["phase"], status["message"] = phase(spec, status, ro)
-    plan.status = status
-    if plan.scale or plan.create:
-        plan.requeue_after = plan.requeue_after if plan.requeue_after is not None else 1.0
-    return plan
+    return _finish(plan, status, spec, ro, now)
 
 
 def _targets(
@@ -574,13 +578,7 @@ def plan_blue_green(
     assert bg is not None
     plan = Plan()
     status: Body = copy.deepcopy(ro.get("status") or {})
-    h = template_hash(spec.template, int(status.get("collisionCount") or 0))
-    new = next((s for s in sets if s.hash == h), None)
-    if new is None:
-        wanted = _without_hash(spec.template)
-        new = next((s for s in sets if _without_hash(s.template) == wanted), None)
-        if new is not None:
-            h = new.hash
+    h, new = _current_set(spec, status, sets)
     if status.get("currentPodHash") != h:
         if status.get("currentPodHash"):
             for key in ("abort", "abortedAt", "pauseConditions", "promoteFull"):
@@ -646,12 +644,7 @@ def plan_blue_green(
     status["blueGreen"] = blue
     plan.delete = _history(sets, new, stable, spec.revision_history_limit, plan.scale)
     _counts(status, spec, ro, sets, new, plan)
-    _background_analysis_condition(status, spec, now)
-    status["phase"], status["message"] = phase(spec, status, ro)
-    plan.status = status
-    if plan.scale or plan.create:
-        plan.requeue_after = plan.requeue_after if plan.requeue_after is not None else 1.0
-    return plan
+    return _finish(plan, status, spec, ro, now)
 
 
 def _bg_progress(

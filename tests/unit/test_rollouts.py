@@ -313,6 +313,18 @@ def test_current_weight_is_the_last_set_weight() -> None:
             {"strategy": {"canary": {"trafficRouting": {"nginx": {"stableIngress": "i"}}}}},
             "canaryService and stableService must be set",
         ),
+        (
+            {
+                "strategy": {
+                    "canary": {
+                        "canaryService": "a",
+                        "stableService": "b",
+                        "trafficRouting": {"nginx": {"stableIngress": "i"}},
+                    }
+                }
+            },
+            "canary Ingress is not managed",
+        ),
     ],
 )
 def test_invalid_specs_are_refused_naming_the_rollout(change: dict[str, Any], message: str) -> None:
