@@ -277,6 +277,8 @@ class Daemon:
         engine.reconciler.progress = self._progress
         engine.reconciler.child_tasks.on_added = self._child_added
         engine.reconciler.child_tasks.on_removed = self._child_removed
+        if engine.reconciler.rollouts is not None:
+            self.metrics.rollouts.source = engine.reconciler.rollouts.snapshot
         self.monitor = ClusterMonitor(
             clusters=engine.clusters,
             metrics=self.metrics,

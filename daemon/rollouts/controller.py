@@ -124,6 +124,9 @@ class ClusterRollouts:
         self.skipped: set[tuple[str, str]] = set()
         self.reconciles = 0
         self.types: dict[str, ResourceType] = {}
+        # The latest view, for the metrics: Rollouts and their AnalysisRuns by (ns, name).
+        self.seen: dict[tuple[str, str], dict[str, str]] = {}
+        self.seen_runs: dict[tuple[str, str], dict[str, Any]] = {}
 
     def mark(self, key: tuple[str, str], after: float | None = None) -> None:
         if after is None or after <= 0:
@@ -209,6 +212,9 @@ class ClusterRollouts:
         key = (namespace, name)
         if ro is None:
             self.due.pop(key, None)
+            self.seen.pop(key, None)
+            for run_key in [k for k, v in self.seen_runs.items() if v["rollout"] == key]:
+                del self.seen_runs[run_key]
             return
         other = foreign_manager(ro)
         if other and self.mode != "always":
@@ -275,6 +281,30 @@ class ClusterRollouts:
         ]
         plan.status["phase"], plan.status["message"] = phase(spec, plan.status, ro)
         await self._status(ro, old_status, plan.status)
+        self.seen[key] = {
+            "namespace": namespace,
+            "name": name,
+            "strategy": "canary" if spec.canary is not None else "blueGreen",
+            "traffic_router": "",
+            "phase": str(plan.status.get("phase", "")),
+        }
+        for run in runs:
+            run_meta = run.get("metadata") or {}
+            run_status = run.get("status") or {}
+            self.seen_runs[(namespace, str(run_meta.get("name")))] = {
+                "rollout": key,
+                "namespace": namespace,
+                "name": str(run_meta.get("name")),
+                "phase": str(run_status.get("phase") or "Pending"),
+                "metrics": [
+                    (
+                        str(r.get("name")),
+                        _provider_kind(run, str(r.get("name"))),
+                        str(r.get("phase") or "Pending"),
+                    )
+                    for r in run_status.get("metricResults") or []
+                ],
+            }
         for reason, message in plan.events:
             await self._event(ro, reason, message)
         if plan.requeue_after is not None:
@@ -525,6 +555,13 @@ async def _take(m: an.Metric, secrets: dict[str, str], now: Callable[[], dt.date
     return measurement
 
 
+def _provider_kind(run: Body, metric: str) -> str:
+    for m in (run.get("spec") or {}).get("metrics") or []:
+        if m.get("name") == metric:
+            return next(iter(m.get("provider") or {"": None}), "")
+    return ""
+
+
 def _owned_by(body: Body, uid: str) -> bool:
     refs = (body.get("metadata") or {}).get("ownerReferences") or []
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
@@ -584,6 +621,12 @@ class Rollouts:
                         tg.start_soon(self._supervise, ctl)
                 self._wake = anyio.Event()
                 await self._wake.wait()
+
+    def snapshot(self) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+        """Every controller's latest Rollouts and AnalysisRuns, for the metrics."""
+        rollouts = [r for c in self.controllers.values() for r in c.seen.values()]
+        runs = [r for c in self.controllers.values() for r in c.seen_runs.values()]
+        return rollouts, runs
 
     async def act(
         self,

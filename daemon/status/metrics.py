@@ -6,6 +6,7 @@ is `gitopsd_*`. One registry per daemon so tests can run several.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -65,6 +66,61 @@ class AppInfoCollector:
         yield condition
 
 
+RolloutRows = tuple[list[dict[str, str]], list[dict[str, Any]]]
+ROLLOUT_PHASES = ("Progressing", "Paused", "Healthy", "Degraded")
+
+
+class RolloutCollector:
+    """Argo Rollouts' metric names, computed at scrape time from the Rollout controllers'
+    latest view: `rollout_info`, `rollout_phase`, `analysis_run_info`,
+    `analysis_run_metric_phase`."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], RolloutRows] = lambda: ([], [])
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        rollouts, runs = self.source()
+        info = GaugeMetricFamily(
+            "rollout_info",
+            "Information about rollout.",
+            labels=["namespace", "name", "strategy", "traffic_router", "phase"],
+        )
+        phases = GaugeMetricFamily(
+            "rollout_phase",
+            "Information on the state of the rollout (1 for its phase, 0 for the others).",
+            labels=["namespace", "name", "strategy", "phase"],
+        )
+        for r in sorted(rollouts, key=lambda x: (x["namespace"], x["name"])):
+            info.add_metric(
+                [r["namespace"], r["name"], r["strategy"], r["traffic_router"], r["phase"]], 1
+            )
+            for p in ROLLOUT_PHASES:
+                phases.add_metric(
+                    [r["namespace"], r["name"], r["strategy"], p], 1 if p == r["phase"] else 0
+                )
+        run_info = GaugeMetricFamily(
+            "analysis_run_info",
+            "Information about analysis run.",
+            labels=["namespace", "name", "phase"],
+        )
+        metric_phase = GaugeMetricFamily(
+            "analysis_run_metric_phase",
+            "Information on the duration of a specific metric in the Analysis Run.",
+            labels=["namespace", "name", "metric", "type", "phase"],
+        )
+        for run in sorted(runs, key=lambda x: (x["namespace"], x["name"])):
+            run_info.add_metric([run["namespace"], run["name"], run["phase"]], 1)
+            for metric, kind, phase in run["metrics"]:
+                metric_phase.add_metric([run["namespace"], run["name"], metric, kind, phase], 1)
+        yield info
+        yield phases
+        yield run_info
+        yield metric_phase
+
+
 class Metrics:
     """All metrics of one daemon."""
 
@@ -73,6 +129,8 @@ class Metrics:
         r = self.registry
         self.app_info = AppInfoCollector()
         r.register(self.app_info)
+        self.rollouts = RolloutCollector()
+        r.register(self.rollouts)
         self.sync_total = Counter(
             "argocd_app_sync",
             "Number of application syncs.",

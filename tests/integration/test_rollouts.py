@@ -415,6 +415,17 @@ def test_rollout_verbs_through_the_daemon_with_project_roles(
         )
         assert cli("promoter-token", "abort", "web").returncode != 0
 
+        def metric_line() -> str:
+            text = d.api("/metrics", token="admin-token").text
+            return next((ln for ln in text.splitlines() if ln.startswith("rollout_info{")), "")
+
+        line = wait_for(
+            lambda: 'phase="Healthy"' in metric_line() and metric_line(),
+            timeout=30,
+            what="rollout_info",
+        )
+        assert f'namespace="{namespace}"' in line and 'strategy="canary"' in line
+
 
 class _Health:
     """A small HTTP endpoint the analysis queries: {"ok": <bool>, "rate": <float>}."""

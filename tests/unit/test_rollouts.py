@@ -568,3 +568,37 @@ def test_undo_puts_the_previous_template_back() -> None:
     assert plan_action("undo", c.ro, sets=sets, to_revision=2).template is None
     with pytest.raises(ActionError, match="no revision 9"):
         plan_action("undo", c.ro, sets=sets, to_revision=9)
+
+
+def test_rollout_metrics_use_argo_rollouts_names() -> None:
+    """rollout_info / rollout_phase and analysis_run_info / analysis_run_metric_phase, as Argo
+    Rollouts' dashboards expect them."""
+    from daemon.status.metrics import Metrics
+
+    m = Metrics()
+    row = {
+        "namespace": "ns",
+        "name": "web",
+        "strategy": "canary",
+        "traffic_router": "",
+        "phase": "Paused",
+    }
+    run = {
+        "namespace": "ns",
+        "name": "web-abc-2",
+        "phase": "Running",
+        "metrics": [("success-rate", "prometheus", "Running")],
+    }
+    m.rollouts.source = lambda: ([row], [run])
+    text = m.render().decode()
+    assert (
+        'rollout_info{name="web",namespace="ns",phase="Paused",strategy="canary",'
+        'traffic_router=""} 1.0' in text
+    )
+    assert 'rollout_phase{name="web",namespace="ns",phase="Paused",strategy="canary"} 1.0' in text
+    assert 'rollout_phase{name="web",namespace="ns",phase="Healthy",strategy="canary"} 0.0' in text
+    assert 'analysis_run_info{name="web-abc-2",namespace="ns",phase="Running"} 1.0' in text
+    assert (
+        'analysis_run_metric_phase{metric="success-rate",name="web-abc-2",namespace="ns",'
+        'phase="Running",type="prometheus"} 1.0' in text
+    )
