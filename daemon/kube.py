@@ -479,16 +479,17 @@ class KubeClient:
         rt: ResourceType,
         namespace: str,
         name: str,
-        payload: Body,
+        payload: Body | Sequence[Body],
         *,
         verb: str,
         content_type: str,
         params: dict[str, str] | None = None,
+        subresource: str = "",
     ) -> Body:
-        """One write of an object body; returns the server's object."""
+        """One write of an object body (or a JSON patch); returns the server's object."""
         r = await self._request(
             method,
-            rt.path(namespace, name),
+            rt.path(namespace, name) + (f"/{subresource}" if subresource else ""),
             subject=str(ResourceKey(rt.group, rt.kind, namespace, name or "?")),
             verb=verb,
             kind=rt.kind,
@@ -586,35 +587,32 @@ class KubeClient:
         self, rt: ResourceType, namespace: str, name: str, ops: Sequence[Body], *, manager: str
     ) -> Body:
         """RFC 6902 JSON patch (a whole field replaced, as `undo` replaces spec.template)."""
-        r = await self._request(
+        return await self._send(
             "PATCH",
-            rt.path(namespace, name),
-            subject=str(ResourceKey(rt.group, rt.kind, namespace, name)),
+            rt,
+            namespace,
+            name,
+            ops,
             verb="patch",
-            kind=rt.kind,
-            params={"fieldManager": manager},
-            content=json.dumps(ops).encode(),
             content_type=_JSON_PATCH,
+            params={"fieldManager": manager},
         )
-        assert r is not None
-        return dict(r.json())
 
     async def patch_status(
         self, rt: ResourceType, namespace: str, name: str, patch: Body, *, manager: str
     ) -> Body:
         """JSON merge patch of the status subresource."""
-        r = await self._request(
+        return await self._send(
             "PATCH",
-            rt.path(namespace, name) + "/status",
-            subject=str(ResourceKey(rt.group, rt.kind, namespace, name)),
+            rt,
+            namespace,
+            name,
+            patch,
             verb="patch status",
-            kind=rt.kind,
-            params={"fieldManager": manager},
-            content=json.dumps(patch).encode(),
             content_type=_MERGE,
+            params={"fieldManager": manager},
+            subresource="status",
         )
-        assert r is not None
-        return dict(r.json())
 
     async def delete(
         self,

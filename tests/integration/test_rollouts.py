@@ -98,6 +98,13 @@ def ro_status(cluster: Cluster, ns: str, name: str = "web") -> dict[str, Any]:
     return dict(ro.get("status") or {})
 
 
+def patch_status(cluster: Cluster, ns: str, patch: str, name: str = "web") -> None:
+    """Write the Rollout's status as `kubectl argo rollouts` does (promote, abort, ...)."""
+    cluster.kubectl(
+        "patch", "rollout", name, "-n", ns, "--subresource=status", "--type=merge", "-p", patch
+    )
+
+
 def selector(cluster: Cluster, ns: str, svc: str) -> str:
     body = get(cluster, ns, f"service/{svc}") or {}
     return str((body.get("spec") or {}).get("selector", {}).get(HASH, ""))
@@ -148,17 +155,7 @@ async def test_canary_steps_pause_promote_and_complete(
         assert ro_status(cluster, namespace)["currentStepIndex"] == 1, "waits to be promoted"
 
         # What `kubectl argo rollouts promote` does: clear the pause conditions.
-        cluster.kubectl(
-            "patch",
-            "rollout",
-            "web",
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            '{"status":{"pauseConditions":null}}',
-        )
+        patch_status(cluster, namespace, '{"status":{"pauseConditions":null}}')
         done = await until(
             "the canary to become stable",
             lambda: (
@@ -210,17 +207,7 @@ async def test_abort_goes_back_to_stable_and_degrades_the_app(
         git_repo.write({"app/ro.yaml": rollout("nginx:2", STEPS)})
         await engine.reconciler.reconcile(app)
         await until("pause", lambda: ro_status(cluster, namespace).get("phase") == "Paused")
-        cluster.kubectl(
-            "patch",
-            "rollout",
-            "web",
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            '{"status":{"abort":true}}',
-        )
+        patch_status(cluster, namespace, '{"status":{"abort":true}}')
         await until(
             "the canary to be gone",
             lambda: (
@@ -289,17 +276,7 @@ async def test_blue_green_preview_promote_switch(
         assert selector(cluster, namespace, "web-canary") == green
         assert selector(cluster, namespace, "web-stable") == blue
         assert sets(cluster, namespace) == {blue: 3, green: 3}
-        cluster.kubectl(
-            "patch",
-            "rollout",
-            "web",
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            '{"status":{"pauseConditions":null}}',
-        )
+        patch_status(cluster, namespace, '{"status":{"pauseConditions":null}}')
         await until("active to switch", lambda: selector(cluster, namespace, "web-stable") == green)
         assert sets(cluster, namespace)[blue] == 3, "old pods stay for scaleDownDelaySeconds"
         await until("the old set to go", lambda: sets(cluster, namespace) == {blue: 0, green: 3})
@@ -614,17 +591,7 @@ def test_a_killed_daemon_resumes_the_canary_where_it_was(
             "name",
         ).split()
         assert len(again) == len(events_before), "no finished step ran again"
-        cluster.kubectl(
-            "patch",
-            "rollout",
-            "web",
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            '{"status":{"pauseConditions":null}}',
-        )
+        patch_status(cluster, namespace, '{"status":{"pauseConditions":null}}')
         wait_for(
             lambda: ro_status(cluster, namespace).get("currentStepIndex") == 3,
             timeout=90,
