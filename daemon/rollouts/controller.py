@@ -27,9 +27,9 @@ from daemon.errors import KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceType
 from daemon.rollouts import analysis as an
-from daemon.rollouts import crds
+from daemon.rollouts import crds, ingress
 from daemon.rollouts.actions import ActionError, plan_action
-from daemon.rollouts.plan import ReplicaSet, RunRequest, phase, plan_rollout
+from daemon.rollouts.plan import Plan, ReplicaSet, RunRequest, phase, plan_rollout
 from daemon.rollouts.spec import (
     API_VERSION,
     HASH_LABEL,
@@ -37,6 +37,7 @@ from daemon.rollouts.spec import (
     AnalysisRef,
     Body,
     InvalidSpec,
+    RolloutSpec,
     parse,
 )
 
@@ -44,6 +45,7 @@ log = structlog.get_logger("gitopsd.rollouts")
 MANAGER = "gitopsd-rollouts"
 USER_MANAGER = "gitopsd-rollouts-cli"  # writes asked for by a person (promote, abort, ...)
 RELIST_AFTER_ERROR = 2.0
+INVALID_RECHECK = 5.0
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -152,6 +154,7 @@ class ClusterRollouts:
                 API_VERSION, "ClusterAnalysisTemplate", subject="ClusterAnalysisTemplate"
             ),
             "secret": await c.resource_for("v1", "Secret", subject="Secret"),
+            "ingress": await c.resource_for("networking.k8s.io/v1", "Ingress", subject="Ingress"),
         }
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, self.types["rollout"], "", self._on_rollout)
@@ -232,14 +235,22 @@ class ClusterRollouts:
         old_status = ro.get("status") or {}
         try:
             spec = parse(ro)
+            ingresses = await self._ingresses(ro, spec)
         except InvalidSpec as e:
+            same = [
+                c
+                for c in old_status.get("conditions") or []
+                if c.get("type") == "InvalidSpec" and c.get("message") == str(e)
+            ]
             status = {
                 **old_status,
-                "conditions": [_condition("InvalidSpec", "InvalidSpec", str(e))],
+                "conditions": same[:1] or [_condition("InvalidSpec", "InvalidSpec", str(e))],
             }
             status["observedGeneration"] = str((ro.get("metadata") or {}).get("generation", ""))
             status["phase"], status["message"] = "Degraded", f"InvalidSpec: {e}"
             await self._status(ro, old_status, status)
+            # What it refers to (an Ingress, a Deployment) may appear: look again later.
+            self.mark(key, after=INVALID_RECHECK)
             return
         owned, _ = await self.client.list(t["rs"], namespace, label_selector=HASH_LABEL)
         uid = str((ro.get("metadata") or {}).get("uid", ""))
@@ -263,6 +274,7 @@ class ClusterRollouts:
             self.mark(key, after=0.2)
         if wake is not None:
             self.mark(key, after=wake)
+        await self._route(ro, spec, plan, ingresses)
         if plan.create is not None:
             await self.client.create(t["rs"], plan.create)
         for rs_name, n in plan.scale.items():
@@ -285,7 +297,7 @@ class ClusterRollouts:
             "namespace": namespace,
             "name": name,
             "strategy": "canary" if spec.canary is not None else "blueGreen",
-            "traffic_router": "",
+            "traffic_router": "Nginx" if ingresses else "",
             "phase": str(plan.status.get("phase", "")),
         }
         for run in runs:
@@ -309,6 +321,68 @@ class ClusterRollouts:
             await self._event(ro, reason, message)
         if plan.requeue_after is not None:
             self.mark(key, after=plan.requeue_after)
+
+    # --- traffic routing --------------------------------------------------------------------
+
+    async def _ingresses(self, ro: Body, spec: RolloutSpec) -> list[tuple[Body, Body | None]]:
+        """A traffic-routed canary's stable Ingresses, each with its canary Ingress if one
+        exists; InvalidSpec if a stable Ingress is missing or does not route to the stable
+        Service, or a canary Ingress's name is held by another object."""
+        canary = spec.canary
+        if canary is None or canary.nginx is None:
+            return []
+        meta = ro.get("metadata") or {}
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        uid = str(meta.get("uid", ""))
+        out = []
+        for stable_name in canary.nginx.stable_ingresses:
+            stable = await self.client.get(self.types["ingress"], namespace, stable_name)
+            ingress.check_stable(stable, stable_name, canary.stable_service, spec.subject)
+            assert stable is not None
+            existing = await self.client.get(
+                self.types["ingress"], namespace, ingress.canary_name(name, stable_name)
+            )
+            if existing is not None:
+                want = ingress.desired(ro, canary, stable, 0)
+                ingress.patch(existing, want, uid)  # raises IngressConflict
+            out.append((stable, existing))
+        return out
+
+    async def _route(
+        self, ro: Body, spec: RolloutSpec, plan: Plan, ingresses: list[tuple[Body, Body | None]]
+    ) -> None:
+        """Create or patch the canary Ingresses for the plan's weight and header route."""
+        canary = spec.canary
+        if canary is None or plan.weight is None:
+            return
+        meta = ro.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        for stable, existing in ingresses:
+            want = ingress.desired(ro, canary, stable, plan.weight, plan.header)
+            name = str(want["metadata"]["name"])
+            if existing is None:
+                await self.client.create(self.types["ingress"], want)
+                plan.events.append(("CreatingCanaryIngress", f"Creating canary ingress `{name}`"))
+                continue
+            changes = ingress.patch(existing, want, uid)
+            if changes is None:
+                continue
+            await self.client.patch_merge(
+                self.types["ingress"],
+                str(meta.get("namespace", "")),
+                name,
+                changes,
+                manager=MANAGER,
+            )
+            weight = (changes.get("metadata") or {}).get("annotations") or {}
+            plan.events.append(
+                (
+                    "PatchingCanaryIngress",
+                    f"Patching canary ingress `{name}` (weight {plan.weight})"
+                    if any(k.endswith("/canary-weight") for k in weight)
+                    else f"Patching canary ingress `{name}`",
+                )
+            )
 
     # --- analysis ---------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from daemon.rollouts.spec import (
     AnalysisStep,
     BlueGreen,
     Body,
+    Canary,
+    HeaderMatch,
     Pause,
     RolloutSpec,
     RouteStep,
@@ -107,6 +109,9 @@ class Plan:
     want_runs: list[RunRequest] = field(default_factory=list)  # AnalysisRuns to create
     terminate_runs: list[str] = field(default_factory=list)  # AnalysisRuns to stop
     requeue_after: float | None = None  # seconds; None: wait for an event
+    # A traffic-routed canary: the weight for the canary Ingress and the active header route.
+    weight: int | None = None
+    header: HeaderMatch | None = None
 
 
 def _without_hash(template: Body) -> Body:
@@ -270,17 +275,25 @@ def plan_canary(
     weight = 0 if aborted else current_weight(steps, index, canary.max_weight)
 
     targets = _targets(spec, weight, new, stable, old, steps, index, aborted)
+    routed = canary.traffic_routed
+    if routed:
+        targets = _routed_scale_down(
+            plan, canary, spec, targets, new, stable, old, aborted, h == stable_hash, now
+        )
     for rs, n in ((new, targets.canary), *((s, targets.stable) for s in [stable] if s)):
         if rs.replicas != n:
             plan.scale[rs.name] = n
     for rs, n in zip(old, targets.old, strict=True):
-        if rs.replicas != n:
+        if rs.replicas != n and rs.name not in plan.annotate:
             plan.scale[rs.name] = n
     if plan.create is not None and plan.create["spec"]["replicas"] == targets.canary:
         plan.scale.pop(new.name, None)
     elif plan.create is not None and new.name in plan.scale:
         plan.create["spec"]["replicas"] = plan.scale.pop(new.name)
 
+    if routed:
+        plan.weight = _routed_weight(spec, status, new, stable, targets, index, aborted, h)
+        plan.header = None if aborted or h == stable_hash else _header_route(steps, index)
     settled = not plan.scale and plan.create is None
     if settled and not aborted and h != stable_hash and not spec.paused:
         background = canary.analysis
@@ -289,7 +302,9 @@ def plan_canary(
                 plan, status, runs, kind="Background", infix="", ref=background, h=h, now=now
             )
         if not status.get("abort"):
-            index = _advance(plan, status, steps, index, new, stable, old, targets, now, runs)
+            index = _advance(
+                plan, status, steps, index, new, stable, old, targets, now, runs, routed=routed
+            )
         if index >= len(steps) and new.available >= spec.replicas and not status.get("abort"):
             status["stableRS"] = stable_hash = h
             plan.events.append(
@@ -311,18 +326,22 @@ def plan_canary(
         target = stable_hash if aborted or new.available == 0 else h
         plan.services[canary.canary_service] = target or h
 
+    shown = weight if h != stable_hash else 0
+    if plan.weight is not None:
+        shown = plan.weight
+
     plan.delete = _history(sets, new, stable, spec.revision_history_limit, plan.scale)
     _counts(status, spec, ro, sets, new, plan)
     status["canary"] = {
         **(status.get("canary") or {}),
         "weights": {
-            "canary": {"weight": weight if h != stable_hash else 0, "podTemplateHash": h},
-            "stable": {
-                "weight": (canary.max_weight - weight) if h != stable_hash else canary.max_weight,
-                "podTemplateHash": stable_hash,
-            },
+            "canary": {"weight": shown, "podTemplateHash": h},
+            "stable": {"weight": canary.max_weight - shown, "podTemplateHash": stable_hash},
         },
     }
+    if routed:
+        status["canary"]["weights"]["canary"]["serviceName"] = canary.canary_service
+        status["canary"]["weights"]["stable"]["serviceName"] = canary.stable_service
     return _finish(plan, status, spec, ro, now)
 
 
@@ -367,6 +386,83 @@ def _targets(
     )
 
 
+def _routed_scale_down(
+    plan: Plan,
+    canary: Canary,
+    spec: RolloutSpec,
+    targets: math_.Targets,
+    new: ReplicaSet,
+    stable: ReplicaSet | None,
+    old: list[ReplicaSet],
+    aborted: bool,
+    promoted: bool,
+    now: dt.datetime,
+) -> math_.Targets:
+    """Behind a router, sets that took traffic go away only after a delay: the previous stable
+    set scaleDownDelaySeconds after promotion, an aborted canary abortScaleDownDelaySeconds
+    after the stable set is whole again (never, with 0). The deadlines are the
+    scale-down-deadline annotation, as Argo Rollouts writes it."""
+    canary_n = targets.canary
+    if aborted:
+        canary_n = new.replicas  # kept until the stable set can take all the traffic
+        whole = stable is None or stable.available >= spec.replicas
+        if whole and canary.abort_scale_down_delay > 0:
+            _delayed_scale_down(plan, [new], canary.abort_scale_down_delay, now)
+        canary_n = plan.scale.pop(new.name, canary_n)
+    elif new.deadline:
+        plan.annotate[new.name] = {SCALE_DOWN_DEADLINE: None}  # retried: the canary stays
+    if stable is not None and stable.deadline:
+        plan.annotate[stable.name] = {SCALE_DOWN_DEADLINE: None}
+    old_n = list(targets.old)
+    if promoted:
+        _delayed_scale_down(plan, old, canary.scale_down_delay, now)
+        old_n = [plan.scale.pop(s.name, s.replicas) for s in old]
+    return math_.Targets(canary_n, targets.stable, tuple(old_n))
+
+
+def _routed_weight(
+    spec: RolloutSpec,
+    status: Body,
+    new: ReplicaSet,
+    stable: ReplicaSet | None,
+    targets: math_.Targets,
+    index: int,
+    aborted: bool,
+    h: str,
+) -> int:
+    """The weight to route to the canary: the step's, but only as far as the pods allow. It
+    stays at the previous setWeight until the canary set has its pods, is 0 while no canary pod
+    is available, after promotion and on abort, and never moves traffic off a stable set that
+    cannot take it."""
+    canary = spec.canary
+    assert canary is not None
+    steps, top = canary.steps, canary.max_weight
+    if aborted or h == status.get("stableRS") or new.available == 0:
+        return 0
+    at_counts = new.replicas == targets.canary and new.available >= targets.canary
+    if status.get("promoteFull"):
+        want = min(top, new.available * top // max(1, spec.replicas))
+    elif not at_counts:
+        want = next((st.weight for st in reversed(steps[:index]) if isinstance(st, SetWeight)), 0)
+    else:
+        want = current_weight(steps, index, top)
+    if stable is not None and spec.replicas > 0:
+        need = -(-(top - want) * spec.replicas // top)
+        if stable.available < need:  # keep what is routed now
+            applied = ((status.get("canary") or {}).get("weights") or {}).get("canary") or {}
+            want = int(applied.get("weight") or 0)
+    return want
+
+
+def _header_route(steps: tuple[Step, ...], index: int) -> HeaderMatch | None:
+    """The header route the steps so far have set (a setHeaderRoute without match clears it)."""
+    route = None
+    for st in steps[: min(index, len(steps))]:
+        if isinstance(st, RouteStep) and st.kind == "setHeaderRoute":
+            route = st.match
+    return route
+
+
 def _canary_scale(st: SetCanaryScale, spec: RolloutSpec) -> int | None:
     if st.replicas is not None:
         return int(st.replicas)
@@ -386,6 +482,8 @@ def _advance(
     targets: math_.Targets,
     now: dt.datetime,
     runs: Sequence[Body] = (),
+    *,
+    routed: bool = False,
 ) -> int:
     """Complete the current step if it is done; returns the new step index."""
     if index >= len(steps):
@@ -396,7 +494,8 @@ def _advance(
         done = (
             new.replicas == targets.canary == new.available
             and (stable is None or stable.replicas == targets.stable == stable.current)
-            and all(s.available == 0 for s in old)
+            # Basic canary: old pods would take traffic. Behind a router they take none.
+            and (routed or all(s.available == 0 for s in old))
         )
     elif isinstance(step, Pause):
         done = _pause(plan, status, step, now)

@@ -68,10 +68,23 @@ class AnalysisStep:
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    """One header a setHeaderRoute step sends to the canary: `how` is exact, regex or prefix."""
+
+    header: str
+    how: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class RouteStep:
-    """setHeaderRoute / setMirrorRoute: no-ops with nginx (it has no managed routes)."""
+    """setHeaderRoute / setMirrorRoute. With nginx a header route becomes the canary Ingress's
+    canary-by-header annotations (nginx matches one header); a mirror route has no nginx
+    counterpart and completes at once, as in Argo Rollouts."""
 
     kind: str
+    name: str = ""
+    match: HeaderMatch | None = None  # setHeaderRoute without match removes the route
 
 
 Step = SetWeight | Pause | SetCanaryScale | AnalysisStep | RouteStep
@@ -83,6 +96,7 @@ class Nginx:
     annotation_prefix: str = "nginx.ingress.kubernetes.io"
     additional_annotations: tuple[tuple[str, str], ...] = ()
     canary_annotations: tuple[tuple[str, str], ...] = ()
+    weight_total: int | None = None  # trafficRouting.maxTrafficWeight, if set
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +230,32 @@ def _step(raw: Any, where: str) -> Step:
         )
     if kind == "analysis":
         return AnalysisStep(_analysis(value, f"{where}.analysis"))
-    if kind in ("setHeaderRoute", "setMirrorRoute"):
-        return RouteStep(kind)
+    if kind == "setHeaderRoute":
+        return _header_route(value or {}, f"{where}.setHeaderRoute")
+    if kind == "setMirrorRoute":
+        return RouteStep(kind, str((value or {}).get("name") or ""))
     raise InvalidSpec(f"{where}: step {kind!r} is not supported by gitopsd")
+
+
+def _header_route(raw: Any, where: str) -> RouteStep:
+    if not isinstance(raw, dict):
+        raise InvalidSpec(f"{where}: must be an object")
+    matches = raw.get("match") or []
+    if not isinstance(matches, list):
+        raise InvalidSpec(f"{where}.match: must be a list")
+    if len(matches) > 1:
+        raise InvalidSpec(f"{where}.match: nginx routes by one header; {len(matches)} given")
+    if not matches:
+        return RouteStep("setHeaderRoute", str(raw.get("name") or ""))
+    m = matches[0] if isinstance(matches[0], dict) else {}
+    value = m.get("headerValue") or {}
+    hows = [k for k in ("exact", "regex", "prefix") if isinstance(value, dict) and k in value]
+    if not m.get("headerName") or len(hows) != 1:
+        raise InvalidSpec(
+            f"{where}.match[0]: headerName and exactly one of headerValue.exact, regex or prefix"
+        )
+    header = HeaderMatch(str(m["headerName"]), hows[0], str(value[hows[0]]))
+    return RouteStep("setHeaderRoute", str(raw.get("name") or ""), header)
 
 
 def _pairs(raw: Any) -> tuple[tuple[str, str], ...]:
@@ -230,6 +267,8 @@ def _canary(raw: Body, replicas: int, where: str) -> Canary:
     nginx = None
     routing = raw.get("trafficRouting") or {}
     max_weight = int(routing.get("maxTrafficWeight") or 100)
+    if max_weight <= 0:
+        raise InvalidSpec(f"{where}.trafficRouting.maxTrafficWeight: must be positive")
     if routing:
         raw_nginx = routing.get("nginx")
         if not isinstance(raw_nginx, dict):
@@ -247,17 +286,12 @@ def _canary(raw: Body, replicas: int, where: str) -> Canary:
             str(raw_nginx.get("annotationPrefix") or "nginx.ingress.kubernetes.io"),
             _pairs(raw_nginx.get("additionalIngressAnnotations")),
             _pairs(raw_nginx.get("canaryIngressAnnotations")),
+            int(routing["maxTrafficWeight"]) if routing.get("maxTrafficWeight") else None,
         )
         if not raw.get("canaryService") or not raw.get("stableService"):
             raise InvalidSpec(
                 f"{where}: canaryService and stableService must be set to use trafficRouting"
             )
-        # Refused rather than half-run: without the canary Ingress the weights would be
-        # reported but no traffic would follow them.
-        raise InvalidSpec(
-            f"{where}.trafficRouting.nginx: the canary Ingress is not managed by this gitopsd "
-            "yet; remove trafficRouting to run a canary by replica ratio"
-        )
     if raw.get("canaryService") and raw.get("canaryService") == raw.get("stableService"):
         raise InvalidSpec(f"{where}: canaryService and stableService must be different Services")
     for i, st in enumerate(steps):
@@ -265,6 +299,8 @@ def _canary(raw: Body, replicas: int, where: str) -> Canary:
             raise InvalidSpec(f"{where}.steps[{i}].setWeight: must be 0..{max_weight}")
         if isinstance(st, SetCanaryScale) and nginx is None:
             raise InvalidSpec(f"{where}.steps[{i}].setCanaryScale: needs trafficRouting")
+        if isinstance(st, RouteStep) and nginx is None:
+            raise InvalidSpec(f"{where}.steps[{i}].{st.kind}: needs trafficRouting")
     if raw.get("maxSurge") in (0, "0", "0%") and raw.get("maxUnavailable") in (0, "0", "0%"):
         raise InvalidSpec(f"{where}: maxSurge and maxUnavailable both can not be zero")
     if raw.get("scaleDownDelaySeconds") is not None and nginx is None:

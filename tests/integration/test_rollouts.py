@@ -598,3 +598,139 @@ def test_a_killed_daemon_resumes_the_canary_where_it_was(
             what="the next pause after the promotion",
         )
         assert sets(cluster, namespace)[stable] == 1
+
+
+AB_INGRESS = """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: webapp-ingress
+spec:
+  ingressClassName: nginx
+  rules:
+    - host: webapp.example.com
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service:
+                name: web-stable
+                port:
+                  number: 80
+"""
+
+
+def routed_rollout(image: str) -> str:
+    """The seed's A/B test as a Rollout: header X-Canary-Test: true goes to the canary, and
+    10% of the rest."""
+    return rollout(image, "        - setWeight: 10\n        - pause: {}").replace(
+        "      maxSurge: 1\n      maxUnavailable: 0\n",
+        """      scaleDownDelaySeconds: 3
+      trafficRouting:
+        nginx:
+          stableIngress: webapp-ingress
+          additionalIngressAnnotations:
+            canary-by-header: X-Canary-Test
+            canary-by-header-value: "true"
+""",
+    )
+
+
+async def test_nginx_canary_ingress_gives_the_seed_ab_routing(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """trafficRouting.nginx on the real API server: the canary Ingress the controller makes
+    from the stable one is the seed's A/B Ingress (canary, canary-by-header X-Canary-Test,
+    -value true, canary-weight 10, path / to the canary Service), owned by the Rollout; the
+    stable set stays whole; promotion sets the weight to 0 and the old pods go after
+    scaleDownDelaySeconds; deleting the Rollout garbage-collects the canary Ingress."""
+    git_repo.write(
+        {
+            "app/svc.yaml": SERVICES,
+            "app/ingress.yaml": AB_INGRESS,
+            "app/ro.yaml": routed_rollout("nginx:1"),
+        }
+    )
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("ab", git_repo.url, "app", namespace)])
+    )
+    canary_ingress = "web-webapp-ingress-canary"
+    async with Engine.open(cfg) as engine:
+        app = cfg.app("ab")
+        await engine.reconciler.reconcile(app)
+        stable = (
+            await until(
+                "first deploy",
+                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+            )
+        )["stableRS"]
+        git_repo.write({"app/ro.yaml": routed_rollout("nginx:2")})
+        await engine.reconciler.reconcile(app)
+        st = await until(
+            "the canary to pause at 10%",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Paused" and s,
+        )
+        canary = st["currentPodHash"]
+        assert sets(cluster, namespace) == {stable: 5, canary: 1}, "the stable set stays whole"
+        ing = get(cluster, namespace, f"ingress/{canary_ingress}") or {}
+        notes = ing["metadata"]["annotations"]
+        assert notes == {
+            "nginx.ingress.kubernetes.io/canary": "true",
+            "nginx.ingress.kubernetes.io/canary-by-header": "X-Canary-Test",
+            "nginx.ingress.kubernetes.io/canary-by-header-value": "true",
+            "nginx.ingress.kubernetes.io/canary-weight": "10",
+        }
+        rule = ing["spec"]["rules"][0]
+        assert rule["host"] == "webapp.example.com"
+        assert rule["http"]["paths"][0]["backend"]["service"]["name"] == "web-canary"
+        assert ing["spec"]["ingressClassName"] == "nginx"
+        assert ing["metadata"]["ownerReferences"][0]["kind"] == "Rollout"
+        assert selector(cluster, namespace, "web-canary") == canary
+        assert st["canary"]["weights"]["canary"]["weight"] == 10
+
+        patch_status(cluster, namespace, '{"status":{"pauseConditions":null}}')
+        await until(
+            "promotion",
+            lambda: ro_status(cluster, namespace).get("stableRS") == canary,
+        )
+        weight = "nginx.ingress.kubernetes.io/canary-weight"
+        await until(
+            "the canary weight back to 0",
+            lambda: (
+                (get(cluster, namespace, f"ingress/{canary_ingress}") or {})["metadata"][
+                    "annotations"
+                ][weight]
+                == "0"
+            ),
+        )
+        assert selector(cluster, namespace, "web-stable") == canary
+        await until("the old set to go", lambda: sets(cluster, namespace) == {stable: 0, canary: 5})
+        status = await engine.reconciler.reconcile(app, auto=False)
+        assert status["sync"]["status"] == "Synced", "the canary Ingress is not app drift"
+        assert not [r for r in status["resources"] if r.get("name") == canary_ingress]
+
+    cluster.kubectl("delete", "rollout", "web", "-n", namespace, "--wait=true")
+    await until(
+        "the canary Ingress to be garbage-collected",
+        lambda: get(cluster, namespace, f"ingress/{canary_ingress}") is None,
+    )
+
+
+async def test_a_rollout_without_its_stable_ingress_is_invalid_until_it_exists(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A traffic-routed Rollout whose stable Ingress is missing is Degraded with InvalidSpec
+    naming it, and recovers by itself once the Ingress appears."""
+    git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": routed_rollout("nginx:1")})
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("noing", git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        await engine.reconciler.reconcile(cfg.app("noing"))
+        st = await until(
+            "InvalidSpec",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Degraded" and s,
+        )
+        assert "stable Ingress 'webapp-ingress' not found" in st["message"]
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=AB_INGRESS)
+        await until("Healthy", lambda: ro_status(cluster, namespace).get("phase") == "Healthy")

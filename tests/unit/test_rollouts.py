@@ -125,6 +125,8 @@ class Cluster:
         self.events: list[str] = []
         self.services: dict[str, str] = {}
         self.runs: dict[str, dict[str, Any]] = {}
+        self.weight: int | None = None  # what the canary Ingress routes
+        self.header: Any = None
 
     def settle_pods(self) -> None:
         for name, rs in self.sets.items():
@@ -159,6 +161,7 @@ class Cluster:
         for name in plan.delete:
             del self.sets[name]
         self.services.update(plan.services)
+        self.weight, self.header = plan.weight, plan.header
         self.ro["status"] = plan.status
         self.events += [reason for reason, _ in plan.events]
         self.settle_pods()
@@ -314,16 +317,45 @@ def test_current_weight_is_the_last_set_weight() -> None:
             "canaryService and stableService must be set",
         ),
         (
+            {"strategy": {"canary": {"steps": [{"setHeaderRoute": {"name": "h"}}]}}},
+            "setHeaderRoute: needs trafficRouting",
+        ),
+        (
             {
                 "strategy": {
                     "canary": {
                         "canaryService": "a",
                         "stableService": "b",
                         "trafficRouting": {"nginx": {"stableIngress": "i"}},
+                        "steps": [
+                            {
+                                "setHeaderRoute": {
+                                    "name": "h",
+                                    "match": [
+                                        {"headerName": "a", "headerValue": {"exact": "1"}},
+                                        {"headerName": "b", "headerValue": {"exact": "2"}},
+                                    ],
+                                }
+                            }
+                        ],
                     }
                 }
             },
-            "canary Ingress is not managed",
+            "nginx routes by one header",
+        ),
+        (
+            {
+                "strategy": {
+                    "canary": {
+                        "canaryService": "a",
+                        "stableService": "b",
+                        "trafficRouting": {
+                            "nginx": {"stableIngress": "i", "stableIngresses": ["j"]}
+                        },
+                    }
+                }
+            },
+            "exactly one of stableIngress",
         ),
     ],
 )
