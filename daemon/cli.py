@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("undo", "put a previous revision's pod template back"),
         ("pause", "pause the Rollout (spec.paused)"),
         ("resume", "resume a paused Rollout"),
+        ("restart", "restart the Rollout's pods, a few at a time (spec.restartAt)"),
     ):
         v = ro_verbs.add_parser(verb, help=text, parents=[common])
         v.add_argument("name", help="the Rollout's name")

@@ -8,12 +8,13 @@ reconcile, exactly as if the kubectl plugin had written them.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from dataclasses import dataclass
 
 from daemon.rollouts.plan import ReplicaSet
 from daemon.rollouts.spec import HASH_LABEL, Body
 
-ACTIONS = ("promote", "promote-full", "abort", "retry", "pause", "resume", "undo")
+ACTIONS = ("promote", "promote-full", "abort", "retry", "pause", "resume", "undo", "restart")
 
 
 class ActionError(ValueError):
@@ -36,6 +37,7 @@ def plan_action(
     *,
     sets: list[ReplicaSet] | None = None,
     to_revision: int | None = None,
+    now: dt.datetime | None = None,
 ) -> Writes:
     """The writes of `action` on Rollout `ro` (`sets`: its ReplicaSets, for undo)."""
     spec: Body = ro.get("spec") or {}
@@ -56,6 +58,9 @@ def plan_action(
         return Writes(spec={"paused": True}, message=f"rollout '{name}' paused")
     if action == "undo":
         return _undo(ro, spec, sets or [], to_revision)
+    if action == "restart":
+        at = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return Writes(spec={"restartAt": at}, message=f"rollout '{name}' restarts pods at {at}")
     raise ActionError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
 
 

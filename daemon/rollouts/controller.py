@@ -27,7 +27,7 @@ from daemon.errors import KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceType
 from daemon.rollouts import analysis as an
-from daemon.rollouts import crds, ingress
+from daemon.rollouts import crds, ingress, restart
 from daemon.rollouts.actions import ActionError, plan_action
 from daemon.rollouts.plan import Plan, ReplicaSet, RunRequest, phase, plan_rollout
 from daemon.rollouts.spec import (
@@ -155,6 +155,7 @@ class ClusterRollouts:
             ),
             "secret": await c.resource_for("v1", "Secret", subject="Secret"),
             "ingress": await c.resource_for("networking.k8s.io/v1", "Ingress", subject="Ingress"),
+            "pod": await c.resource_for("v1", "Pod", subject="Pod"),
         }
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, self.types["rollout"], "", self._on_rollout)
@@ -288,6 +289,8 @@ class ClusterRollouts:
             await self.client.delete(t["rs"], namespace, rs_name, propagation="Background")
         for svc, h in plan.services.items():
             await self._point(namespace, svc, h, name, plan.status)
+        if restart.pending(spec, plan.status) and not (plan.scale or plan.create):
+            await self._restart(ro, spec, plan, mine)
         plan.status["conditions"] = [
             c for c in plan.status.get("conditions") or [] if c.get("type") != "InvalidSpec"
         ]
@@ -321,6 +324,30 @@ class ClusterRollouts:
             await self._event(ro, reason, message)
         if plan.requeue_after is not None:
             self.mark(key, after=plan.requeue_after)
+
+    async def _restart(
+        self, ro: Body, spec: RolloutSpec, plan: Plan, sets: list[ReplicaSet]
+    ) -> None:
+        """Delete the next pods created before spec.restartAt; record restartedAt when none is
+        left."""
+        meta = ro.get("metadata") or {}
+        namespace = str(meta.get("namespace", ""))
+        hashes = {s.hash for s in sets if s.replicas > 0}
+        items, _ = await self.client.list(self.types["pod"], namespace, label_selector=HASH_LABEL)
+        pods = [restart.Pod.of(p) for p in items]
+        missing = sum(max(0, s.replicas - s.available) for s in sets)
+        step = restart.plan_restart(spec, plan.status, pods, hashes, missing, self.now())
+        for pod in step.delete:
+            await self.client.delete(self.types["pod"], namespace, pod)
+        if step.delete:
+            plan.events.append(("RestartingPods", f"Restarting pods: {', '.join(step.delete)}"))
+        if step.done:
+            plan.status["restartedAt"] = spec.restart_at
+            done = f"Restarted pods created before {spec.restart_at}"
+            plan.events.append(("RolloutRestarted", done))
+        elif step.again_after is not None:
+            key = (namespace, str(meta.get("name", "")))
+            self.mark(key, after=step.again_after)
 
     # --- traffic routing --------------------------------------------------------------------
 

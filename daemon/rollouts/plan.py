@@ -170,7 +170,7 @@ def _current_set(
 
 def _finish(plan: Plan, status: Body, spec: RolloutSpec, ro: Body, now: dt.datetime) -> Plan:
     """The status's conditions and phase, and a prompt requeue while sets are being scaled."""
-    _background_analysis_condition(status, spec, now)
+    _drop_old_conditions(status)
     status["phase"], status["message"] = phase(spec, status, ro)
     plan.status = status
     if plan.scale or plan.create:
@@ -563,28 +563,9 @@ def _describe(step: Step) -> str:
     return "analysis"
 
 
-def _background_analysis_condition(status: Body, spec: RolloutSpec, now: dt.datetime) -> None:
-    """A blue-green postPromotionAnalysis is not run yet: say so on the Rollout instead of
-    ignoring it."""
-    refs = []
-    if spec.blue_green is not None and spec.blue_green.post_promotion is not None:
-        refs.append(spec.blue_green.post_promotion)
-    existing = [c for c in status.get("conditions") or [] if c.get("type") == ANALYSIS_NOT_RUN]
+def _drop_old_conditions(status: Body) -> None:
+    """Earlier gitopsd versions reported post-promotion analysis as not run; it runs now."""
     kept = [c for c in status.get("conditions") or [] if c.get("type") != ANALYSIS_NOT_RUN]
-    if existing and refs:
-        kept.append(existing[0])  # unchanged: no status write, no event loop
-    elif refs:
-        names = ", ".join(t.name for r in refs for t in r.templates)
-        kept.append(
-            {
-                "type": ANALYSIS_NOT_RUN,
-                "status": "True",
-                "reason": ANALYSIS_NOT_RUN,
-                "message": f"analysis ({names}) is not run by this gitopsd yet",
-                "lastUpdateTime": _iso(now),
-                "lastTransitionTime": _iso(now),
-            }
-        )
     if kept:
         status["conditions"] = kept
     else:
@@ -637,6 +618,8 @@ def phase(spec: RolloutSpec, status: Body, ro: Body) -> tuple[str, str]:
         return "Paused", "manually paused"
     for c in status.get("pauseConditions") or []:
         return "Paused", str(c.get("reason"))
+    if spec.restart_at and status.get("restartedAt") != spec.restart_at:
+        return "Progressing", "rollout is restarting"
     if int(status.get("updatedReplicas") or 0) < spec.replicas:
         return "Progressing", "more replicas need to be updated"
     if int(status.get("availableReplicas") or 0) < int(status.get("updatedReplicas") or 0):
@@ -647,6 +630,8 @@ def phase(spec: RolloutSpec, status: Body, ro: Body) -> tuple[str, str]:
         if active != status.get("currentPodHash"):
             return "Progressing", "active service cutover pending"
         if status.get("stableRS") != status.get("currentPodHash"):
+            if bg.post_promotion is not None:
+                return "Progressing", "waiting for post-promotion verification to complete"
             return "Progressing", "waiting for analysis to complete"
     if spec.canary is not None:
         if spec.canary.nginx is None and int(status.get("replicas") or 0) > int(
@@ -711,6 +696,8 @@ def plan_blue_green(
         for key in ("pauseConditions", "abort", "abortedAt", "promoteFull"):
             status.pop(key, None)
         status["controllerPause"] = False
+        if new.deadline:  # a fast rollback to a set that was on its way out
+            plan.annotate[new.name] = {SCALE_DOWN_DEADLINE: None}
         _delayed_scale_down(plan, [*old, *([stable] if stable else [])], bg.scale_down_delay, now)
     elif aborted:
         if not status.get("abortedAt"):
@@ -727,11 +714,14 @@ def plan_blue_green(
         if stable is not None:
             want[stable.name] = spec.replicas
         blue.setdefault("activeSelector", stable_hash)
-        want[new.name] = _bg_progress(plan, status, blue, spec, bg, new, now, runs)
+        want[new.name] = _bg_progress(plan, status, blue, spec, bg, new, stable, now, runs)
+        if new.deadline and status.get("stableRS") != h:  # retried after an abort
+            plan.annotate[new.name] = {SCALE_DOWN_DEADLINE: None}
         for s in old:
             want[s.name] = 0
     for s in [new, *old, *([stable] if stable else [])]:
-        if s.name in want and s.replicas != want[s.name] and s.name not in plan.annotate:
+        waiting = (plan.annotate.get(s.name) or {}).get(SCALE_DOWN_DEADLINE)
+        if s.name in want and s.replicas != want[s.name] and not waiting:
             plan.scale[s.name] = want[s.name]
     if plan.create is not None and new.name in plan.scale:
         plan.create["spec"]["replicas"] = plan.scale.pop(new.name)
@@ -753,10 +743,22 @@ def _bg_progress(
     spec: RolloutSpec,
     bg: BlueGreen,
     new: ReplicaSet,
+    stable: ReplicaSet | None,
     now: dt.datetime,
     runs: Sequence[Body] = (),
 ) -> int:
-    """An update in progress: the new set's size, and the switch once it may happen."""
+    """An update in progress: the new set's size, and the switch once it may happen; with a
+    postPromotionAnalysis the new set becomes stable only once that run succeeds (its failure
+    aborts and switches active back)."""
+    if blue.get("activeSelector") == new.hash:
+        return _bg_post_promotion(plan, status, blue, spec, bg, new, now, runs)
+    if _fast_rollback(new, stable, now) and new.available >= spec.replicas:
+        # Back to a set still inside its scale-down delay: switch at once, no analysis.
+        blue["activeSelector"] = status["stableRS"] = new.hash
+        plan.events.append(("SkipSteps", "Rollback to a ReplicaSet within its scale-down delay"))
+        plan.events.append(("SwitchService", f"Switched active Service to {new.hash}"))
+        plan.requeue_after = 0.0
+        return spec.replicas
     preview_size = spec.replicas
     if bg.preview_replica_count is not None and not _resumed(status):
         preview_size = int(bg.preview_replica_count)
@@ -781,14 +783,58 @@ def _bg_progress(
         return size
     if not (new.available >= spec.replicas and new.replicas == spec.replicas):
         return spec.replicas  # full size before the switch
-    blue["activeSelector"] = status["stableRS"] = new.hash
+    blue["activeSelector"] = new.hash
     status.pop("pauseConditions", None)
     status["controllerPause"] = False
     plan.events.append(("SwitchService", f"Switched active Service to {new.hash}"))
+    plan.requeue_after = 0.0
+    if bg.post_promotion is None:
+        _bg_completed(plan, status, new)
+    return spec.replicas
+
+
+def _bg_post_promotion(
+    plan: Plan,
+    status: Body,
+    blue: Body,
+    spec: RolloutSpec,
+    bg: BlueGreen,
+    new: ReplicaSet,
+    now: dt.datetime,
+    runs: Sequence[Body],
+) -> int:
+    """Active already points at the new set: run the post-promotion analysis, if any."""
+    if bg.post_promotion is None:
+        _bg_completed(plan, status, new)
+        return spec.replicas
+    gate = _analysis_gate(
+        plan,
+        status,
+        runs,
+        kind="PostPromotion",
+        infix="post",
+        ref=bg.post_promotion,
+        h=new.hash,
+        now=now,
+    )
+    if gate is True:
+        _bg_completed(plan, status, new)
+    elif gate is None:  # failed: traffic back to the stable set now
+        blue["activeSelector"] = status.get("stableRS")
+    return spec.replicas
+
+
+def _bg_completed(plan: Plan, status: Body, new: ReplicaSet) -> None:
+    status["stableRS"] = new.hash
     message = f"Rollout completed update to revision {new.revision} ({new.hash})"
     plan.events.append(("RolloutCompleted", message))
     plan.requeue_after = 0.0
-    return spec.replicas
+
+
+def _fast_rollback(new: ReplicaSet, stable: ReplicaSet | None, now: dt.datetime) -> bool:
+    """`new` is an older set than the stable one whose scale-down delay has not run out."""
+    at = _parse_time(new.deadline) if new.deadline else None
+    return at is not None and at > now and stable is not None and new.revision < stable.revision
 
 
 def _resumed(status: Body) -> bool:

@@ -146,6 +146,7 @@ class RolloutSpec:
     progress_deadline_seconds: int = 600
     progress_deadline_abort: bool = False
     workload_ref: Body = field(default_factory=dict)
+    restart_at: str = ""  # spec.restartAt, as written
 
     @property
     def canary(self) -> Canary | None:
@@ -391,6 +392,7 @@ def parse(body: Body, *, template: Body | None = None) -> RolloutSpec:
         progress_deadline_seconds=int(spec.get("progressDeadlineSeconds") or 600),
         progress_deadline_abort=bool(spec.get("progressDeadlineAbort")),
         workload_ref=dict(workload),
+        restart_at=str(spec.get("restartAt") or ""),
     )
 
 

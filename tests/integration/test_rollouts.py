@@ -734,3 +734,130 @@ async def test_a_rollout_without_its_stable_ingress_is_invalid_until_it_exists(
         assert "stable Ingress 'webapp-ingress' not found" in st["message"]
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=AB_INGRESS)
         await until("Healthy", lambda: ro_status(cluster, namespace).get("phase") == "Healthy")
+
+
+def blue_green_post(image: str, url: str) -> str:
+    return (
+        blue_green(image)
+        .replace("      autoPromotionEnabled: false\n", "")
+        .replace("scaleDownDelaySeconds: 6\n", "scaleDownDelaySeconds: 2\n")
+        + f"""      postPromotionAnalysis:
+        templates:
+          - templateName: health
+        args:
+          - name: url
+            value: {url}
+"""
+    )
+
+
+async def test_blue_green_post_promotion_analysis_switches_back_on_failure(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """postPromotionAnalysis on the real cluster: after the switch a PostPromotion run
+    measures the new version; passing makes it stable and the old set goes; failing aborts and
+    points the active Service back at the stable pods, which were kept."""
+    health = _Health()
+    try:
+        git_repo.write(
+            {
+                "app/svc.yaml": SERVICES,
+                "app/at.yaml": analysis_template(health.url),
+                "app/ro.yaml": blue_green_post("nginx:1", health.url),
+            }
+        )
+        cfg = settings.load(
+            write_config(tmp_path, cluster, [application("post", git_repo.url, "app", namespace)])
+        )
+        async with Engine.open(cfg) as engine:
+            app = cfg.app("post")
+            await engine.reconciler.reconcile(app)
+            blue = (
+                await until(
+                    "first deploy",
+                    lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+                )
+            )["stableRS"]
+            git_repo.write({"app/ro.yaml": blue_green_post("nginx:2", health.url)})
+            await engine.reconciler.reconcile(app)
+            green = (
+                await until(
+                    "green to pass its post-promotion analysis",
+                    lambda: (
+                        (s := ro_status(cluster, namespace)).get("stableRS") != blue
+                        and s.get("phase") == "Healthy"
+                        and s
+                    ),
+                )
+            )["stableRS"]
+            assert selector(cluster, namespace, "web-stable") == green
+            runs = json.loads(cluster.kubectl("get", "analysisrun", "-n", namespace, "-o", "json"))
+            (run,) = runs["items"]
+            assert run["metadata"]["labels"]["rollout-type"] == "PostPromotion"
+            assert run["status"]["phase"] == "Successful"
+            await until("blue to go", lambda: sets(cluster, namespace).get(blue) == 0)
+
+            health.ok = False
+            git_repo.write({"app/ro.yaml": blue_green_post("nginx:3", health.url)})
+            await engine.reconciler.reconcile(app)
+            failed = await until(
+                "the post-promotion failure to abort",
+                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Degraded" and s,
+            )
+            assert failed["stableRS"] == green
+            assert "PostPromotion analysis phase failed" in failed["message"]
+            await until(
+                "active back on green",
+                lambda: selector(cluster, namespace, "web-stable") == green,
+            )
+            assert sets(cluster, namespace)[green] == 3, "the stable pods were kept"
+    finally:
+        health.close()
+
+
+async def test_restart_replaces_every_pod_a_few_at_a_time(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """`restart` (spec.restartAt) on the real cluster: every pod of the Rollout is replaced by
+    a newer one, the ReplicaSet stays the same, and status.restartedAt records it."""
+    git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": rollout("nginx:1", STEPS)})
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("rst", git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        app = cfg.app("rst")
+        await engine.reconciler.reconcile(app)
+        stable = (
+            await until(
+                "first deploy",
+                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+            )
+        )["stableRS"]
+
+        def pods() -> dict[str, str]:
+            out = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json"))
+            return {
+                p["metadata"]["name"]: p["metadata"]["creationTimestamp"]
+                for p in out["items"]
+                if not p["metadata"].get("deletionTimestamp")
+            }
+
+        before = await until("5 pods", lambda: len(p := pods()) == 5 and p)
+        await anyio.sleep(1.1)  # creation times have a one-second resolution
+        client = await engine.client_for(app)
+        rollouts = engine.reconciler.rollouts
+        assert rollouts is not None
+        message = await rollouts.act(client, namespace, "web", "restart")
+        assert "restarts pods at" in message
+        await until(
+            "the restart to finish",
+            lambda: (
+                (s := ro_status(cluster, namespace)).get("restartedAt")
+                and s.get("phase") == "Healthy"
+            ),
+        )
+        after = pods()
+        assert len(after) == 5 and not set(after) & set(before), "every pod replaced"
+        assert sets(cluster, namespace) == {stable: 5}
+        status = await engine.reconciler.reconcile(app, auto=False)
+        assert status["sync"]["status"] == "Synced", "restartAt is not drift"

@@ -565,6 +565,77 @@ def test_blue_green_pre_promotion_analysis_gates_the_switch() -> None:
     assert c.services["web-active"] == green
 
 
+def test_blue_green_post_promotion_analysis_decides_after_the_switch() -> None:
+    """postPromotionAnalysis runs once active points at the new set; Successful makes it
+    stable (and only then is the old set scheduled to go), Failed aborts and switches active
+    back to the old pods at once."""
+    post = {"templates": [{"templateName": "smoke"}]}
+    c = Cluster(blue_green(postPromotionAnalysis=post, scaleDownDelaySeconds=30))
+    c.run()
+    blue = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.run()
+    st = c.ro["status"]
+    green = st["currentPodHash"]
+    assert c.services["web-active"] == green and st["stableRS"] == blue
+    assert st["phase"] == "Progressing"
+    assert "post-promotion verification" in st["message"]
+    assert [r["metadata"]["labels"]["rollout-type"] for r in c.runs.values()] == ["PostPromotion"]
+    c.now += dt.timedelta(seconds=60)
+    c.run()
+    assert c.counts()[blue[:4]] == 5, "the old set stays while the analysis runs"
+    c.finish_runs("PostPromotion", "Successful")
+    c.run()
+    assert c.ro["status"]["stableRS"] == green and c.ro["status"]["phase"] == "Healthy"
+    c.now += dt.timedelta(seconds=31)
+    c.run()
+    assert c.counts() == {blue[:4]: 0, green[:4]: 5}
+
+    c.update_image("web:3")
+    c.run()
+    c.finish_runs("PostPromotion", "Failed", "errors went up")
+    c.step()
+    st = c.ro["status"]
+    assert st["abort"] and c.services["web-active"] == green, "back on the stable pods at once"
+    c.run()
+    assert c.ro["status"]["phase"] == "Degraded"
+    assert "Post" in c.ro["status"]["message"] and "errors went up" in c.ro["status"]["message"]
+
+
+def test_blue_green_fast_rollback_within_the_scale_down_delay() -> None:
+    """Going back to the previous template while its set still waits out scaleDownDelaySeconds
+    switches active back at once: no pause, no analysis, nothing scaled up."""
+    c = Cluster(
+        blue_green(
+            autoPromotionEnabled=False,
+            scaleDownDelaySeconds=30,
+            prePromotionAnalysis={"templates": [{"templateName": "smoke"}]},
+        )
+    )
+    c.run()
+    blue = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.run()
+    c.finish_runs("PrePromotion", "Successful")
+    c.run()
+    c.ro["status"].pop("pauseConditions")
+    c.run()
+    green = c.ro["status"]["stableRS"]
+    assert green != blue and c.counts()[blue[:4]] == 5
+    runs = len(c.runs)
+    c.update_image("web:1")
+    c.run()
+    st = c.ro["status"]
+    assert st["stableRS"] == blue and c.services["web-active"] == blue
+    assert st["phase"] == "Healthy" and "pauseConditions" not in st
+    assert len(c.runs) == runs, "no analysis for a fast rollback"
+    assert "SkipSteps" in c.events
+    assert "scale-down-deadline" not in c.sets[f"web-{blue}"]["metadata"].get("annotations", {})
+    c.now += dt.timedelta(seconds=31)
+    c.run()
+    assert c.counts() == {blue[:4]: 5, green[:4]: 0}
+
+
 def test_actions_write_what_the_kubectl_plugin_writes() -> None:
     """promote clears pauses (or skips the current step), --full sets promoteFull, abort and
     retry flip status.abort, pause sets spec.paused; unknown actions are refused."""
@@ -634,3 +705,40 @@ def test_rollout_metrics_use_argo_rollouts_names() -> None:
         'analysis_run_metric_phase{metric="success-rate",name="web-abc-2",namespace="ns",'
         'phase="Running",type="prometheus"} 1.0' in text
     )
+
+
+def test_restart_replaces_old_pods_oldest_first_within_max_unavailable() -> None:
+    """restartAt deletes pods created before it, oldest first, no more at once than
+    maxUnavailable allows counting pods already missing; it waits for its time, and records
+    restartedAt once no old pod is left (the phase is Progressing until then)."""
+    from daemon.rollouts import restart
+    from daemon.rollouts.plan import phase
+
+    at = T0 + dt.timedelta(minutes=1)
+    ro = rollout(maxUnavailable=2)
+    ro["spec"]["restartAt"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    spec = parse(ro)
+
+    def pod(name: str, minutes: int, h: str = "a", deleting: bool = False) -> restart.Pod:
+        return restart.Pod(name, h, T0 + dt.timedelta(minutes=minutes), deleting)
+
+    pods = [pod("p3", -1), pod("p1", -3), pod("p2", -2), pod("new", 2), pod("other", -9, "z")]
+    early = restart.plan_restart(spec, {}, pods, {"a"}, 0, T0)
+    assert early.delete == () and early.again_after == pytest.approx(60)
+    now = at + dt.timedelta(seconds=1)
+    assert restart.plan_restart(spec, {}, pods, {"a"}, 0, now).delete == ("p1", "p2")
+    assert restart.plan_restart(spec, {}, pods, {"a"}, 1, now).delete == ("p1",)
+    busy = [pod("p1", -3, deleting=True), *pods[1:]]
+    assert restart.plan_restart(spec, {}, busy, {"a"}, 1, now).delete == ()
+    assert restart.plan_restart(spec, {}, [pod("new", 2)], {"a"}, 0, now).done
+    status = {"restartedAt": spec.restart_at}
+    assert restart.plan_restart(spec, status, pods, {"a"}, 0, now) == restart.Restart()
+    assert phase(spec, {"updatedReplicas": 5, "availableReplicas": 5}, ro)[0] == "Progressing"
+
+
+def test_restart_action_sets_restart_at() -> None:
+    """`rollout restart` writes spec.restartAt = now, as the kubectl plugin does."""
+    from daemon.rollouts.actions import plan_action
+
+    writes = plan_action("restart", rollout(), now=T0)
+    assert writes.spec == {"restartAt": "2026-12-01T12:00:00Z"}
