@@ -145,6 +145,9 @@ CONTROLLER_OWNED: tuple[IgnoreRule, ...] = (
             "/metadata/annotations/argo-rollouts.argoproj.io~1managed-by-rollouts",
         ),
     ),
+    # The in-daemon Rollout controller scales a workloadRef Deployment down (scaleDown
+    # onsuccess / progressively); what it wrote, under its field manager, is not drift.
+    IgnoreRule(kind="Deployment", group="apps", managed_fields_managers=("gitopsd-rollouts",)),
 )
 
 
@@ -640,6 +643,10 @@ def respect_ignored(
                     paths.extend(_jq_paths(steps, root))
                 except _JqRuntimeError:
                     continue
+        for entry in managed_fields_of(live):
+            fields = entry.get("fieldsV1")
+            if entry.get("manager") in rule.managed_fields_managers and isinstance(fields, dict):
+                paths.extend(_owned_map_leaves(fields, ()))
         for path in paths:
             if not path:
                 continue
@@ -648,6 +655,20 @@ def respect_ignored(
                 _assign(out, path, copy.deepcopy(value))
             else:
                 _delete_paths(out, [path])
+    return out
+
+
+def _owned_map_leaves(fields: dict[str, Any], prefix: tuple[str, ...]) -> list[JsonPath]:
+    """The map-key paths (`f:` chains, no list items) of the leaves a fieldsV1 set owns."""
+    out: list[JsonPath] = []
+    for name, child in fields.items():
+        if not name.startswith("f:") or not isinstance(child, dict):
+            continue
+        path = (*prefix, name[2:])
+        if child:
+            out.extend(_owned_map_leaves(child, path))
+        else:
+            out.append(path)
     return out
 
 

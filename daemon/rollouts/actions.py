@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from daemon.rollouts.plan import ReplicaSet
 from daemon.rollouts.spec import HASH_LABEL, Body
@@ -38,8 +39,10 @@ def plan_action(
     sets: list[ReplicaSet] | None = None,
     to_revision: int | None = None,
     now: dt.datetime | None = None,
+    current_template: Body | None = None,
 ) -> Writes:
-    """The writes of `action` on Rollout `ro` (`sets`: its ReplicaSets, for undo)."""
+    """The writes of `action` on Rollout `ro` (`sets`: its ReplicaSets, for undo;
+    `current_template`: the pod template in force, the workloadRef Deployment's if it has one)."""
     spec: Body = ro.get("spec") or {}
     status: Body = ro.get("status") or {}
     name = (ro.get("metadata") or {}).get("name", "")
@@ -57,7 +60,8 @@ def plan_action(
     if action == "pause":
         return Writes(spec={"paused": True}, message=f"rollout '{name}' paused")
     if action == "undo":
-        return _undo(ro, spec, sets or [], to_revision)
+        current = current_template if current_template is not None else spec.get("template")
+        return _undo(ro, current, sets or [], to_revision)
     if action == "restart":
         at = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return Writes(spec={"restartAt": at}, message=f"rollout '{name}' restarts pods at {at}")
@@ -86,12 +90,11 @@ def _promote(ro: Body, spec: Body, status: Body) -> Writes:
     return out
 
 
-def _undo(ro: Body, spec: Body, sets: list[ReplicaSet], to_revision: int | None) -> Writes:
-    """Put a previous revision's pod template back into spec.template (the second newest
-    revision by default); nothing to do when it is already there."""
+def _undo(ro: Body, current: Any, sets: list[ReplicaSet], to_revision: int | None) -> Writes:
+    """Put a previous revision's pod template back into spec.template, or the workloadRef
+    Deployment's (the second newest revision by default); nothing to do when it is already
+    there."""
     name = (ro.get("metadata") or {}).get("name", "")
-    if spec.get("workloadRef"):
-        raise ActionError(f"rollout '{name}' uses workloadRef: undo its Deployment instead")
     ordered = sorted(sets, key=lambda s: s.revision, reverse=True)
     if to_revision:
         target = next((s for s in ordered if s.revision == to_revision), None)
@@ -105,7 +108,7 @@ def _undo(ro: Body, spec: Body, sets: list[ReplicaSet], to_revision: int | None)
     labels = (template.get("metadata") or {}).get("labels")
     if isinstance(labels, dict):
         labels.pop(HASH_LABEL, None)
-    if template == spec.get("template"):
+    if template == current:
         return Writes(
             message=f"skipped rollback (current template already matches revision "
             f"{target.revision})"

@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 
 from daemon.errors import KubeError, KubeNotFound
 from daemon.kube import KubeClient
@@ -29,7 +30,14 @@ from daemon.model import ResourceType
 from daemon.rollouts import analysis as an
 from daemon.rollouts import crds, ingress, restart
 from daemon.rollouts.actions import ActionError, plan_action
-from daemon.rollouts.plan import Plan, ReplicaSet, RunRequest, phase, plan_rollout
+from daemon.rollouts.plan import (
+    Plan,
+    ReplicaSet,
+    RunRequest,
+    phase,
+    plan_rollout,
+    workload_scale,
+)
 from daemon.rollouts.spec import (
     API_VERSION,
     HASH_LABEL,
@@ -39,12 +47,14 @@ from daemon.rollouts.spec import (
     InvalidSpec,
     RolloutSpec,
     parse,
+    workload_ref,
 )
 
 log = structlog.get_logger("gitopsd.rollouts")
 MANAGER = "gitopsd-rollouts"
 USER_MANAGER = "gitopsd-rollouts-cli"  # writes asked for by a person (promote, abort, ...)
 RELIST_AFTER_ERROR = 2.0
+WORKLOAD_GENERATION = "rollout.argoproj.io/workload-generation"
 INVALID_RECHECK = 5.0
 
 
@@ -129,6 +139,10 @@ class ClusterRollouts:
         # The latest view, for the metrics: Rollouts and their AnalysisRuns by (ns, name).
         self.seen: dict[tuple[str, str], dict[str, str]] = {}
         self.seen_runs: dict[tuple[str, str], dict[str, Any]] = {}
+        # workloadRef Deployments: (namespace, deployment) -> the Rollouts that reference it.
+        self.workloads: dict[tuple[str, str], set[str]] = {}
+        self._watching_deployments = False
+        self._tg: TaskGroup | None = None
 
     def mark(self, key: tuple[str, str], after: float | None = None) -> None:
         if after is None or after <= 0:
@@ -156,8 +170,10 @@ class ClusterRollouts:
             "secret": await c.resource_for("v1", "Secret", subject="Secret"),
             "ingress": await c.resource_for("networking.k8s.io/v1", "Ingress", subject="Ingress"),
             "pod": await c.resource_for("v1", "Pod", subject="Pod"),
+            "deployment": await c.resource_for("apps/v1", "Deployment", subject="Deployment"),
         }
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             tg.start_soon(self._watch, self.types["rollout"], "", self._on_rollout)
             tg.start_soon(self._watch, self.types["rs"], HASH_LABEL, self._on_replica_set)
             await self._work()
@@ -165,6 +181,23 @@ class ClusterRollouts:
     def _on_rollout(self, obj: Body) -> None:
         meta = obj.get("metadata") or {}
         self.mark((str(meta.get("namespace", "")), str(meta.get("name", ""))))
+
+    def _on_deployment(self, obj: Body) -> None:
+        meta = obj.get("metadata") or {}
+        namespace = str(meta.get("namespace", ""))
+        for rollout in self.workloads.get((namespace, str(meta.get("name", ""))), ()):
+            self.mark((namespace, rollout))
+
+    def _follow_workload(self, namespace: str, deployment: str, rollout: str) -> None:
+        """Reconcile `rollout` whenever its workloadRef Deployment changes (the Deployment
+        watch starts with the first workloadRef seen)."""
+        for (ns, _), names in self.workloads.items():
+            if ns == namespace:
+                names.discard(rollout)  # its workloadRef may have changed
+        self.workloads.setdefault((namespace, deployment), set()).add(rollout)
+        if not self._watching_deployments and self._tg is not None:
+            self._watching_deployments = True
+            self._tg.start_soon(self._watch, self.types["deployment"], "", self._on_deployment)
 
     def _on_replica_set(self, obj: Body) -> None:
         meta = obj.get("metadata") or {}
@@ -232,10 +265,18 @@ class ClusterRollouts:
             return
         if self.mode == "never":
             return
+        if self.mode == "auto" and not self.ours(ro):
+            return  # a Rollout no app of this daemon deploys: not ours to run
         self.reconciles += 1
         old_status = ro.get("status") or {}
+        workload: Body | None = None
         try:
-            spec = parse(ro)
+            ref = workload_ref(ro)
+            if ref:
+                self._follow_workload(namespace, str(ref["name"]), name)
+                workload = await self.client.get(t["deployment"], namespace, str(ref["name"]))
+                ro = await self._workload_generation(ro, workload)
+            spec = parse(ro, workload=workload)
             ingresses = await self._ingresses(ro, spec)
         except InvalidSpec as e:
             same = [
@@ -294,7 +335,12 @@ class ClusterRollouts:
         plan.status["conditions"] = [
             c for c in plan.status.get("conditions") or [] if c.get("type") != "InvalidSpec"
         ]
+        if workload is not None:
+            generation = (workload.get("metadata") or {}).get("generation")
+            plan.status["workloadObservedGeneration"] = str(generation)
         plan.status["phase"], plan.status["message"] = phase(spec, plan.status, ro)
+        if workload is not None:
+            await self._scale_workload(ro, spec, plan, mine, workload)
         await self._status(ro, old_status, plan.status)
         self.seen[key] = {
             "namespace": namespace,
@@ -348,6 +394,47 @@ class ClusterRollouts:
         elif step.again_after is not None:
             key = (namespace, str(meta.get("name", "")))
             self.mark(key, after=step.again_after)
+
+    # --- workloadRef ------------------------------------------------------------------------
+
+    async def _workload_generation(self, ro: Body, workload: Body | None) -> Body:
+        """Record the Deployment's generation on the Rollout (annotation
+        `rollout.argoproj.io/workload-generation`, which Argo CD's Rollout health compares with
+        status.workloadObservedGeneration); the Rollout as it is after that write."""
+        if workload is None:
+            return ro
+        meta = ro.get("metadata") or {}
+        generation = str((workload.get("metadata") or {}).get("generation", ""))
+        if (meta.get("annotations") or {}).get(WORKLOAD_GENERATION) == generation:
+            return ro
+        patch = {"metadata": {"annotations": {WORKLOAD_GENERATION: generation}}}
+        return await self.client.patch_merge(
+            self.types["rollout"],
+            str(meta.get("namespace", "")),
+            str(meta.get("name", "")),
+            patch,
+            manager=MANAGER,
+        )
+
+    async def _scale_workload(
+        self, ro: Body, spec: RolloutSpec, plan: Plan, sets: list[ReplicaSet], workload: Body
+    ) -> None:
+        """workloadRef scaleDown: onsuccess / progressively."""
+        current = int((workload.get("spec") or {}).get("replicas", 1) or 0)
+        want = workload_scale(spec, plan.status, sets, current)
+        if want is None:
+            return
+        meta = workload.get("metadata") or {}
+        await self.client.patch_merge(
+            self.types["deployment"],
+            str(meta.get("namespace", "")),
+            str(meta.get("name", "")),
+            {"spec": {"replicas": want}},
+            manager=MANAGER,
+        )
+        plan.events.append(
+            ("ScalingDeployment", f"Scaled Deployment {meta.get('name')} from {current} to {want}")
+        )
 
     # --- traffic routing --------------------------------------------------------------------
 
@@ -746,18 +833,36 @@ class Rollouts:
         if ro is None:
             raise KubeNotFound(subject, action, "not found", status=404)
         sets: list[ReplicaSet] = []
+        try:
+            ref = workload_ref(ro) if action == "undo" else {}
+        except InvalidSpec as e:
+            raise KubeError(subject, action, str(e), status=400) from e
+        workload_rt = await client.resource_for("apps/v1", "Deployment", subject="Deployment")
+        current: Body | None = None
+        if ref:
+            deployment = await client.get(workload_rt, namespace, str(ref["name"]))
+            if deployment is None:
+                raise KubeNotFound(f"Deployment/{namespace}/{ref['name']}", action, "not found")
+            current = (deployment.get("spec") or {}).get("template") or {}
         if action == "undo":
             rs_rt = await client.resource_for("apps/v1", "ReplicaSet", subject="ReplicaSet")
             owned, _ = await client.list(rs_rt, namespace, label_selector=HASH_LABEL)
             uid = str((ro.get("metadata") or {}).get("uid", ""))
             sets = [ReplicaSet.of(b) for b in owned if _owned_by(b, uid)]
         try:
-            writes = plan_action(action, ro, sets=sets, to_revision=to_revision)
+            writes = plan_action(
+                action, ro, sets=sets, to_revision=to_revision, current_template=current
+            )
         except ActionError as e:
             raise KubeError(subject, action, str(e), status=400) from e
         if writes.template is not None:
             op = [{"op": "replace", "path": "/spec/template", "value": writes.template}]
-            await client.patch_json(rt, namespace, name, op, manager=USER_MANAGER)
+            if ref:  # the Deployment holds the template; the Rollout follows it
+                await client.patch_json(
+                    workload_rt, namespace, str(ref["name"]), op, manager=USER_MANAGER
+                )
+            else:
+                await client.patch_json(rt, namespace, name, op, manager=USER_MANAGER)
         if writes.spec is not None:
             await client.patch_merge(
                 rt, namespace, name, {"spec": writes.spec}, manager=USER_MANAGER

@@ -916,6 +916,22 @@ def plan_rollout(
     return plan
 
 
+def workload_scale(
+    spec: RolloutSpec, status: Body, sets: Sequence[ReplicaSet], current: int
+) -> int | None:
+    """The replicas for a workloadRef Deployment now at `current` (None: leave it alone).
+    `never` leaves it; `onsuccess` scales it to 0 once the Rollout is Healthy;
+    `progressively` takes from it what the Rollout's current set has available, never adding."""
+    mode = str(spec.workload_ref.get("scaleDown") or "never") if spec.workload_ref else "never"
+    if mode == "onsuccess":
+        return 0 if status.get("phase") == "Healthy" and current != 0 else None
+    if mode == "progressively":
+        new = next((s for s in sets if s.hash == status.get("currentPodHash")), None)
+        want = min(current, max(0, spec.replicas - (new.available if new else 0)))
+        return want if want != current else None
+    return None
+
+
 _RUN_DONE = {"Successful", "Failed", "Error", "Inconclusive"}
 INCONCLUSIVE_PAUSE = "InconclusiveAnalysisRun"
 

@@ -341,23 +341,45 @@ def _blue_green(raw: Body, where: str) -> BlueGreen:
     )
 
 
-def parse(body: Body, *, template: Body | None = None) -> RolloutSpec:
-    """The Rollout's spec; `template` is the pod template of a `workloadRef` Deployment."""
+SCALE_DOWN_MODES = ("never", "onsuccess", "progressively")
+
+
+def workload_ref(body: Body) -> Body:
+    """The Rollout's `workloadRef`, validated (empty when it has none)."""
+    ref = (body.get("spec") or {}).get("workloadRef") or {}
+    if not ref:
+        return {}
+    subject = subject_of(body)
+    if not isinstance(ref, dict) or not ref.get("name"):
+        raise InvalidSpec(f"{subject}: spec.workloadRef.name is required")
+    if ref.get("kind", "Deployment") != "Deployment" or ref.get("apiVersion", "apps/v1") not in (
+        "apps/v1",
+    ):
+        raise InvalidSpec(f"{subject}: spec.workloadRef must be an apps/v1 Deployment")
+    if (ref.get("scaleDown") or "never") not in SCALE_DOWN_MODES:
+        raise InvalidSpec(
+            f"{subject}: spec.workloadRef.scaleDown must be one of {', '.join(SCALE_DOWN_MODES)}"
+        )
+    return dict(ref)
+
+
+def parse(body: Body, *, workload: Body | None = None) -> RolloutSpec:
+    """The Rollout's spec; `workload` is the Deployment its `workloadRef` names (its pod
+    template, and its selector when the Rollout has none)."""
     subject = subject_of(body)
     spec = body.get("spec") or {}
     replicas = spec.get("replicas", 1)
     if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
         raise InvalidSpec(f"{subject}: spec.replicas must be a non-negative integer")
-    workload = spec.get("workloadRef") or {}
-    if workload and spec.get("template"):
+    ref = workload_ref(body)
+    if ref and spec.get("template"):
         raise InvalidSpec(f"{subject}: spec.template and spec.workloadRef are exclusive")
-    pod_template = template if workload else spec.get("template")
+    workload_spec = (workload or {}).get("spec") or {}
+    pod_template = workload_spec.get("template") if ref else spec.get("template")
     if not isinstance(pod_template, dict) or not pod_template:
-        what = (
-            f"Deployment {workload.get('name')!r} of workloadRef" if workload else "spec.template"
-        )
+        what = f"Deployment {ref.get('name')!r} of workloadRef" if ref else "spec.template"
         raise InvalidSpec(f"{subject}: {what} is missing")
-    selector = spec.get("selector") or {}
+    selector = spec.get("selector") or (workload_spec.get("selector") if ref else None) or {}
     match = (selector.get("matchLabels") or {}) if isinstance(selector, dict) else {}
     if not match and not (selector or {}).get("matchExpressions"):
         raise InvalidSpec(f"{subject}: spec.selector: empty selector is invalid for deployment")
@@ -391,7 +413,7 @@ def parse(body: Body, *, template: Body | None = None) -> RolloutSpec:
         paused=bool(spec.get("paused")),
         progress_deadline_seconds=int(spec.get("progressDeadlineSeconds") or 600),
         progress_deadline_abort=bool(spec.get("progressDeadlineAbort")),
-        workload_ref=dict(workload),
+        workload_ref=ref,
         restart_at=str(spec.get("restartAt") or ""),
     )
 

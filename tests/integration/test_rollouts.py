@@ -861,3 +861,116 @@ async def test_restart_replaces_every_pod_a_few_at_a_time(
         assert sets(cluster, namespace) == {stable: 5}
         status = await engine.reconciler.reconcile(app, auto=False)
         assert status["sync"]["status"] == "Synced", "restartAt is not drift"
+
+
+def workload_deployment(image: str) -> str:
+    return f"""apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+        - name: main
+          image: {image}
+"""
+
+
+WORKLOAD_ROLLOUT = """apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  workloadRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: web
+    scaleDown: onsuccess
+  strategy:
+    canary:
+      canaryService: web-canary
+      stableService: web-stable
+      steps:
+        - setWeight: 34
+        - pause: {}
+"""
+
+
+async def test_workload_ref_runs_the_deployments_template_and_scales_it_down(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A Rollout with workloadRef to a Deployment from the same app: its ReplicaSets run the
+    Deployment's pod template, the Deployment is scaled to 0 once the Rollout is Healthy
+    (scaleDown: onsuccess) without the app seeing drift, the Deployment's generation is
+    recorded as Argo CD's health check expects, and a new image in the Deployment runs the
+    canary steps. A Rollout no app of the daemon deploys is left alone."""
+    git_repo.write(
+        {
+            "app/svc.yaml": SERVICES,
+            "app/deploy.yaml": workload_deployment("nginx:1"),
+            "app/ro.yaml": WORKLOAD_ROLLOUT,
+        }
+    )
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("wref", git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        app = cfg.app("wref")
+        await engine.reconciler.reconcile(app)
+        stranger = rollout("nginx:1", STEPS).replace("name: web\n", "name: stranger\n", 1)
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=stranger)
+        st = await until(
+            "the Rollout to take over",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+        )
+        assert sets(cluster, namespace) == {st["stableRS"]: 3}
+        await until(
+            "the Deployment to be scaled to 0",
+            lambda: (get(cluster, namespace, "deployment/web") or {})["spec"]["replicas"] == 0,
+        )
+        deploy = get(cluster, namespace, "deployment/web") or {}
+        ro = get(cluster, namespace, "rollout/web") or {}
+        generation = str(deploy["metadata"]["generation"])
+        assert ro["metadata"]["annotations"]["rollout.argoproj.io/workload-generation"] == (
+            generation
+        )
+        assert (
+            await until(
+                "the generation to be observed",
+                lambda: ro_status(cluster, namespace).get("workloadObservedGeneration"),
+            )
+            == generation
+        )
+        rs = json.loads(cluster.kubectl("get", "rs", "-n", namespace, "-l", HASH, "-o", "json"))
+        (one,) = rs["items"]
+        assert one["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1"
+        status = await engine.reconciler.reconcile(app, auto=False)
+        assert status["sync"]["status"] == "Synced", [
+            r for r in status["resources"] if r.get("status") != "Synced"
+        ]
+
+        git_repo.write({"app/deploy.yaml": workload_deployment("nginx:2")})
+        await engine.reconciler.reconcile(app)
+        paused = await until(
+            "the canary of the new Deployment template",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Paused" and s,
+        )
+        assert sorted(sets(cluster, namespace).values()) == [1, 2]
+        assert (get(cluster, namespace, "deployment/web") or {})["spec"]["replicas"] == 0, (
+            "the sync kept the Deployment at 0"
+        )
+        patch_status(cluster, namespace, '{"status":{"pauseConditions":null}}')
+        await until(
+            "the canary to complete",
+            lambda: ro_status(cluster, namespace).get("stableRS") == paused["currentPodHash"],
+        )
+        assert not ro_status(cluster, namespace, "stranger"), "not ours: never touched"

@@ -671,6 +671,13 @@ def test_undo_puts_the_previous_template_back() -> None:
     assert plan_action("undo", c.ro, sets=sets, to_revision=2).template is None
     with pytest.raises(ActionError, match="no revision 9"):
         plan_action("undo", c.ro, sets=sets, to_revision=9)
+    # workloadRef: the template in force is the Deployment's, compared and replaced there.
+    current = copy.deepcopy(c.ro["spec"]["template"])
+    workload = copy.deepcopy(c.ro)
+    del workload["spec"]["template"]
+    workload["spec"]["workloadRef"] = {"kind": "Deployment", "name": "web"}
+    w = plan_action("undo", workload, sets=sets, current_template=current)
+    assert w.template is not None and w.template["spec"]["containers"][0]["image"] == "web:1"
 
 
 def test_rollout_metrics_use_argo_rollouts_names() -> None:
@@ -742,3 +749,48 @@ def test_restart_action_sets_restart_at() -> None:
 
     writes = plan_action("restart", rollout(), now=T0)
     assert writes.spec == {"restartAt": "2026-12-01T12:00:00Z"}
+
+
+def test_workload_ref_takes_the_deployments_template_and_scales_it_down() -> None:
+    """A workloadRef Rollout runs the Deployment's pod template (and its selector when the
+    Rollout has none); scaleDown never leaves the Deployment, onsuccess scales it to 0 once
+    Healthy, progressively gives up what the Rollout has available and never adds."""
+    from daemon.rollouts.plan import workload_scale
+
+    ro = rollout()
+    del ro["spec"]["template"], ro["spec"]["selector"]
+    ro["spec"]["workloadRef"] = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}
+    deployment = {
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "web:7"}]},
+            },
+        }
+    }
+    with pytest.raises(InvalidSpec, match="Deployment 'web' of workloadRef is missing"):
+        parse(ro)
+    spec = parse(ro, workload=deployment)
+    assert spec.template["spec"]["containers"][0]["image"] == "web:7"
+    assert spec.selector == {"matchLabels": {"app": "web"}}
+    rs = ReplicaSet("web-h", "h", 1, 5, 2, 2, 5, spec.template)
+    healthy = {"phase": "Healthy", "currentPodHash": "h"}
+    progressing = {"phase": "Progressing", "currentPodHash": "h"}
+    assert workload_scale(spec, healthy, [rs], 3) is None, "scaleDown never (the default)"
+    ro["spec"]["workloadRef"]["scaleDown"] = "onsuccess"
+    spec = parse(ro, workload=deployment)
+    assert workload_scale(spec, progressing, [rs], 3) is None
+    assert workload_scale(spec, healthy, [rs], 3) == 0
+    assert workload_scale(spec, healthy, [rs], 0) is None
+    ro["spec"]["workloadRef"]["scaleDown"] = "progressively"
+    spec = parse(ro, workload=deployment)
+    assert workload_scale(spec, progressing, [rs], 5) == 3, "5 wanted, 2 available: 3 left"
+    assert workload_scale(spec, progressing, [rs], 2) is None, "never scaled up"
+    ro["spec"]["workloadRef"]["scaleDown"] = "sometimes"
+    with pytest.raises(InvalidSpec, match="scaleDown must be one of"):
+        parse(ro, workload=deployment)
+    ro["spec"]["workloadRef"] = {"kind": "StatefulSet", "name": "web"}
+    with pytest.raises(InvalidSpec, match="apps/v1 Deployment"):
+        parse(ro, workload=deployment)
