@@ -279,6 +279,7 @@ class Daemon:
         engine.reconciler.child_tasks.on_removed = self._child_removed
         if engine.reconciler.rollouts is not None:
             self.metrics.rollouts.source = engine.reconciler.rollouts.snapshot
+            self.metrics.rollouts.timings = engine.reconciler.rollouts.timings
         self.monitor = ClusterMonitor(
             clusters=engine.clusters,
             metrics=self.metrics,

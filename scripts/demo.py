@@ -212,6 +212,71 @@ def canary_step_through(exporter: Exporter) -> None:
     exporter.success = 1.0
 
 
+def ab_test() -> None:
+    """The seed's A/B test as an nginx-routed canary: the canary Ingress gitopsd makes from
+    webapp-ingress, with the seed's header route and the step's weight."""
+    say(
+        "A/B by header through nginx: the seed's webapp-ingress, and a canary Ingress with "
+        "canary-by-header X-Canary-Test made by gitopsd"
+    )
+    ns, canary_ingress = "demo-ab", "webapp-webapp-ingress-canary"
+
+    def phase() -> str:
+        raw = kubectl("get", "rollout", "webapp", "-n", ns, "-o", "json", check=False)
+        return str((json.loads(raw).get("status") or {}).get("phase", "")) if raw.strip() else ""
+
+    def wait(want: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and phase() != want:
+            time.sleep(0.5)
+
+    def show() -> None:
+        raw = kubectl("get", "ingress", canary_ingress, "-n", ns, "-o", "json", check=False)
+        if not raw.strip():
+            print("  no canary Ingress yet")
+            return
+        ing = json.loads(raw)
+        for key, value in sorted(ing["metadata"]["annotations"].items()):
+            print(f"    {key}: {value}")
+        rule = ing["spec"]["rules"][0]
+        backend = rule["http"]["paths"][0]["backend"]["service"]["name"]
+        print(f"    {rule['host']}/ -> Service {backend}")
+        sets = json.loads(
+            kubectl("get", "rs", "-n", ns, "-l", "rollouts-pod-template-hash", "-o", "json")
+        )["items"]
+        pods = ", ".join(
+            f"{rs['metadata']['labels']['rollouts-pod-template-hash'][:5]}={rs['spec']['replicas']}"
+            for rs in sets
+        )
+        print(f"    pods per ReplicaSet: {pods}")
+
+    wait("Healthy", 90)
+    manifest = DEMO / "work" / "ab-test" / "rollout.yaml"
+    manifest.write_text(manifest.read_text().replace("image: webapp:v1", "image: webapp:v2"))
+    git("commit", "-q", "-am", "ab-test: webapp v2 for the testers")
+    git("push", "-q", str(DEMO / "repo.git"), "HEAD:main")
+    api("/api/v1/applications/ab-test/refresh", method="POST")
+    wait("Paused", 90)
+    print(f"  pushed webapp:v2; the Rollout is {phase()} at setWeight 10. {canary_ingress}:")
+    show()
+    print("  (the stable set keeps its 3 pods: nginx moves requests, not pods)")
+    out = sh(
+        str(VENV_BIN / "gitopsd"),
+        "rollout",
+        "promote",
+        "webapp",
+        "--app",
+        "ab-test",
+        "--server",
+        API,
+    )
+    print(f"  $ gitopsd rollout promote webapp --app ab-test\n    {out.strip()}")
+    wait("Healthy", 90)
+    time.sleep(1)
+    print(f"  v2 is stable; the Rollout is {phase()}; the canary weight is back to 0:")
+    show()
+
+
 def main() -> int:
     if not (ROOT / ".cluster" / "ready").exists():
         say(
@@ -310,6 +375,7 @@ def main() -> int:
             time.sleep(0.3)
 
         canary_step_through(exporter)
+        ab_test()
 
         say("Where to look")
         print(f"  {API}/api/v1/applications      Argo CD-shaped application status")

@@ -256,6 +256,8 @@ def due_metrics(
             due.append(m) if left <= 0 else later(left)
             continue
         last = measurements[-1]
+        if last.get("phase") == RUNNING:
+            continue  # in flight (a Job): resumed, not measured again
         finished = _time(last.get("finishedAt")) or now
         gap = ERROR_RETRY if last.get("phase") == ERROR else (m.interval or 0.0)
         if last.get("phase") != ERROR and m.interval is None:
@@ -282,9 +284,25 @@ def evaluate_result(m: Metric, value: Any) -> tuple[str, str]:
         return ERROR, f"could not evaluate {which}: {e}"
 
 
-def record(result: Body, measurement: Body, *, history: int = HISTORY) -> Body:
-    """The metric's result after one finished measurement (phase in the measurement)."""
+def start(result: Body, measurement: Body, *, history: int = HISTORY) -> Body:
+    """The metric's result with a measurement in flight (phase Running; no counter moves)."""
     r = copy.deepcopy(result)
+    r["measurements"] = [*(r.get("measurements") or []), measurement][-history:]
+    return r
+
+
+def in_flight(result: Body) -> Body | None:
+    """The metric's last measurement if it is still running."""
+    measurements = result.get("measurements") or []
+    return measurements[-1] if measurements and measurements[-1].get("phase") == RUNNING else None
+
+
+def record(result: Body, measurement: Body, *, history: int = HISTORY) -> Body:
+    """The metric's result after one finished measurement (phase in the measurement); it
+    replaces the measurement in flight, if any."""
+    r = copy.deepcopy(result)
+    if in_flight(r) is not None:
+        r["measurements"] = r["measurements"][:-1]
     phase = measurement.get("phase")
     for key in ("count", "successful", "failed", "inconclusive", "error", "consecutiveError"):
         r.setdefault(key, 0)
@@ -305,6 +323,8 @@ def metric_phase(m: Metric, r: Body, *, terminating: bool) -> tuple[str, str]:
     measurements = r.get("measurements") or []
     if not measurements:
         return (SUCCESSFUL, "") if terminating else (PENDING, "")
+    if measurements[-1].get("phase") == RUNNING:
+        return RUNNING, ""
     phase, message = "", ""
     failed, inconclusive = int(r.get("failed") or 0), int(r.get("inconclusive") or 0)
     consecutive = int(r.get("consecutiveError") or 0)
@@ -350,3 +370,62 @@ def run_phase(
     if worst == SUCCESSFUL:
         return SUCCESSFUL, "Run Terminated" if terminate else "", phases
     return worst, f'Metric "{worst_metric.name}" assessed {worst} due to {why}', phases
+
+
+# --- the job provider --------------------------------------------------------------------------
+
+JOB_RUN_UID = "analysisrun.argoproj.io/uid"
+JOB_RUN_NAME = "analysisrun.argoproj.io/name"
+JOB_METRIC_NAME = "analysisrun.argoproj.io/metric-name"
+
+
+def job_for(run: Body, metric: Metric, number: int) -> Body:
+    """The Job of a `job` measurement: Argo Rollouts' name `<run uid>.<metric>.<n>`, its labels
+    and annotations, owned by the AnalysisRun (so it goes with it)."""
+    spec = metric.provider.get("job") or {}
+    meta = run.get("metadata") or {}
+    job_meta = copy.deepcopy(spec.get("metadata") or {})
+    labels = {**(job_meta.get("labels") or {}), JOB_RUN_UID: str(meta.get("uid", ""))}
+    annotations = {
+        **(job_meta.get("annotations") or {}),
+        JOB_RUN_NAME: str(meta.get("name", "")),
+        JOB_METRIC_NAME: metric.name,
+    }
+    if not isinstance(spec.get("spec"), dict):
+        raise AnalysisError(f"metric {metric.name}: job provider has no spec")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"{meta.get('uid')}.{metric.name}.{number}",
+            "namespace": meta.get("namespace"),
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "AnalysisRun",
+                    "name": meta.get("name"),
+                    "uid": meta.get("uid"),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": copy.deepcopy(spec["spec"]),
+    }
+
+
+def job_phase(job: Body | None) -> tuple[str, str]:
+    """A job measurement's phase from its Job: Successful once Complete, Failed once Failed
+    (the Job's own backoffLimit decides that), Running until then; Error when it is gone."""
+    if job is None:
+        return ERROR, "job not found"
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") != "True":
+            continue
+        if c.get("type") == "Complete":
+            return SUCCESSFUL, ""
+        if c.get("type") == "Failed":
+            return FAILED, str(c.get("message") or c.get("reason") or "job failed")
+    return RUNNING, ""

@@ -49,6 +49,7 @@ from daemon.rollouts.spec import (
     parse,
     workload_ref,
 )
+from daemon.rollouts.timings import Timings
 
 log = structlog.get_logger("gitopsd.rollouts")
 MANAGER = "gitopsd-rollouts"
@@ -56,6 +57,7 @@ USER_MANAGER = "gitopsd-rollouts-cli"  # writes asked for by a person (promote, 
 RELIST_AFTER_ERROR = 2.0
 WORKLOAD_GENERATION = "rollout.argoproj.io/workload-generation"
 INVALID_RECHECK = 5.0
+JOB_POLL = 1.0  # seconds between looks at a job measurement's Job
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -143,6 +145,7 @@ class ClusterRollouts:
         self.workloads: dict[tuple[str, str], set[str]] = {}
         self._watching_deployments = False
         self._tg: TaskGroup | None = None
+        self.timings = Timings()
 
     def mark(self, key: tuple[str, str], after: float | None = None) -> None:
         if after is None or after <= 0:
@@ -171,6 +174,7 @@ class ClusterRollouts:
             "ingress": await c.resource_for("networking.k8s.io/v1", "Ingress", subject="Ingress"),
             "pod": await c.resource_for("v1", "Pod", subject="Pod"),
             "deployment": await c.resource_for("apps/v1", "Deployment", subject="Deployment"),
+            "job": await c.resource_for("batch/v1", "Job", subject="Job"),
         }
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -236,11 +240,15 @@ class ClusterRollouts:
                 continue
             key = min(self.dirty)
             self.dirty.discard(key)
+            started = time.monotonic()
             try:
                 await self.reconcile(*key)
             except KubeError as e:
                 log.warning("rollout reconcile failed", rollout=f"{key[0]}/{key[1]}", error=str(e))
+                self.timings.error(("rollout", *key))
                 self.mark(key, after=RELIST_AFTER_ERROR)
+            if key in self.seen:
+                self.timings.observe(("rollout", *key), time.monotonic() - started)
 
     async def reconcile(self, namespace: str, name: str) -> None:
         """One reconcile of one Rollout."""
@@ -250,8 +258,10 @@ class ClusterRollouts:
         if ro is None:
             self.due.pop(key, None)
             self.seen.pop(key, None)
+            self.timings.forget("rollout", *key)
             for run_key in [k for k, v in self.seen_runs.items() if v["rollout"] == key]:
                 del self.seen_runs[run_key]
+                self.timings.forget("analysis_run", *run_key)
             return
         other = foreign_manager(ro)
         if other and self.mode != "always":
@@ -300,7 +310,14 @@ class ClusterRollouts:
         runs = await self._runs(namespace, uid)
         wake = None
         for run in runs:
-            after = await self._measure(run)
+            timed = ("analysis_run", namespace, str((run.get("metadata") or {}).get("name")))
+            started = time.monotonic()
+            try:
+                after = await self._measure(run)
+            except KubeError:
+                self.timings.error(timed)
+                raise
+            self.timings.observe(timed, time.monotonic() - started)
             if after is not None:
                 wake = after if wake is None else min(wake, after)
         plan = plan_rollout(ro, spec, mine, self.now(), runs)
@@ -585,19 +602,26 @@ class ClusterRollouts:
         results = {str(r.get("name")): r for r in status.get("metricResults") or []}
         terminate = bool(spec.get("terminate"))
         due, wait = ([], None) if terminate else an.due_metrics(metrics, results, started, now)
+        jobs_running = await self._jobs(run, metrics, results, terminate=terminate)
         if due:
             secrets = await self._secrets(str(meta.get("namespace", "")), spec)
             measured: dict[str, Body] = {}
 
             async def one(m: an.Metric) -> None:
-                measured[m.name] = await _take(m, secrets, self.now)
+                if "job" in m.provider:
+                    results[m.name] = await self._start_job(run, m, results.get(m.name) or {})
+                else:
+                    measured[m.name] = await _take(m, secrets, self.now)
 
             async with anyio.create_task_group() as tg:
                 for m in due:
                     tg.start_soon(one, m)
             for name, measurement in measured.items():
                 results[name] = an.record(results.get(name) or {"name": name}, measurement)
+            jobs_running = jobs_running or any("job" in m.provider for m in due)
             _, wait = an.due_metrics(metrics, results, started, self.now())
+        if jobs_running:
+            wait = min(wait, JOB_POLL) if wait is not None else JOB_POLL
         phase_, message, phases = an.run_phase(metrics, results, terminate=terminate)
         for m in metrics:
             r = results.setdefault(m.name, {"name": m.name})
@@ -619,6 +643,59 @@ class ClusterRollouts:
         await self._run_status(run, old, status)
         run["status"] = status  # the plan that follows sees this measurement
         return wait if wait is not None else (None if phase_ in an.COMPLETED else 1.0)
+
+    async def _start_job(self, run: Body, m: an.Metric, result: Body) -> Body:
+        """A `job` measurement: create its Job; the measurement runs until the Job ends."""
+        now = self.now()
+        number = int(result.get("count") or 0) + int(result.get("error") or 0) + 1
+        measurement: Body = {"phase": an.RUNNING, "startedAt": an.iso(now)}
+        try:
+            job = an.job_for(run, m, number)
+            try:
+                await self.client.create(self.types["job"], job)
+            except KubeError as e:
+                if e.status != 409:  # made by an earlier reconcile that lost its status write
+                    raise
+        except (an.AnalysisError, KubeError) as e:
+            failed = {**measurement, "phase": an.ERROR, "message": str(e)}
+            failed["finishedAt"] = an.iso(self.now())
+            return an.record(result or {"name": m.name}, failed)
+        measurement["metadata"] = {
+            "job-name": job["metadata"]["name"],
+            "job-namespace": job["metadata"]["namespace"],
+        }
+        return an.start(result or {"name": m.name}, measurement)
+
+    async def _jobs(
+        self, run: Body, metrics: list[an.Metric], results: dict[str, Body], *, terminate: bool
+    ) -> bool:
+        """Resume the run's job measurements in flight: finish those whose Job ended (or stop
+        them when the run is terminated); True while any is still running."""
+        running = False
+        for m in metrics:
+            r = results.get(m.name) or {}
+            current = an.in_flight(r)
+            if current is None or "job" not in m.provider:
+                continue
+            where = current.get("metadata") or {}
+            namespace, name = str(where.get("job-namespace", "")), str(where.get("job-name", ""))
+            if terminate:
+                await self.client.delete(
+                    self.types["job"], namespace, name, propagation="Background"
+                )
+                phase_, message = an.SUCCESSFUL, "Metric Terminated"
+            else:
+                phase_, message = an.job_phase(
+                    await self.client.get(self.types["job"], namespace, name)
+                )
+            if phase_ == an.RUNNING:
+                running = True
+                continue
+            done = {**current, "phase": phase_, "finishedAt": an.iso(self.now())}
+            if message:
+                done["message"] = message
+            results[m.name] = an.record(r, done)
+        return running
 
     async def _run_status(self, run: Body, old: Body, new: Body) -> None:
         patch = merge_patch(old, new)
@@ -815,6 +892,10 @@ class Rollouts:
         rollouts = [r for c in self.controllers.values() for r in c.seen.values()]
         runs = [r for c in self.controllers.values() for r in c.seen_runs.values()]
         return rollouts, runs
+
+    def timings(self) -> list[Timings]:
+        """Every controller's reconcile timings, for the metrics."""
+        return [c.timings for c in self.controllers.values()]
 
     async def act(
         self,

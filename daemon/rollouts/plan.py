@@ -170,7 +170,7 @@ def _current_set(
 
 def _finish(plan: Plan, status: Body, spec: RolloutSpec, ro: Body, now: dt.datetime) -> Plan:
     """The status's conditions and phase, and a prompt requeue while sets are being scaled."""
-    _drop_old_conditions(status)
+    _not_applied_condition(status, spec, now)
     status["phase"], status["message"] = phase(spec, status, ro)
     plan.status = status
     if plan.scale or plan.create:
@@ -563,9 +563,36 @@ def _describe(step: Step) -> str:
     return "analysis"
 
 
-def _drop_old_conditions(status: Body) -> None:
-    """Earlier gitopsd versions reported post-promotion analysis as not run; it runs now."""
-    kept = [c for c in status.get("conditions") or [] if c.get("type") != ANALYSIS_NOT_RUN]
+NOT_APPLIED = "NotApplied"
+
+
+def _not_applied_condition(status: Body, spec: RolloutSpec, now: dt.datetime) -> None:
+    """Name the spec fields this controller accepts but does not act on (condition
+    NotApplied), kept unchanged while they are the same so it causes no status write."""
+    kept = [
+        c
+        for c in status.get("conditions") or []
+        if c.get("type") not in (ANALYSIS_NOT_RUN, NOT_APPLIED)
+    ]
+    if spec.unapplied:
+        message = f"not applied by gitopsd: {', '.join(spec.unapplied)}"
+        same = [
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") == NOT_APPLIED and c.get("message") == message
+        ]
+        kept.append(
+            same[0]
+            if same
+            else {
+                "type": NOT_APPLIED,
+                "status": "True",
+                "reason": "FieldsNotApplied",
+                "message": message,
+                "lastUpdateTime": _iso(now),
+                "lastTransitionTime": _iso(now),
+            }
+        )
     if kept:
         status["conditions"] = kept
     else:

@@ -4,8 +4,9 @@
   list of floats (even with one sample), a scalar a float, a matrix all samples flattened.
 - `web`: an HTTP request whose JSON answer is read at `jsonPath` (`{$.data.ok}`).
 
-Anything else (the `job` provider among them) is a measurement Error that names it, so a run
-never passes a metric it did not measure.
+The `job` provider needs the cluster, so the controller runs it (a Job per measurement). Any
+other provider is a measurement Error that names it, so a run never passes a metric it did not
+measure.
 """
 
 from __future__ import annotations

@@ -147,6 +147,7 @@ class RolloutSpec:
     progress_deadline_abort: bool = False
     workload_ref: Body = field(default_factory=dict)
     restart_at: str = ""  # spec.restartAt, as written
+    unapplied: tuple[str, ...] = ()  # fields accepted but not acted on (reported as a condition)
 
     @property
     def canary(self) -> Canary | None:
@@ -415,7 +416,35 @@ def parse(body: Body, *, workload: Body | None = None) -> RolloutSpec:
         progress_deadline_abort=bool(spec.get("progressDeadlineAbort")),
         workload_ref=ref,
         restart_at=str(spec.get("restartAt") or ""),
+        unapplied=_unapplied(spec, strategy),
     )
+
+
+# Argo Rollouts fields this controller accepts without acting on them. They are named on the
+# Rollout (condition NotApplied) rather than silently dropped.
+_UNAPPLIED_TOP = ("rollbackWindow",)
+_UNAPPLIED_CANARY = (
+    "antiAffinity",
+    "canaryMetadata",
+    "stableMetadata",
+    "pingPong",
+    "dynamicStableScale",
+    "scaleDownDelayRevisionLimit",
+)
+_UNAPPLIED_BLUE_GREEN = (
+    "antiAffinity",
+    "activeMetadata",
+    "previewMetadata",
+    "scaleDownDelayRevisionLimit",
+)
+
+
+def _unapplied(spec: Body, strategy: Body) -> tuple[str, ...]:
+    out = [f"spec.{k}" for k in _UNAPPLIED_TOP if spec.get(k)]
+    for name, fields in (("canary", _UNAPPLIED_CANARY), ("blueGreen", _UNAPPLIED_BLUE_GREEN)):
+        raw = strategy.get(name) or {}
+        out += [f"spec.strategy.{name}.{k}" for k in fields if raw.get(k)]
+    return tuple(out)
 
 
 def template_hash(template: Body, collision_count: int = 0) -> str:

@@ -10,7 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    UnknownMetricFamily,
+)
+
+from daemon.rollouts.timings import RECONCILE_BUCKETS, Timings
 
 
 class AppInfoCollector:
@@ -77,6 +83,7 @@ class RolloutCollector:
 
     def __init__(self) -> None:
         self.source: Callable[[], RolloutRows] = lambda: ([], [])
+        self.timings: Callable[[], list[Timings]] = list
 
     def describe(self) -> list[Any]:
         return []
@@ -119,6 +126,38 @@ class RolloutCollector:
         yield phases
         yield run_info
         yield metric_phase
+        yield from self._timings()
+
+    def _timings(self) -> Any:
+        """rollout_reconcile / analysis_run_reconcile histograms and their _error counts."""
+        tables = self.timings()
+        for kind, what in (("rollout", "rollout"), ("analysis_run", "analysis run")):
+            hist = HistogramMetricFamily(
+                f"{kind}_reconcile",
+                f"{what.capitalize()} reconciliation performance.",
+                labels=["namespace", "name"],
+            )
+            errors = UnknownMetricFamily(
+                f"{kind}_reconcile_error",
+                f"Error occurring during the {what}",
+                labels=["namespace", "name"],
+            )
+            for t in tables:
+                for key, counts in sorted(t.counts.items()):
+                    if key[0] != kind:
+                        continue
+                    buckets = [
+                        (str(le), float(n))
+                        for le, n in zip(RECONCILE_BUCKETS, counts[:-1], strict=True)
+                    ]
+                    hist.add_metric(
+                        [key[1], key[2]], [*buckets, ("+Inf", float(counts[-1]))], t.sums[key]
+                    )
+                for key, n in sorted(t.errors.items()):
+                    if key[0] == kind:
+                        errors.add_metric([key[1], key[2]], float(n))
+            yield hist
+            yield errors
 
 
 class Metrics:

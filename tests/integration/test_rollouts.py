@@ -974,3 +974,93 @@ async def test_workload_ref_runs_the_deployments_template_and_scales_it_down(
             lambda: ro_status(cluster, namespace).get("stableRS") == paused["currentPodHash"],
         )
         assert not ro_status(cluster, namespace, "stranger"), "not ours: never touched"
+
+
+SMOKE_TEMPLATE = """apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata:
+  name: smoke
+spec:
+  args:
+    - name: image
+  metrics:
+    - name: smoke-test
+      provider:
+        job:
+          metadata:
+            labels: {purpose: smoke}
+          spec:
+            backoffLimit: 0
+            template:
+              spec:
+                restartPolicy: Never
+                containers:
+                  - name: smoke
+                    image: "{{args.image}}"
+"""
+
+SMOKE_STEPS = """        - setWeight: 20
+        - analysis:
+            templates:
+              - templateName: smoke
+            args:
+              - name: image
+                value: IMAGE"""
+
+
+async def test_job_provider_passes_on_a_completed_job_and_aborts_on_a_failed_one(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """The `job` provider on the real cluster: an analysis step creates a Job (named
+    `<run uid>.<metric>.1`, owned by the AnalysisRun, the template's labels on it) and the
+    measurement runs until the Job ends; a Job that completes lets the canary go on, one that
+    fails aborts the update back to stable."""
+    git_repo.write(
+        {
+            "app/svc.yaml": SERVICES,
+            "app/at.yaml": SMOKE_TEMPLATE,
+            "app/ro.yaml": rollout("nginx:1", SMOKE_STEPS.replace("IMAGE", "smoke:ok")),
+        }
+    )
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("job", git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        app = cfg.app("job")
+        await engine.reconciler.reconcile(app)
+        first = await until(
+            "first deploy",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+        )
+        git_repo.write(
+            {"app/ro.yaml": rollout("nginx:2", SMOKE_STEPS.replace("IMAGE", "smoke:ok"))}
+        )
+        await engine.reconciler.reconcile(app)
+        done = await until(
+            "the canary to pass its smoke test",
+            lambda: (
+                (s := ro_status(cluster, namespace)).get("stableRS") != first["stableRS"]
+                and s.get("phase") == "Healthy"
+                and s
+            ),
+        )
+        runs = json.loads(cluster.kubectl("get", "analysisrun", "-n", namespace, "-o", "json"))
+        (run,) = runs["items"]
+        assert run["status"]["phase"] == "Successful"
+        (measurement,) = run["status"]["metricResults"][0]["measurements"]
+        job_name = measurement["metadata"]["job-name"]
+        assert job_name == f"{run['metadata']['uid']}.smoke-test.1"
+        job = get(cluster, namespace, f"job/{job_name}") or {}
+        assert job["metadata"]["labels"]["purpose"] == "smoke"
+        assert job["metadata"]["ownerReferences"][0]["kind"] == "AnalysisRun"
+
+        git_repo.write(
+            {"app/ro.yaml": rollout("nginx:3", SMOKE_STEPS.replace("IMAGE", "smoke:fail"))}
+        )
+        await engine.reconciler.reconcile(app)
+        failed = await until(
+            "the failed smoke test to abort",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Degraded" and s,
+        )
+        assert "Step-based analysis phase failed" in failed["message"]
+        assert failed["stableRS"] == done["stableRS"]

@@ -205,3 +205,38 @@ def test_a_run_is_built_from_templates_and_args() -> None:
             infix="1",
             stable_hash="old",
         )
+
+
+def test_job_measurements_run_until_their_job_ends() -> None:
+    """A job measurement is in flight (Running, no counter moved, not due again) until its
+    Job is Complete (Successful) or Failed (Failed, with the Job's message); a missing Job is
+    an Error; the Job is named `<run uid>.<metric>.<n>` and owned by the run."""
+    job_spec = {"template": {"spec": {"containers": [{"name": "t", "image": "t:1"}]}}}
+    m = an.Metric.of(
+        {
+            "name": "smoke",
+            "provider": {"job": {"metadata": {"labels": {"a": "b"}}, "spec": job_spec}},
+        },
+        [],
+    )
+    run = {"metadata": {"name": "r", "namespace": "ns", "uid": "u-1"}}
+    job = an.job_for(run, m, 1)
+    assert job["metadata"]["name"] == "u-1.smoke.1"
+    assert job["metadata"]["labels"] == {"a": "b", an.JOB_RUN_UID: "u-1"}
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "AnalysisRun"
+    assert job["spec"] == job_spec
+
+    t0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    r = an.start({"name": "smoke"}, {"phase": an.RUNNING, "startedAt": an.iso(t0)})
+    assert an.metric_phase(m, r, terminating=False) == (an.RUNNING, "")
+    assert an.due_metrics([m], {"smoke": r}, t0, t0 + dt.timedelta(hours=1))[0] == []
+    assert an.in_flight(r) is not None
+    assert an.job_phase({"status": {"active": 1}}) == (an.RUNNING, "")
+    done = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    assert an.job_phase(done) == (an.SUCCESSFUL, "")
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "boom"}]}}
+    assert an.job_phase(failed) == (an.FAILED, "boom")
+    assert an.job_phase(None) == (an.ERROR, "job not found")
+    finished = an.record(r, {"phase": an.FAILED, "finishedAt": an.iso(t0)})
+    assert len(finished["measurements"]) == 1 and finished["failed"] == 1
+    assert an.metric_phase(m, finished, terminating=False)[0] == an.FAILED

@@ -681,8 +681,9 @@ def test_undo_puts_the_previous_template_back() -> None:
 
 
 def test_rollout_metrics_use_argo_rollouts_names() -> None:
-    """rollout_info / rollout_phase and analysis_run_info / analysis_run_metric_phase, as Argo
-    Rollouts' dashboards expect them."""
+    """rollout_info / rollout_phase, analysis_run_info / analysis_run_metric_phase and the
+    rollout_reconcile / analysis_run_reconcile histograms and error counts, as Argo Rollouts'
+    dashboards expect them."""
     from daemon.status.metrics import Metrics
 
     m = Metrics()
@@ -700,7 +701,19 @@ def test_rollout_metrics_use_argo_rollouts_names() -> None:
         "metrics": [("success-rate", "prometheus", "Running")],
     }
     m.rollouts.source = lambda: ([row], [run])
+    from daemon.rollouts.timings import Timings
+
+    t = Timings()
+    t.observe(("rollout", "ns", "web"), 0.2)
+    t.observe(("rollout", "ns", "web"), 3.0)
+    t.error(("analysis_run", "ns", "web-abc-2"))
+    m.rollouts.timings = lambda: [t]
     text = m.render().decode()
+    assert 'rollout_reconcile_bucket{le="0.15",name="web",namespace="ns"} 0.0' in text
+    assert 'rollout_reconcile_bucket{le="0.25",name="web",namespace="ns"} 1.0' in text
+    assert 'rollout_reconcile_bucket{le="+Inf",name="web",namespace="ns"} 2.0' in text
+    assert 'rollout_reconcile_sum{name="web",namespace="ns"} 3.2' in text
+    assert 'analysis_run_reconcile_error{name="web-abc-2",namespace="ns"} 1.0' in text
     assert (
         'rollout_info{name="web",namespace="ns",phase="Paused",strategy="canary",'
         'traffic_router=""} 1.0' in text
@@ -794,3 +807,20 @@ def test_workload_ref_takes_the_deployments_template_and_scales_it_down() -> Non
     ro["spec"]["workloadRef"] = {"kind": "StatefulSet", "name": "web"}
     with pytest.raises(InvalidSpec, match="apps/v1 Deployment"):
         parse(ro, workload=deployment)
+
+
+def test_fields_accepted_but_not_applied_are_named_on_the_rollout() -> None:
+    """antiAffinity and the like are not silently dropped: a NotApplied condition names them,
+    unchanged from one reconcile to the next, and gone when the fields are."""
+    c = Cluster(rollout(antiAffinity={"requiredDuringSchedulingIgnoredDuringExecution": {}}))
+    c.run()
+    (cond,) = [x for x in c.ro["status"]["conditions"] if x["type"] == "NotApplied"]
+    assert "spec.strategy.canary.antiAffinity" in cond["message"]
+    assert c.ro["status"]["phase"] == "Healthy"
+    before = copy.deepcopy(c.ro["status"])
+    c.now += dt.timedelta(minutes=5)
+    c.step()
+    assert c.ro["status"] == before
+    del c.ro["spec"]["strategy"]["canary"]["antiAffinity"]
+    c.step()
+    assert "conditions" not in c.ro["status"]
