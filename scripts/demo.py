@@ -165,13 +165,38 @@ def follow(start: float, until: str, deadline: float, promote: bool) -> None:
             print(f"  +{time.monotonic() - start:5.1f}s  {line}")
             last = line
         if promote and phase == "Paused" and not promoted:
-            print("           the first pause waits for a person: gitopsd rollout promote webapp")
-            out = sh(str(VENV_BIN / "gitopsd"), "rollout", "promote", "webapp", "--server", API)
+            print(
+                "           the first pause waits for a person: "
+                "gitopsd rollout promote webapp --app canary"
+            )
+            out = sh(
+                str(VENV_BIN / "gitopsd"),
+                "rollout",
+                "promote",
+                "webapp",
+                "--app",
+                "canary",
+                "--server",
+                API,
+            )
             print(f"           {out.strip()}")
             promoted = True
         if phase == until and (promoted or not promote):
             return
         time.sleep(0.3)
+
+
+def app_health(app: str, expected: str, seconds: float = 15) -> str:
+    """The app's health once it is `expected` (the daemon refreshes it from the Rollout's
+    status change, a moment after it), or whatever it is when time runs out."""
+    deadline = time.monotonic() + seconds
+    health = ""
+    while time.monotonic() < deadline:
+        health = api(f"/api/v1/applications/{app}")["status"]["health"]["status"]
+        if health == expected:
+            break
+        time.sleep(0.3)
+    return health
 
 
 def canary_step_through(exporter: Exporter) -> None:
@@ -192,7 +217,7 @@ def canary_step_through(exporter: Exporter) -> None:
     api("/api/v1/applications/canary/refresh", method="POST")
     print("  pushed webapp:v2; following the Rollout (kubectl get rollout works too):")
     follow(time.monotonic(), "Healthy", time.monotonic() + 180, promote=True)
-    health = api("/api/v1/applications/canary")["status"]["health"]["status"]
+    health = app_health("canary", "Healthy")
     print(f"  the canary is the new stable; app canary is {health}")
 
     say("A bad version: webapp's success rate drops to 50% and v3 is pushed")
@@ -205,9 +230,19 @@ def canary_step_through(exporter: Exporter) -> None:
     follow(time.monotonic(), "Degraded", time.monotonic() + 120, promote=False)
     time.sleep(3)
     print(f"  {rollout_line()[1]}")
-    out = sh(str(VENV_BIN / "gitopsd"), "rollout", "get", "webapp", "--server", API, check=False)
+    out = sh(
+        str(VENV_BIN / "gitopsd"),
+        "rollout",
+        "get",
+        "webapp",
+        "--app",
+        "canary",
+        "--server",
+        API,
+        check=False,
+    )
     print("\n".join("    " + line for line in out.splitlines()))
-    health = api("/api/v1/applications/canary")["status"]["health"]["status"]
+    health = app_health("canary", "Degraded")
     print(f"  the analysis aborted v3: all traffic is back on v2; app canary is {health}")
     exporter.success = 1.0
 
