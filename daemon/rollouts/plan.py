@@ -171,11 +171,108 @@ def _current_set(
 def _finish(plan: Plan, status: Body, spec: RolloutSpec, ro: Body, now: dt.datetime) -> Plan:
     """The status's conditions and phase, and a prompt requeue while sets are being scaled."""
     _not_applied_condition(status, spec, now)
-    status["phase"], status["message"] = phase(spec, status, ro)
-    plan.status = status
     if plan.scale or plan.create:
         plan.requeue_after = plan.requeue_after if plan.requeue_after is not None else 1.0
+    _progress_deadline(plan, status, spec, ro, now)
+    status["phase"], status["message"] = phase(spec, status, ro)
+    plan.status = status
     return plan
+
+
+_PROGRESS_FIELDS = (
+    "currentPodHash",
+    "currentStepIndex",
+    "updatedReplicas",
+    "readyReplicas",
+    "availableReplicas",
+    "stableRS",
+)
+
+
+def _progress_deadline(
+    plan: Plan, status: Body, spec: RolloutSpec, ro: Body, now: dt.datetime
+) -> None:
+    """The Progressing condition and progressDeadlineSeconds, as Argo Rollouts keeps them: an
+    update that makes no progress (no new step, no pod added, updated, ready or available, no
+    set scaled) for that long is ProgressDeadlineExceeded, so Degraded, and aborted with
+    progressDeadlineAbort. Time spent paused or waiting for an analysis step does not count.
+    The condition changes only when its reason does or progress is made, so a settled
+    Rollout writes nothing."""
+    if status.get("abort"):
+        return  # the RolloutAborted condition is the Progressing condition now
+    old: Body = ro.get("status") or {}
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") == "Progressing"]
+    current = conditions[-1] if conditions else None
+    others = [c for c in status.get("conditions") or [] if c.get("type") != "Progressing"]
+    moved = bool(plan.scale or plan.create) or any(
+        old.get(k) != status.get(k) for k in _PROGRESS_FIELDS
+    )
+    updating = status.get("stableRS") != status.get("currentPodHash")
+    waiting = bool(spec.paused or status.get("pauseConditions")) or _waiting_on_analysis(
+        spec, status
+    )
+    if not updating:
+        reason, message, ok = "NewReplicaSetAvailable", "Rollout has completed its update", True
+    elif waiting:
+        reason, message, ok = "RolloutPaused", "Rollout is paused", True
+    else:
+        name = f"{(ro.get('metadata') or {}).get('name')}-{status.get('currentPodHash')}"
+        reason, message, ok = "ReplicaSetUpdated", f'ReplicaSet "{name}" is progressing.', True
+        since = _parse_time((current or {}).get("lastUpdateTime")) or now
+        if current is not None and current.get("reason") == "ProgressDeadlineExceeded":
+            if not moved:
+                status["conditions"] = [*others, current]
+                return
+        elif current is not None and current.get("reason") == reason and not moved:
+            left = spec.progress_deadline_seconds - (now - since).total_seconds()
+            if left > 0:
+                plan.requeue_after = min(
+                    left, plan.requeue_after if plan.requeue_after is not None else left
+                )
+                return
+            reason, ok = "ProgressDeadlineExceeded", False
+            message = f'ReplicaSet "{name}" has timed out progressing.'
+            if spec.progress_deadline_abort:
+                _abort(status, message, now)
+                plan.events.append(("RolloutAborted", message))
+                return
+    if current is not None and current.get("reason") == reason and not (moved and updating):
+        return
+    transition = (
+        current.get("lastTransitionTime")
+        if current is not None and (current.get("status") == "True") == ok
+        else None
+    )
+    status["conditions"] = [
+        *others,
+        {
+            "type": "Progressing",
+            "status": "True" if ok else "False",
+            "reason": reason,
+            "message": message,
+            "lastUpdateTime": _iso(now),
+            "lastTransitionTime": transition or _iso(now),
+        },
+    ]
+    if ok and updating and not waiting:
+        left = float(spec.progress_deadline_seconds)
+        plan.requeue_after = min(
+            left, plan.requeue_after if plan.requeue_after is not None else left
+        )
+    if not ok:
+        plan.events.append(("ProgressDeadlineExceeded", message))
+
+
+def _waiting_on_analysis(spec: RolloutSpec, status: Body) -> bool:
+    """The update waits for an analysis (a canary's analysis step, a blue-green's pre- or
+    post-promotion analysis), which may take longer than the progress deadline."""
+    canary, bg = spec.canary, spec.blue_green
+    if canary is not None:
+        index = int(status.get("currentStepIndex") or 0)
+        return index < len(canary.steps) and isinstance(canary.steps[index], AnalysisStep)
+    if bg is not None:
+        return bg.pre_promotion is not None or bg.post_promotion is not None
+    return False
 
 
 def current_weight(steps: tuple[Step, ...], index: int, max_weight: int) -> int:

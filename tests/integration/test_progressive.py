@@ -178,3 +178,109 @@ async def test_seed_canary_with_prometheus_analysis(
         )
         status = await engine.reconciler.reconcile(app, auto=False)
         assert status["health"]["status"] == "Degraded"
+
+
+def blue_green_rollout(image: str) -> str:
+    """The seed's blue-green idea (webapp-active switched from blue to green) as a Rollout:
+    the new version behind the preview Service, the success-rate analysis before the switch."""
+    return f"""apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata:
+  name: webapp
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: webapp
+  template:
+    metadata:
+      labels:
+        app: webapp
+    spec:
+      containers:
+        - name: webapp
+          image: {image}
+  strategy:
+    blueGreen:
+      activeService: web-stable
+      previewService: web-canary
+      scaleDownDelaySeconds: 2
+      prePromotionAnalysis:
+        templates:
+          - templateName: success-rate
+        args:
+          - name: service-name
+            value: webapp
+"""
+
+
+async def test_blue_green_pre_promotion_analysis_with_prometheus(
+    cluster: Cluster,
+    namespace: str,
+    git_repo: GitRepo,
+    tmp_path: Path,
+    prometheus: tuple[str, Exporter],
+) -> None:
+    """Blue-green with a real Prometheus: the preview Service gets the new version, the
+    pre-promotion analysis passes and the active Service switches; with a 50% success rate
+    the analysis fails, the update is aborted and active stays on the old version."""
+    from tests.integration.test_rollouts import selector
+
+    url, exporter = prometheus
+    services = SERVICES.replace("app: web}", "app: webapp}")
+    git_repo.write(
+        {
+            "app/svc.yaml": services,
+            "app/template.yaml": seed_template(url),
+            "app/rollout.yaml": blue_green_rollout("webapp:blue"),
+        }
+    )
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("bg", git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        app = cfg.app("bg")
+        await engine.reconciler.reconcile(app)
+        blue = (
+            await until(
+                "first deploy",
+                lambda: (
+                    (s := ro_status(cluster, namespace, "webapp")).get("phase") == "Healthy" and s
+                ),
+            )
+        )["stableRS"]
+        git_repo.write({"app/rollout.yaml": blue_green_rollout("webapp:green")})
+        await engine.reconciler.reconcile(app)
+        st = await until(
+            "the preview to come up",
+            lambda: (
+                (s := ro_status(cluster, namespace, "webapp")).get("currentPodHash") != blue
+                and selector(cluster, namespace, "web-canary") == s.get("currentPodHash")
+                and s
+            ),
+        )
+        green = st["currentPodHash"]
+        assert selector(cluster, namespace, "web-stable") == blue, "active waits for analysis"
+        await until(
+            "the analysis to pass and active to switch",
+            lambda: selector(cluster, namespace, "web-stable") == green,
+            timeout=120,
+        )
+        (run,) = json.loads(cluster.kubectl("get", "analysisrun", "-n", namespace, "-o", "json"))[
+            "items"
+        ]
+        assert run["metadata"]["labels"]["rollout-type"] == "PrePromotion"
+        assert run["status"]["phase"] == "Successful"
+
+        exporter.success = 0.5
+        await anyio.sleep(5)
+        git_repo.write({"app/rollout.yaml": blue_green_rollout("webapp:bad")})
+        await engine.reconciler.reconcile(app)
+        failed = await until(
+            "the failing analysis to abort",
+            lambda: (s := ro_status(cluster, namespace, "webapp")).get("phase") == "Degraded" and s,
+            timeout=120,
+        )
+        assert "PrePromotion analysis phase failed" in failed["message"]
+        assert selector(cluster, namespace, "web-stable") == green, "active stays on green"
+        assert failed["stableRS"] == green

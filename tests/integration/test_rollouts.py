@@ -1064,3 +1064,50 @@ async def test_job_provider_passes_on_a_completed_job_and_aborts_on_a_failed_one
         )
         assert "Step-based analysis phase failed" in failed["message"]
         assert failed["stableRS"] == done["stableRS"]
+
+
+async def test_a_crashlooping_canary_times_out_and_is_aborted(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A canary image that crash-loops (the node simulator's `:crashloop`) never becomes
+    available: the Rollout stays at its first step, then exceeds progressDeadlineSeconds and,
+    with progressDeadlineAbort, is aborted back to the stable pods; the app is Degraded."""
+
+    def stuck(image: str) -> str:
+        return rollout(image, STEPS).replace(
+            "  replicas: 5\n",
+            "  replicas: 5\n  progressDeadlineSeconds: 6\n  progressDeadlineAbort: true\n",
+        )
+
+    git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": stuck("nginx:1")})
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application("stuck", git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        app = cfg.app("stuck")
+        await engine.reconciler.reconcile(app)
+        stable = (
+            await until(
+                "first deploy",
+                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+            )
+        )["stableRS"]
+        git_repo.write({"app/ro.yaml": stuck("nginx:crashloop")})
+        await engine.reconciler.reconcile(app)
+        aborted = await until(
+            "the deadline to abort the update",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Degraded" and s,
+            timeout=60,
+        )
+        assert "timed out progressing" in aborted["message"]
+        assert aborted["currentStepIndex"] == 0
+        await until(
+            "back to 100% stable",
+            lambda: (
+                sets(cluster, namespace).get(stable) == 5
+                and sum(sets(cluster, namespace).values()) == 5
+            ),
+        )
+        assert selector(cluster, namespace, "web-canary") == stable
+        status = await engine.reconciler.reconcile(app, auto=False)
+        assert status["health"]["status"] == "Degraded"

@@ -823,4 +823,55 @@ def test_fields_accepted_but_not_applied_are_named_on_the_rollout() -> None:
     assert c.ro["status"] == before
     del c.ro["spec"]["strategy"]["canary"]["antiAffinity"]
     c.step()
-    assert "conditions" not in c.ro["status"]
+    assert [x["type"] for x in c.ro["status"]["conditions"]] == ["Progressing"]
+
+
+def test_progress_deadline_degrades_a_stuck_update_and_can_abort_it() -> None:
+    """A canary whose pods never become available makes no progress: after
+    progressDeadlineSeconds its Progressing condition is ProgressDeadlineExceeded and the phase
+    Degraded (with progressDeadlineAbort, the update is aborted back to stable); time spent in
+    a pause does not count."""
+    for abort in (False, True):
+        ro = rollout()
+        ro["spec"]["progressDeadlineSeconds"] = 60
+        ro["spec"]["progressDeadlineAbort"] = abort
+        c = Cluster(ro)
+        c.run()
+        stable = c.ro["status"]["stableRS"]
+        (cond,) = c.ro["status"]["conditions"]
+        assert (cond["reason"], cond["status"]) == ("NewReplicaSetAvailable", "True")
+        c.update_image("web:crashloop")
+        c.step()
+        new = c.ro["status"]["currentPodHash"]
+        c.stuck = {n for n, rs in c.sets.items() if rs["metadata"]["labels"][HASH_LABEL] == new}
+        c.settle_pods()
+        c.run()
+        assert c.ro["status"]["phase"] == "Progressing"
+        c.now += dt.timedelta(seconds=30)
+        assert c.step() == pytest.approx(30), "woken when the deadline falls"
+        c.now += dt.timedelta(seconds=31)
+        c.run()
+        st = c.ro["status"]
+        assert st["phase"] == "Degraded", st
+        if abort:
+            assert st["abort"] and "timed out progressing" in st["message"]
+            c.run()
+            assert c.counts() == {stable[:4]: 5, new[:4]: 0}
+        else:
+            assert "ProgressDeadlineExceeded" in st["message"]
+            c.stuck = set()
+            c.settle_pods()
+            c.run()
+            assert c.ro["status"]["phase"] == "Paused", "progress again clears it"
+
+    c = Cluster(rollout(steps=[{"setWeight": 20}, {"pause": {}}]))
+    c.ro["spec"]["progressDeadlineSeconds"] = 60
+    c.run()
+    c.update_image("web:2")
+    c.run()
+    c.now += dt.timedelta(hours=2)
+    c.run()
+    assert c.ro["status"]["phase"] == "Paused", "a pause is not a lack of progress"
+    c.ro["status"].pop("pauseConditions")
+    c.run()
+    assert c.ro["status"]["phase"] == "Healthy"
