@@ -27,6 +27,7 @@ from daemon.model import Body, ResourceKey, ResourceType
 from daemon.settings import IN_CLUSTER_NAME, IN_CLUSTER_SERVER, ClusterConfig
 
 FIELD_MANAGER = "gitopsd"
+UNGATED = "gitopsd-ungated"  # a params key: this write is the fence's own (a Lease renewal)
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
 _JSON_PATCH = "application/json-patch+json"
@@ -140,6 +141,9 @@ class KubeClient:
         self.listeners: list[Callable[[str, str, int], None]] = []  # (verb, kind, status)
         self.server_version = ""
         self.reachability = Reachability()
+        # Called before every write that is not a dry run; raises to refuse it. Several replicas
+        # sharing apps (daemon.ha) fence a member whose Lease lapsed this way.
+        self.write_gate: Callable[[str, str], None] | None = None
 
     # --- construction -----------------------------------------------------------------------
 
@@ -217,6 +221,15 @@ class KubeClient:
         ok404: bool = False,
     ) -> Response | None:
         url = self.server + path
+        if (
+            self.write_gate is not None
+            and method != "GET"
+            and not (params or {}).get("dryRun")
+            and not (params or {}).get(UNGATED)
+        ):
+            self.write_gate(subject, verb)
+        if params and UNGATED in params:
+            params = {k: v for k, v in params.items() if k != UNGATED}
         refresh = False
         for attempt in range(3):
             await self.limiter.acquire()
@@ -508,11 +521,20 @@ class KubeClient:
         return params
 
     async def create(
-        self, rt: ResourceType, body: Body, *, dry_run: bool = False, validate: bool = True
+        self,
+        rt: ResourceType,
+        body: Body,
+        *,
+        dry_run: bool = False,
+        validate: bool = True,
+        ungated: bool = False,
     ) -> Body:
-        """Create `body` (Replace=true on a new object; Validate=false drops unknown fields)."""
+        """Create `body` (Replace=true on a new object; Validate=false drops unknown fields).
+        `ungated`: not subject to `write_gate` (the fence's own Leases)."""
         ns = str(body.get("metadata", {}).get("namespace") or "")
         params = self._write_params(dry_run)
+        if ungated:
+            params[UNGATED] = "1"
         if not validate:
             params["fieldValidation"] = "Ignore"
         # POST goes to the collection (no name in the path).
@@ -527,9 +549,15 @@ class KubeClient:
             params=params,
         )
 
-    async def replace(self, rt: ResourceType, body: Body, *, dry_run: bool = False) -> Body:
-        """PUT `body` over the live object (Replace=true)."""
+    async def replace(
+        self, rt: ResourceType, body: Body, *, dry_run: bool = False, ungated: bool = False
+    ) -> Body:
+        """PUT `body` over the live object (Replace=true); with `metadata.resourceVersion` set
+        it is a compare-and-swap (409 when the object changed since)."""
         meta = body.get("metadata", {})
+        params = self._write_params(dry_run)
+        if ungated:
+            params[UNGATED] = "1"
         return await self._send(
             "PUT",
             rt,
@@ -538,7 +566,7 @@ class KubeClient:
             body,
             verb="replace",
             content_type="application/json",
-            params=self._write_params(dry_run),
+            params=params,
         )
 
     async def write_unvalidated(
@@ -622,21 +650,28 @@ class KubeClient:
         *,
         propagation: str = "Foreground",
         uid: str = "",
+        resource_version: str = "",
+        ungated: bool = False,
     ) -> bool:
-        """Delete an object; False when it was already gone."""
+        """Delete an object; False when it was already gone. `uid` / `resource_version` make
+        it conditional (409 when the object is another one, or changed)."""
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "DeleteOptions",
             "propagationPolicy": propagation,
         }
-        if uid:
-            body["preconditions"] = {"uid": uid}
+        preconditions = {"uid": uid} if uid else {}
+        if resource_version:
+            preconditions["resourceVersion"] = resource_version
+        if preconditions:
+            body["preconditions"] = preconditions
         r = await self._request(
             "DELETE",
             rt.path(namespace, name),
             subject=str(ResourceKey(rt.group, rt.kind, namespace, name)),
             verb="delete",
             kind=rt.kind,
+            params={UNGATED: "1"} if ungated else None,
             content=json.dumps(body).encode(),
             content_type="application/json",
             ok404=True,
@@ -701,6 +736,13 @@ class Clusters:
         self.configs = list(configs)
         self._clients: dict[str, KubeClient] = {}
         self._lock = anyio.Lock()
+        self._write_gate: Callable[[str, str], None] | None = None
+
+    def fence(self, gate: Callable[[str, str], None] | None) -> None:
+        """Put `gate` before every write of every client, present and future."""
+        self._write_gate = gate
+        for c in self._clients.values():
+            c.write_gate = gate
 
     def lookup(self, *, server: str, name: str) -> ClusterConfig:
         """The cluster an Application's destination names (server or name)."""
@@ -741,6 +783,7 @@ class Clusters:
             else:
                 client = await KubeClient.from_kubeconfig(name=cluster.name, path=None)
             client.limiter = RateLimiter(cluster.qps, cluster.burst)
+            client.write_gate = self._write_gate
             self._clients[cluster.name] = client
             return client
 

@@ -102,6 +102,8 @@ class Reconciler:
         self.heal_retry_in = self.backoff.retry_in  # app -> seconds until self-heal may run
         self.children = ChildRegistry()
         self.generated: dict[str, str] = {}  # ApplicationSet-generated app -> its set
+        # With several replicas (daemon.ha): whether this one owns the app now.
+        self.owns: Callable[[str], bool] = lambda app: True
         # Argo Rollouts kinds in an app: CRDs installed and a controller run (set by Engine).
         self.rollouts: Rollouts | None = None
         self._restored: set[str] = set()
@@ -292,7 +294,7 @@ class Reconciler:
             return False
         names = {a.instance_name for a in self.config.applications}
         names |= set(self.generated) | set(self.children.apps)
-        return owner in names
+        return owner in names and self.owns(owner)
 
     async def checked_desired(
         self,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -37,6 +37,9 @@ from daemon.reconciler import system_rules
 from daemon.settings import Application, Config, Retry
 from daemon.stages import Comparison, Desired, SyncRequest
 from daemon.status.metrics import Metrics
+
+if TYPE_CHECKING:
+    from daemon.ha.membership import Membership
 
 log = structlog.get_logger("gitopsd.runner")
 SHUTDOWN_GRACE = 60.0
@@ -280,6 +283,9 @@ class Daemon:
         if engine.reconciler.rollouts is not None:
             self.metrics.rollouts.source = engine.reconciler.rollouts.snapshot
             self.metrics.rollouts.timings = engine.reconciler.rollouts.timings
+        self.membership: Membership | None = None  # several replicas (settings.sharding)
+        self.assignment: dict[str, str] = {}  # app -> member id
+        self._claimed_instances: set[str] = set()
         self.monitor = ClusterMonitor(
             clusters=engine.clusters,
             metrics=self.metrics,
@@ -314,8 +320,11 @@ class Daemon:
             self.watches.tg = tg
             tg.start_soon(self._signals, tg)
             await tg.start(serve_api, self)
+            if self.config.settings.sharding_enabled:
+                await self._join(tg)
             for app in self.config.applications:
                 self._start_worker(app)
+            self._reshard()
             tg.start_soon(self._appset_loop)
             tg.start_soon(self._config_watcher)
             tg.start_soon(self._heartbeat)
@@ -341,6 +350,9 @@ class Daemon:
                 log.warning("shutdown grace over; cancelling a running sync")
                 scope.shield = False
                 scope.cancel()
+            if self.membership is not None:
+                with anyio.move_on_after(10, shield=True):
+                    await self.membership.leave()
             tg.cancel_scope.cancel()
         log.info("gitopsd stopped")
 
@@ -418,6 +430,8 @@ class Daemon:
                     if worker.stopped or self.stopping.is_set():
                         break
                     worker.wake = anyio.Event()
+                    if not await self._owned(worker):
+                        continue  # another replica reconciles it (a pending sync waits here)
                     sync, worker.pending = worker.pending, None
                     reason, worker.reason = worker.reason or "interval", ""
                     try:
@@ -500,6 +514,124 @@ class Daemon:
                 self.watches.update(cluster.name, client, worker)
         except GitopsdError:
             pass
+
+    # --- several replicas (settings.sharding) -------------------------------------------------
+
+    async def _join(self, tg: TaskGroup) -> None:
+        """Become a member: hold our Lease on the control cluster, fence every client's writes
+        on it, and follow membership changes."""
+        from daemon.ha.membership import Membership
+
+        s = self.config.settings
+        clusters = self.engine.clusters
+        if s.sharding_cluster:
+            control = clusters.lookup(server="", name=s.sharding_cluster)
+        elif clusters.configs:
+            control = clusters.configs[0]
+        else:
+            control = clusters.lookup(server=settings_mod.IN_CLUSTER_SERVER, name="")
+        client = await clusters.client(control)
+        member = s.sharding_member_id or os.environ.get("POD_NAME") or socket.gethostname()
+        m = Membership(
+            client,
+            namespace=s.sharding_namespace or s.inventory_namespace,
+            member_id=member,
+            lease_duration=s.sharding_lease_duration,
+            renew_interval=s.sharding_renew_interval,
+            algorithm=s.sharding_algorithm,
+        )
+        m.on_change = self._reshard
+        m.on_lost = self._reshard
+        self.membership = m
+        clusters.fence(m.check)
+        self.engine.reconciler.owns = lambda instance: instance in self._claimed_instances
+        tg.start_soon(m.run)
+        log.info("joining the members", member=member, cluster=control.name)
+        await m.joined.wait()
+        await m.observe()
+
+    def _reshard(self) -> None:
+        """Recompute which member owns which app; wake the apps that moved (gained ones
+        reconcile, lost ones release their claim once idle)."""
+        from daemon.ha import shard
+
+        m = self.membership
+        if m is None:
+            return
+        refs = [
+            shard.AppRef(
+                w.app.name,
+                w.app.destination.name or w.app.destination.server,
+                str(dict(w.app.annotations).get(shard.PIN_ANNOTATION, "")),
+            )
+            for w in self.workers.values()
+        ]
+        before, self.assignment = self.assignment, m.assigned(refs)
+        mine = sum(1 for owner in self.assignment.values() if owner == m.member_id)
+        self.metrics.shard_apps.set(mine)
+        self.metrics.shard_members.set(len(m.live))
+        for name in shard.moved(before, self.assignment):
+            worker = self.workers.get(name)
+            if worker is not None and before:
+                worker.trigger("shard owner changed")
+
+    async def _owned(self, worker: AppWorker) -> bool:
+        """Whether this replica may reconcile the app now: always without sharding; with it,
+        when the app is assigned here and its Lease is claimed. An app assigned elsewhere
+        releases its claim (after the reconcile that held it)."""
+        m = self.membership
+        if m is None:
+            return True
+        app = worker.app
+        try:
+            if self.assignment.get(app.name) != m.member_id:
+                if app.name in m.claims:
+                    await m.release(app.name)
+                    log.info("handed over", app=app.name, to=self.assignment.get(app.name))
+                self._claimed_instances.discard(app.instance_name)
+                return False
+            if await m.claim(app.name):
+                self._claimed_instances.add(app.instance_name)
+                return True
+        except KubeError as e:
+            log.warning("claiming the app failed", app=app.name, error=str(e))
+        self._claimed_instances.discard(app.instance_name)
+        # Still held by its previous owner (finishing a reconcile): ask again shortly.
+        assert self.tg is not None
+
+        async def again() -> None:
+            await anyio.sleep(m.interval)
+            if not worker.stopped:
+                worker.trigger(worker.reason or "waiting for the previous owner")
+
+        self.tg.start_soon(again)
+        return False
+
+    def owner_of(self, name: str) -> str:
+        """The member that reconciles app `name` if not this one ("" when it is this one, or
+        without sharding)."""
+        m = self.membership
+        if m is None:
+            return ""
+        owner = self.assignment.get(name, "")
+        return "" if owner == m.member_id else owner
+
+    def sharding(self) -> dict[str, Any]:
+        """This replica's view of the members, for the API."""
+        m = self.membership
+        if m is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "member": m.member_id,
+            "incarnation": m.incarnation,
+            "leader": m.leader,
+            "canWrite": m.may_write(),
+            "members": sorted(m.live),
+            "algorithm": m.algorithm,
+            "owned": sorted(a for a, owner in self.assignment.items() if owner == m.member_id),
+            "claimed": sorted(m.claims),
+        }
 
     def _maybe_retry(
         self, worker: AppWorker, status: dict[str, Any], sync: SyncRequest | None
@@ -745,12 +877,24 @@ class Daemon:
             self.tg.start_soon(self._delete_app_resources, app, worker)
 
     async def _delete_app_resources(self, app: Application, worker: AppWorker) -> None:
-        """Cascade delete with retries (backoff up to 5 minutes); never crashes the daemon."""
+        """Cascade delete with retries (backoff up to 5 minutes); never crashes the daemon.
+        With several replicas only the leader deletes, once it holds the app's Lease (its last
+        owner released it or is dead), so the deletion happens once."""
         await worker.done.wait()
         delay = 5.0
         for attempt in range(1, 11):
+            m = self.membership
             try:
+                if m is not None and not m.leader:
+                    log.info("removed app left to the leader", app=app.name)
+                    return
+                if m is not None and not await m.claim(app.name):
+                    log.info("removed app still held by its owner; waiting", app=app.name)
+                    await anyio.sleep(m.interval)
+                    continue
                 await self.engine.reconciler.delete_app(app)
+                if m is not None:
+                    await m.release(app.name)
                 return
             except Exception as e:
                 log.error(
@@ -825,7 +969,7 @@ class Daemon:
 
     def request(self, name: str, sync: SyncRequest | None, reason: str) -> bool:
         worker = self.workers.get(name)
-        if worker is None:
+        if worker is None or (sync is not None and self.owner_of(name)):
             return False
         worker.trigger(reason, sync)
         return True

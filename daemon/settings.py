@@ -188,6 +188,14 @@ class Settings:
     # (always) or for none (never).
     rollouts_install_crds: bool = True
     rollouts_controller: str = "auto"
+    # Several replicas sharing the apps through Leases (daemon.ha); off: one process owns all.
+    sharding_enabled: bool = False
+    sharding_cluster: str = ""  # the cluster holding the Leases ("": the first configured one)
+    sharding_namespace: str = ""  # their namespace ("": inventoryNamespace)
+    sharding_member_id: str = ""  # this replica's id ("": $POD_NAME, else the host name)
+    sharding_lease_duration: float = 15.0
+    sharding_renew_interval: float = 5.0
+    sharding_algorithm: str = "rendezvous"  # rendezvous | legacy | round-robin
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,6 +654,38 @@ def _rollouts(r: _Fields, d: Settings) -> dict[str, Any]:
     return out
 
 
+def _sharding(r: _Fields, d: Settings) -> dict[str, Any]:
+    """settings.sharding: {enabled, cluster, namespace, memberId, leaseDuration, renewInterval,
+    algorithm}."""
+
+    def dur(key: str, default: float) -> float:
+        raw = r.raw(key)
+        return default if raw is None else parse_duration(raw, where=f"{r.where}.{key}")
+
+    algorithm = r.text("algorithm", d.sharding_algorithm)
+    if algorithm not in ("rendezvous", "legacy", "round-robin"):
+        raise ConfigError(
+            f"{r.where}.algorithm: must be rendezvous, legacy or round-robin, not {algorithm!r}"
+        )
+    duration = dur("leaseDuration", d.sharding_lease_duration)
+    renew = dur("renewInterval", min(d.sharding_renew_interval, duration / 3))
+    if duration < 3 or renew <= 0 or renew * 2 > duration:
+        raise ConfigError(
+            f"{r.where}: leaseDuration must be at least 3s and renewInterval at most half of it"
+        )
+    out = {
+        "sharding_enabled": r.bool("enabled", d.sharding_enabled),
+        "sharding_cluster": r.text("cluster", d.sharding_cluster),
+        "sharding_namespace": r.text("namespace", d.sharding_namespace),
+        "sharding_member_id": r.text("memberId", d.sharding_member_id),
+        "sharding_lease_duration": duration,
+        "sharding_renew_interval": renew,
+        "sharding_algorithm": algorithm,
+    }
+    r.done()
+    return out
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate the settings file at `path` and every document it references."""
     cfg_path = Path(path).resolve()
@@ -693,6 +733,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         cluster_probe_interval=dur("clusterProbeInterval", d.cluster_probe_interval),
         cluster_unreachable_after=dur("clusterUnreachableAfter", d.cluster_unreachable_after),
         **_rollouts(_Fields(s.raw("rollouts") or {}, f"{s.where}.rollouts", warnings), d),
+        **_sharding(_Fields(s.raw("sharding") or {}, f"{s.where}.sharding", warnings), d),
     )
     s.done()
 

@@ -65,6 +65,12 @@ class Control(Protocol):
     def request(self, name: str, sync: SyncRequest | None, reason: str) -> bool:
         """Queue a reconcile (and a sync when `sync` is given) of app `name`."""
 
+    def owner_of(self, name: str) -> str:
+        """The replica that reconciles app `name` when it is not this one, else ""."""
+
+    def sharding(self) -> dict[str, Any]:
+        """This replica's view of the members (settings.sharding)."""
+
     def hard_refresh(self, name: str) -> None:
         """Re-resolve app `name`'s revisions (ignoring the poll cache) and compare now."""
 
@@ -263,6 +269,21 @@ def build_app(daemon: Control) -> web.Application:
                 content_type="application/json",
             )
 
+    def not_here(name: str) -> None:
+        """A sync goes to the replica that owns the app (settings.sharding)."""
+        owner = daemon.owner_of(name)
+        if owner:
+            raise web.HTTPConflict(
+                text=json.dumps(
+                    {
+                        "error": f"application {name!r} is reconciled by replica {owner!r}; "
+                        "send the sync to it",
+                        "owner": owner,
+                    }
+                ),
+                content_type="application/json",
+            )
+
     async def body_json(request: web.Request) -> dict[str, Any]:
         if request.content_length and request.content_length > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(
@@ -370,6 +391,7 @@ def build_app(daemon: Control) -> web.Application:
             dry_run=bool(data.get("dryRun", False)),
             initiated_by=str(data.get("username") or "api"),
         )
+        not_here(name)
         daemon.request(name, req, "api sync")
         return web.json_response({"accepted": True, "application": name}, status=202)
 
@@ -413,6 +435,7 @@ def build_app(daemon: Control) -> web.Application:
             prune=bool(data.get("prune", False)),
             initiated_by=str(data.get("username") or "api"),
         )
+        not_here(name)
         daemon.request(name, req, f"rollback to {wanted}")
         return web.json_response({"accepted": True, "revision": entry["revision"]}, status=202)
 
@@ -502,6 +525,11 @@ def build_app(daemon: Control) -> web.Application:
     def kube_failure(e: KubeError) -> web.HTTPException:
         cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound}.get(e.status, web.HTTPBadGateway)
         return cls(text=json.dumps({"error": str(e)}), content_type="application/json")
+
+    @routes.get("/api/v1/sharding")
+    async def sharding(request: web.Request) -> web.Response:
+        auth.check(request, mutating=False)
+        return web.json_response(daemon.sharding())
 
     @routes.get("/api/v1/rollouts/{name}")
     async def rollout_get(request: web.Request) -> web.Response:

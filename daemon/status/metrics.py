@@ -215,6 +215,12 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("gitopsd_queue_depth", "Apps waiting for a sync slot.", registry=r)
+        self.shard_apps = Gauge(
+            "gitopsd_shard_apps", "Apps assigned to this replica (sharding).", registry=r
+        )
+        self.shard_members = Gauge(
+            "gitopsd_shard_members", "Live replicas this one sees (sharding).", registry=r
+        )
         self.syncs_in_use = Gauge("gitopsd_sync_pool_in_use", "Syncs running now.", registry=r)
         self.sync_pool_size = Gauge("gitopsd_sync_pool_size", "maxConcurrentSyncs.", registry=r)
         self.queue_wait = Histogram(
