@@ -146,6 +146,7 @@ class ClusterRollouts:
         self._watching_deployments = False
         self._tg: TaskGroup | None = None
         self.timings = Timings()
+        self.failures: dict[tuple[str, str], int] = {}  # consecutive failed reconciles
 
     def mark(self, key: tuple[str, str], after: float | None = None) -> None:
         if after is None or after <= 0:
@@ -158,6 +159,7 @@ class ClusterRollouts:
     async def run(self) -> None:
         """Watch and reconcile until cancelled."""
         c = self.client
+        self._watching_deployments = False  # a restarted controller starts its watches anew
         self.types = {
             "rollout": await c.resource_for(API_VERSION, "Rollout", subject="Rollout"),
             "rs": await c.resource_for("apps/v1", "ReplicaSet", subject="ReplicaSet"),
@@ -243,10 +245,17 @@ class ClusterRollouts:
             started = time.monotonic()
             try:
                 await self.reconcile(*key)
-            except KubeError as e:
-                log.warning("rollout reconcile failed", rollout=f"{key[0]}/{key[1]}", error=str(e))
+                self.failures.pop(key, None)
+            except Exception as e:  # one Rollout's failure must not stop the others
+                n = self.failures[key] = self.failures.get(key, 0) + 1
+                delay = min(60.0, RELIST_AFTER_ERROR * 2 ** (n - 1))
+                where = f"{key[0]}/{key[1]}"
+                if isinstance(e, KubeError):
+                    log.warning("rollout reconcile failed", rollout=where, error=str(e))
+                else:
+                    log.exception("rollout reconcile crashed", rollout=where)
                 self.timings.error(("rollout", *key))
-                self.mark(key, after=RELIST_AFTER_ERROR)
+                self.mark(key, after=delay)
             if key in self.seen:
                 self.timings.observe(("rollout", *key), time.monotonic() - started)
 
@@ -287,6 +296,7 @@ class ClusterRollouts:
                 workload = await self.client.get(t["deployment"], namespace, str(ref["name"]))
                 ro = await self._workload_generation(ro, workload)
             spec = parse(ro, workload=workload)
+            await self._check_services(namespace, spec)
             ingresses = await self._ingresses(ro, spec)
         except InvalidSpec as e:
             same = [
@@ -453,6 +463,26 @@ class ClusterRollouts:
             ("ScalingDeployment", f"Scaled Deployment {meta.get('name')} from {current} to {want}")
         )
 
+    async def _check_services(self, namespace: str, spec: RolloutSpec) -> None:
+        """The Services the strategy names exist (InvalidSpec naming the field otherwise, as
+        Argo Rollouts validates referenced resources)."""
+        if spec.canary is not None:
+            fields = {
+                "canary.canaryService": spec.canary.canary_service,
+                "canary.stableService": spec.canary.stable_service,
+            }
+        else:
+            assert spec.blue_green is not None
+            fields = {
+                "blueGreen.activeService": spec.blue_green.active_service,
+                "blueGreen.previewService": spec.blue_green.preview_service,
+            }
+        for field, svc in fields.items():
+            if svc and await self.client.get(self.types["svc"], namespace, svc) is None:
+                raise InvalidSpec(
+                    f"{spec.subject}: spec.strategy.{field}: service {svc!r} not found"
+                )
+
     # --- traffic routing --------------------------------------------------------------------
 
     async def _ingresses(self, ro: Body, spec: RolloutSpec) -> list[tuple[Body, Body | None]]:
@@ -562,12 +592,22 @@ class ClusterRollouts:
                 infix=want.infix,
                 stable_hash=str(status.get("stableRS", "")),
             )
-        try:
-            created = await self.client.create(self.types["run"], run)
-        except KubeError as e:
-            if e.status != 409:
-                raise
-            return  # made by an earlier reconcile
+        base = str(run["metadata"]["name"])
+        created: Body | None = None
+        for n in range(1, 50):
+            run["metadata"]["name"] = base if n == 1 else f"{base}.{n}"
+            try:
+                created = await self.client.create(self.types["run"], run)
+                break
+            except KubeError as e:
+                if e.status != 409:
+                    raise
+            existing = await self.client.get(self.types["run"], namespace, run["metadata"]["name"])
+            if existing is not None and not (existing.get("spec") or {}).get("terminate"):
+                return  # made by an earlier reconcile
+            # A terminated run of an earlier attempt (an aborted update, retried): next name.
+        if created is None:
+            return
         if error:
             await self.client.patch_status(
                 self.types["run"],
@@ -602,7 +642,13 @@ class ClusterRollouts:
         results = {str(r.get("name")): r for r in status.get("metricResults") or []}
         terminate = bool(spec.get("terminate"))
         due, wait = ([], None) if terminate else an.due_metrics(metrics, results, started, now)
-        jobs_running = await self._jobs(run, metrics, results, terminate=terminate)
+        # A run is terminating once a counted metric failed: its Jobs in flight stop too.
+        terminating = terminate or any(
+            not m.dry_run
+            and (results.get(m.name) or {}).get("phase") in (an.FAILED, an.ERROR, an.INCONCLUSIVE)
+            for m in metrics
+        )
+        jobs_running = await self._jobs(run, metrics, results, terminate=terminating)
         if due:
             secrets = await self._secrets(str(meta.get("namespace", "")), spec)
             measured: dict[str, Body] = {}
@@ -695,7 +741,24 @@ class ClusterRollouts:
             if message:
                 done["message"] = message
             results[m.name] = an.record(r, done)
+            await self._collect_jobs(run)
         return running
+
+    async def _collect_jobs(self, run: Body, keep: int = an.HISTORY) -> None:
+        """Keep the run's newest `keep` Jobs (with their pods), as Argo Rollouts does."""
+        meta = run.get("metadata") or {}
+        namespace = str(meta.get("namespace", ""))
+        jobs, _ = await self.client.list(
+            self.types["job"], namespace, label_selector=f"{an.JOB_RUN_UID}={meta.get('uid')}"
+        )
+        jobs.sort(key=lambda j: str((j.get("metadata") or {}).get("creationTimestamp", "")))
+        for job in jobs[: max(0, len(jobs) - keep)]:
+            await self.client.delete(
+                self.types["job"],
+                namespace,
+                str(job["metadata"]["name"]),
+                propagation="Background",
+            )
 
     async def _run_status(self, run: Body, old: Body, new: Body) -> None:
         patch = merge_patch(old, new)
@@ -728,10 +791,7 @@ class ClusterRollouts:
         """Point a Service's selector at the pods of template hash `h`."""
         body = await self.client.get(self.types["svc"], namespace, svc)
         if body is None:
-            status.setdefault("conditions", []).append(
-                _condition("Progressing", "ServiceNotFound", f"Service {svc!r} not found")
-            )
-            return
+            return  # deleted since the check: the next reconcile reports it
         selector = (body.get("spec") or {}).get("selector") or {}
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         if selector.get(HASH_LABEL) == h and annotations.get(MANAGED_BY) == rollout:

@@ -112,6 +112,8 @@ class Plan:
     # A traffic-routed canary: the weight for the canary Ingress and the active header route.
     weight: int | None = None
     header: HeaderMatch | None = None
+    # The update waits for an analysis that is still running (not a lack of progress).
+    analysis_waiting: bool = False
 
 
 def _without_hash(template: Body) -> Body:
@@ -208,9 +210,7 @@ def _progress_deadline(
         old.get(k) != status.get(k) for k in _PROGRESS_FIELDS
     )
     updating = status.get("stableRS") != status.get("currentPodHash")
-    waiting = bool(spec.paused or status.get("pauseConditions")) or _waiting_on_analysis(
-        spec, status
-    )
+    waiting = bool(spec.paused or status.get("pauseConditions")) or plan.analysis_waiting
     if not updating:
         reason, message, ok = "NewReplicaSetAvailable", "Rollout has completed its update", True
     elif waiting:
@@ -234,7 +234,7 @@ def _progress_deadline(
             message = f'ReplicaSet "{name}" has timed out progressing.'
             if spec.progress_deadline_abort:
                 _abort(status, message, now)
-                plan.events.append(("RolloutAborted", message))
+                plan.requeue_after = 0.0  # the next reconcile rolls back (and says so once)
                 return
     if current is not None and current.get("reason") == reason and not (moved and updating):
         return
@@ -261,18 +261,6 @@ def _progress_deadline(
         )
     if not ok:
         plan.events.append(("ProgressDeadlineExceeded", message))
-
-
-def _waiting_on_analysis(spec: RolloutSpec, status: Body) -> bool:
-    """The update waits for an analysis (a canary's analysis step, a blue-green's pre- or
-    post-promotion analysis), which may take longer than the progress deadline."""
-    canary, bg = spec.canary, spec.blue_green
-    if canary is not None:
-        index = int(status.get("currentStepIndex") or 0)
-        return index < len(canary.steps) and isinstance(canary.steps[index], AnalysisStep)
-    if bg is not None:
-        return bg.pre_promotion is not None or bg.post_promotion is not None
-    return False
 
 
 def current_weight(steps: tuple[Step, ...], index: int, max_weight: int) -> int:
@@ -593,6 +581,8 @@ def _advance(
             and (stable is None or stable.replicas == targets.stable == stable.current)
             # Basic canary: old pods would take traffic. Behind a router they take none.
             and (routed or all(s.available == 0 for s in old))
+            # Behind a router the step's weight must be routed, not held back.
+            and not (routed and isinstance(step, SetWeight) and plan.weight != step.weight)
         )
     elif isinstance(step, Pause):
         done = _pause(plan, status, step, now)
@@ -837,9 +827,14 @@ def plan_blue_green(
     else:
         if stable is not None:
             want[stable.name] = spec.replicas
-        blue.setdefault("activeSelector", stable_hash)
+        if blue.get("activeSelector") not in (stable_hash, h):
+            # Active pointed at an update that was replaced mid-way (e.g. during its
+            # post-promotion analysis): back to the stable pods, which are whole.
+            blue["activeSelector"] = stable_hash
         want[new.name] = _bg_progress(plan, status, blue, spec, bg, new, stable, now, runs)
-        if new.deadline and status.get("stableRS") != h:  # retried after an abort
+        if (
+            new.deadline and status.get("stableRS") != h and not _fast_rollback(new, stable, now)
+        ):  # retried after an abort (a fast rollback keeps it while it waits for pods)
             plan.annotate[new.name] = {SCALE_DOWN_DEADLINE: None}
         for s in old:
             want[s.name] = 0
@@ -1035,7 +1030,11 @@ def plan_rollout(
         labels = meta.get("labels") or {}
         running = (run.get("status") or {}).get("phase") not in _RUN_DONE
         stale = labels.get(HASH_LABEL) != status.get("currentPodHash")
-        if running and not (run.get("spec") or {}).get("terminate") and (finished or stale):
+        if (run.get("spec") or {}).get("terminate"):
+            continue
+        # On abort every run of the update is marked terminated, finished ones included, so
+        # a retry starts fresh runs instead of finding the failed one again.
+        if (running and (finished or stale)) or (status.get("abort") and not stale):
             plan.terminate_runs.append(str(meta.get("name")))
     return plan
 
@@ -1087,12 +1086,16 @@ def _analysis_gate(
     """An analysis the Rollout waits on: True once Successful (or promoted past an
     Inconclusive one), False while it runs or is paused, None when its failure aborted."""
     run = _find_run(runs, kind, infix, h)
+    if kind != "Background":
+        plan.analysis_waiting = True
     if run is None:
         plan.want_runs.append(RunRequest(kind, ref, infix))
         return False
     rs = run.get("status") or {}
     phase_ = str(rs.get("phase") or "")
     if phase_ == "Successful":
+        if kind != "Background":
+            plan.analysis_waiting = False
         return True
     if phase_ in ("Failed", "Error"):
         what = (

@@ -366,7 +366,17 @@ def workload_ref(body: Body) -> Body:
 
 def parse(body: Body, *, workload: Body | None = None) -> RolloutSpec:
     """The Rollout's spec; `workload` is the Deployment its `workloadRef` names (its pod
-    template, and its selector when the Rollout has none)."""
+    template, and its selector when the Rollout has none). A value of the wrong type anywhere
+    is InvalidSpec too, never a crash."""
+    try:
+        return _parse(body, workload)
+    except (TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, InvalidSpec):
+            raise
+        raise InvalidSpec(f"{subject_of(body)}: invalid spec: {e}") from e
+
+
+def _parse(body: Body, workload: Body | None) -> RolloutSpec:
     subject = subject_of(body)
     spec = body.get("spec") or {}
     replicas = spec.get("replicas", 1)

@@ -321,6 +321,10 @@ def test_current_weight_is_the_last_set_weight() -> None:
             "setHeaderRoute: needs trafficRouting",
         ),
         (
+            {"strategy": {"canary": {"trafficRouting": {"maxTrafficWeight": "x"}}}},
+            "invalid spec",
+        ),
+        (
             {
                 "strategy": {
                     "canary": {
@@ -875,3 +879,101 @@ def test_progress_deadline_degrades_a_stuck_update_and_can_abort_it() -> None:
     c.ro["status"].pop("pauseConditions")
     c.run()
     assert c.ro["status"]["phase"] == "Healthy"
+
+
+def test_blue_green_update_replaced_during_post_analysis_keeps_traffic_on_stable() -> None:
+    """V2 is switched in and under post-promotion analysis when V3 arrives: active goes back
+    to the stable V1 pods (whole) instead of staying on V2 while V2 is scaled away."""
+    post = {"templates": [{"templateName": "smoke"}]}
+    c = Cluster(blue_green(postPromotionAnalysis=post))
+    c.run()
+    v1 = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.run()
+    assert c.services["web-active"] == c.ro["status"]["currentPodHash"] != v1
+    c.update_image("web:3")
+    c.step()
+    assert c.services["web-active"] == v1
+    assert c.counts()[v1[:4]] == 5
+
+
+def test_retry_after_a_failed_analysis_runs_a_fresh_analysis() -> None:
+    """An update aborted by its failed step analysis, then retried, starts a new run instead
+    of finding the failed one and aborting again at once."""
+    steps = [{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "t"}]}}]
+    c = Cluster(rollout(steps=steps))
+    c.run()
+    c.update_image("web:2")
+    c.run()
+    c.finish_runs("Step", "Failed", "bad")
+    c.run()
+    assert c.ro["status"]["phase"] == "Degraded"
+    assert all(r["spec"].get("terminate") for r in c.runs.values()), "marked on abort"
+    c.ro["status"]["abort"] = False  # retry
+    c.run()
+    st = c.ro["status"]
+    assert st["phase"] != "Degraded", st.get("message")
+    assert any(r["status"]["phase"] == "Running" for r in c.runs.values())
+
+
+def test_blue_green_progress_deadline_counts_while_the_preview_is_not_ready() -> None:
+    """With a pre-promotion analysis configured, a preview that never becomes available still
+    runs into the progress deadline: only a running analysis stops the clock."""
+    c = Cluster(blue_green(prePromotionAnalysis={"templates": [{"templateName": "t"}]}))
+    c.ro["spec"]["progressDeadlineSeconds"] = 60
+    c.run()
+    c.update_image("web:crashloop")
+    c.step()
+    new = c.ro["status"]["currentPodHash"]
+    c.stuck = {n for n, rs in c.sets.items() if rs["metadata"]["labels"][HASH_LABEL] == new}
+    c.settle_pods()
+    c.run()
+    c.now += dt.timedelta(seconds=61)
+    c.run()
+    assert c.ro["status"]["phase"] == "Degraded"
+    assert "timed out progressing" in c.ro["status"]["message"]
+
+
+def test_routed_set_weight_waits_until_its_weight_is_routed() -> None:
+    """Behind nginx, a setWeight step whose weight is held back (the stable set cannot take
+    the rest) does not complete, so the pause after it never runs at the old weight."""
+    from tests.unit.test_traffic_routing import routed
+
+    c = Cluster(routed([{"setWeight": 50}, {"pause": {"duration": "10s"}}]))
+    c.run()
+    stable = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.step()
+    name = next(n for n, rs in c.sets.items() if rs["metadata"]["labels"][HASH_LABEL] == stable)
+    c.stuck = {name}
+    c.settle_pods()
+    c.sets[name]["status"]["availableReplicas"] = 2
+    for _ in range(5):
+        c.step()
+        c.sets[name]["status"]["availableReplicas"] = 2
+    assert c.ro["status"]["currentStepIndex"] == 0
+    assert c.weight != 50
+
+
+def test_blue_green_fast_rollback_waits_for_the_old_pods_without_a_full_update() -> None:
+    """Reverting while the old set waits out its delay but is one pod short keeps the
+    scale-down deadline and waits: no pause, no analysis, then the switch back."""
+    c = Cluster(blue_green(autoPromotionEnabled=False, scaleDownDelaySeconds=30))
+    c.run()
+    blue = c.ro["status"]["stableRS"]
+    c.update_image("web:2")
+    c.run()
+    c.ro["status"].pop("pauseConditions")
+    c.run()
+    name = f"web-{blue}"
+    c.update_image("web:1")
+    c.stuck = {name}
+    c.settle_pods()
+    c.sets[name]["status"]["availableReplicas"] = 4
+    c.step()
+    assert "scale-down-deadline" in c.sets[name]["metadata"].get("annotations", {})
+    assert "pauseConditions" not in c.ro["status"]
+    c.stuck = set()
+    c.settle_pods()
+    c.run()
+    assert c.ro["status"]["stableRS"] == blue and c.services["web-active"] == blue
