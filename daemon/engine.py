@@ -15,9 +15,9 @@ from daemon.model import HealthStatus
 from daemon.reconciler import Reconciler
 from daemon.render import Renderer
 from daemon.rollouts.controller import Rollouts
-from daemon.settings import Application, Config
+from daemon.settings import IN_CLUSTER_SERVER, Application, ClusterConfig, Config
 from daemon.sources.git import RepoCache
-from daemon.status.state import StateStore
+from daemon.status.state import StateStore, Store
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Engine:
     repos: RepoCache
     renderer: Renderer
     clusters: Clusters
-    store: StateStore
+    store: Store
     reconciler: Reconciler
 
     @classmethod
@@ -45,7 +45,15 @@ class Engine:
             concurrency=s.max_concurrent_renders,
         )
         clusters = Clusters(config.clusters)
-        store = StateStore(s.state_dir)
+        store: Store = StateStore(s.state_dir)
+        follow = None
+        if s.state_store == "kubernetes":
+            from daemon.status.kubestate import KubeStateStore
+
+            client = await clusters.client(control_cluster(config, clusters))
+            kube_store = KubeStateStore(client, s.sharding_namespace or s.inventory_namespace)
+            follow = (kube_store, await kube_store.start())
+            store = kube_store
         reconciler = Reconciler(
             config, repos=repos, renderer=renderer, clusters=clusters, store=store
         )
@@ -58,6 +66,8 @@ class Engine:
             async with anyio.create_task_group() as tg:
                 # Rollout controllers start when a reconcile meets an app with Rollouts.
                 tg.start_soon(reconciler.rollouts.run)
+                if follow is not None:
+                    tg.start_soon(follow[0].follow, follow[1])
                 try:
                     yield cls(config, repos, renderer, clusters, store, reconciler)
                 finally:
@@ -66,10 +76,24 @@ class Engine:
             with anyio.CancelScope(shield=True):
                 await clusters.aclose()
 
+    def control(self) -> ClusterConfig:
+        """The cluster holding the replicas' Leases and the state (settings.sharding.cluster)."""
+        return control_cluster(self.config, self.clusters)
+
     async def client_for(self, app: Application) -> KubeClient:
         """The client of the app's destination cluster."""
         cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
         return await self.clusters.client(cluster)
+
+
+def control_cluster(config: Config, clusters: Clusters) -> ClusterConfig:
+    """settings.sharding.cluster, else the first configured cluster, else in-cluster."""
+    name = config.settings.sharding_cluster
+    if name:
+        return clusters.lookup(server="", name=name)
+    if clusters.configs:
+        return clusters.configs[0]
+    return clusters.lookup(server=IN_CLUSTER_SERVER, name="")
 
 
 async def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:

@@ -42,7 +42,7 @@ from daemon.settings import Application, ClusterConfig, Config
 from daemon.sources.git import RepoCache
 from daemon.stages import Comparison, Desired, Operation, SyncRequest
 from daemon.status import build
-from daemon.status.state import StateStore
+from daemon.status.state import Store
 from daemon.sync import SyncContext, run_operation
 from daemon.sync.children import ChildTasks
 from daemon.sync.hooks import hook_places, release_stale
@@ -84,7 +84,7 @@ class Reconciler:
         repos: RepoCache,
         renderer: Renderer,
         clusters: Clusters,
-        store: StateStore,
+        store: Store,
     ) -> None:
         self.repos = repos
         self.renderer = renderer
@@ -486,7 +486,7 @@ class Reconciler:
             except OSError as e:
                 bound.error("state not saved", error=str(e))
                 run.status.setdefault("conditions", []).append(
-                    build.condition("UnknownError", f"state not saved under stateDir: {e}")
+                    build.condition("UnknownError", f"state not saved: {e}")
                 )
         self._states[app.name] = record
         (bound.info if changed else bound.debug)(
@@ -495,6 +495,13 @@ class Reconciler:
             health=run.status.get("health", {}).get("status"),
             seconds=run.status["reconcileDuration"],
         )
+
+    def forget(self, name: str) -> None:
+        """Drop what this process remembers of app `name`'s last run, so the next reconcile
+        starts from the store (a replica taking over an app another one ran)."""
+        self._states.pop(name, None)
+        self._digests.pop(name, None)
+        self._saved.discard(name)
 
     # === quick path, children, deletion ======================================================
 

@@ -524,12 +524,7 @@ class Daemon:
 
         s = self.config.settings
         clusters = self.engine.clusters
-        if s.sharding_cluster:
-            control = clusters.lookup(server="", name=s.sharding_cluster)
-        elif clusters.configs:
-            control = clusters.configs[0]
-        else:
-            control = clusters.lookup(server=settings_mod.IN_CLUSTER_SERVER, name="")
+        control = self.engine.control()
         client = await clusters.client(control)
         member = s.sharding_member_id or os.environ.get("POD_NAME") or socket.gethostname()
         m = Membership(
@@ -542,6 +537,8 @@ class Daemon:
         )
         m.on_change = self._reshard
         m.on_lost = self._reshard
+        if hasattr(self.engine.store, "on_change"):
+            self.engine.store.on_change = self._state_changed
         self.membership = m
         clusters.fence(m.check)
         self.engine.reconciler.owns = lambda instance: instance in self._claimed_instances
@@ -590,8 +587,11 @@ class Daemon:
                     log.info("handed over", app=app.name, to=self.assignment.get(app.name))
                 self._claimed_instances.discard(app.instance_name)
                 return False
+            held = app.name in m.claims
             if await m.claim(app.name):
                 self._claimed_instances.add(app.instance_name)
+                if not held:
+                    await self._take_over(worker)
                 return True
         except KubeError as e:
             log.warning("claiming the app failed", app=app.name, error=str(e))
@@ -606,6 +606,25 @@ class Daemon:
 
         self.tg.start_soon(again)
         return False
+
+    async def _take_over(self, worker: AppWorker) -> None:
+        """A newly claimed app: start from the state its last owner left in the cluster (an
+        operation it left Running resumes from its recorded wave)."""
+        refresh = getattr(self.engine.store, "refresh", None)
+        if refresh is None:
+            return  # local state: this replica's own view
+        state = await refresh(worker.app.name)
+        self.engine.reconciler.forget(worker.app.name)
+        worker.last_status = dict(state.get("status") or {})
+        op = worker.last_status.get("operationState") or {}
+        if op.get("phase") in ("Running", "Terminating"):
+            log.info("resuming the previous owner's operation", app=worker.app.name)
+
+    def _state_changed(self, app: str, state: dict[str, Any]) -> None:
+        """Another replica wrote an app's state: show it here when this one does not own it."""
+        worker = self.workers.get(app)
+        if worker is not None and self.owner_of(app):
+            worker.last_status = dict(state.get("status") or {})
 
     def owner_of(self, name: str) -> str:
         """The member that reconciles app `name` if not this one ("" when it is this one, or

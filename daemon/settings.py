@@ -196,6 +196,9 @@ class Settings:
     sharding_lease_duration: float = 15.0
     sharding_renew_interval: float = 5.0
     sharding_algorithm: str = "rendezvous"  # rendezvous | legacy | round-robin
+    # Where app status and operation state live: files under stateDir (local) or one ConfigMap
+    # per app in the control cluster (kubernetes), which several replicas need.
+    state_store: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,6 +657,12 @@ def _rollouts(r: _Fields, d: Settings) -> dict[str, Any]:
     return out
 
 
+def _state_store(value: str, where: str) -> str:
+    if value not in ("local", "kubernetes"):
+        raise ConfigError(f"{where}.stateStore: must be local or kubernetes, not {value!r}")
+    return value
+
+
 def _sharding(r: _Fields, d: Settings) -> dict[str, Any]:
     """settings.sharding: {enabled, cluster, namespace, memberId, leaseDuration, renewInterval,
     algorithm}."""
@@ -734,6 +743,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         cluster_unreachable_after=dur("clusterUnreachableAfter", d.cluster_unreachable_after),
         **_rollouts(_Fields(s.raw("rollouts") or {}, f"{s.where}.rollouts", warnings), d),
         **_sharding(_Fields(s.raw("sharding") or {}, f"{s.where}.sharding", warnings), d),
+        state_store=_state_store(s.text("stateStore", d.state_store), s.where),
     )
     s.done()
 

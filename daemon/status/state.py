@@ -13,13 +13,26 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiofiles
 import aiofiles.os
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _fsync = aiofiles.os.wrap(os.fsync)
+
+
+class Store(Protocol):
+    """Where app state lives: files under stateDir (`StateStore`) or ConfigMaps in the control
+    cluster (`daemon.status.kubestate.KubeStateStore`, for several replicas)."""
+
+    def load(self, app: str) -> dict[str, Any]: ...
+
+    async def save(self, app: str, state: dict[str, Any]) -> None: ...
+
+    async def delete(self, app: str) -> None: ...
+
+    def names(self) -> list[str]: ...
 
 
 class StateStore:

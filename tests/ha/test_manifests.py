@@ -49,5 +49,6 @@ def test_ha_settings_load_with_sharding(tmp_path: Path) -> None:
     cfg = settings.load(tmp_path / "gitopsd.yaml")
     s = cfg.settings
     assert s.sharding_enabled and s.sharding_namespace == "gitopsd-system"
+    assert s.state_store == "kubernetes"
     assert (s.sharding_lease_duration, s.sharding_renew_interval) == (15.0, 5.0)
     assert [a.name for a in cfg.applications] == ["guestbook"]

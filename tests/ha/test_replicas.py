@@ -37,6 +37,7 @@ def member_config(base: Path, member: str, namespace: str, kubeconfig: str = "")
         stateDir=str(home / "state"),
         cacheDir=str(home / "cache"),
         reconcileInterval="20s",
+        stateStore="kubernetes",
         sharding={
             "enabled": True,
             "namespace": namespace,
@@ -96,9 +97,11 @@ def members(cfgs: dict[str, Path]) -> Iterator[dict[str, Daemon]]:
 def test_replicas_share_apps_fail_over_and_rebalance(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
-    """Three members split fifteen apps; killing (-9) the owner of a slow app mid-sync hands it
-    to a survivor within leaseDuration plus a poll, which converges it; the operations of all
-    members never overlap per app; a fourth member takes only apps it gains."""
+    """Three members split fifteen apps and, with the state in the cluster, each shows every
+    app; killing (-9) the owner of a slow app mid-sync hands it to a survivor within
+    leaseDuration plus a poll, which resumes the Running operation and converges it; the
+    operations of all members never overlap per app; a fourth member takes only apps it
+    gains."""
     files = {f"app{i}/cm.yaml": configmap(f"cm-{i}") for i in range(APPS)}
     files["app0/slow.yaml"] = deployment("slow", "nginx:1", wave=1, min_ready=8)
     files["app0/cm.yaml"] = configmap("cm-0", wave=2)
@@ -119,6 +122,12 @@ def test_replicas_share_apps_fail_over_and_rebalance(
         assert sum(len(o) for o in owned.values()) == APPS, "each app has exactly one owner"
         assert all(owned.values()), f"every member got apps: {owned}"
         assert sum(v["leader"] for v in views.values()) == 1
+        # The state is in the cluster: every member shows every app's status.
+        wait_for(
+            lambda: all(d.synced(f"app{i}") for d in ds.values() for i in range(APPS)),
+            timeout=30,
+            what="every member to show every app Synced",
+        )
 
         # Kill -9 the owner of app0 while it syncs (wave 2 waits for wave 1's 8 s of
         # minReadySeconds).
@@ -172,9 +181,17 @@ def test_replicas_share_apps_fail_over_and_rebalance(
             timeout=60,
             what="the heir to converge app0",
         )
-        for d in survivors.values():
-            assert sorted(sharding(d)["members"]) == sorted(survivors)
+        wait_for(
+            lambda: all(
+                sorted(sharding(d)["members"]) == sorted(survivors) for d in survivors.values()
+            ),
+            timeout=10,
+            what="every survivor to see the victim gone",
+        )
         print(f"failover of app0 after kill -9: {failover:.1f}s (leaseDuration {LEASE:g}s)")
+        assert "resuming the previous owner's operation" in survivors[heir].log.read_text(), (
+            "the heir resumed the Running operation from the state in the cluster"
+        )
 
         # A fourth member joins: only the apps it gains move.
         before = {a: m for m, d in survivors.items() for a in sharding(d)["owned"]}

@@ -88,3 +88,28 @@ def test_lease_names_are_valid_object_names() -> None:
     """Member and app names become DNS-safe Lease names."""
     assert L.member_lease_name("Host_1.example") == "gitopsd-member-host-1.example"
     assert L.app_lease_name("team-a/web") == "gitopsd-app.team-a-web"
+
+
+def test_state_in_a_configmap_is_bounded_and_round_trips() -> None:
+    """The Kubernetes state store keeps the last 10 history entries, and when a record would
+    not fit a ConfigMap it drops the per-resource lists but keeps what a resume needs."""
+    import random
+
+    from daemon.status import kubestate
+
+    op = {"phase": "Running", "operation": {"operationId": "x"}, "syncResult": {"revision": "r"}}
+    state = {
+        "status": {"history": [{"id": i} for i in range(30)], "operationState": op},
+        "fingerprints": {"a": "b"},
+    }
+    back = kubestate.decode(kubestate.encode(state))
+    assert [h["id"] for h in back["status"]["history"]] == list(range(20, 30))
+    assert back["fingerprints"] == {"a": "b"}
+    rng = random.Random(1)
+    noise = [{"name": f"{rng.getrandbits(256):064x}"} for _ in range(40000)]
+    big = {"status": {"resources": noise, "operationState": op}, "hookPlaces": ["h"]}
+    back = kubestate.decode(kubestate.encode(big))
+    assert "resources" not in back["status"]
+    assert back["status"]["operationState"]["phase"] == "Running"
+    assert back["hookPlaces"] == ["h"]
+    assert kubestate.decode("not base64 zlib") == {}
