@@ -44,7 +44,8 @@ demo: tools
 	$(PY) scripts/demo.py
 
 bench: tools
-	$(PY) bench/bench_sync.py; status=$$?; $(PY) bench/bench_daemon.py && exit $$status
+	$(PY) bench/bench_sync.py; s1=$$?; $(PY) bench/bench_daemon.py; s2=$$?; \
+	$(PY) bench/bench_scale.py; s3=$$?; exit $$((s1 | s2 | s3))
 
 # Longer fault campaigns than `make test` runs (CI keeps to a few rounds).
 soak: tools
