@@ -90,6 +90,15 @@ class AppWorker:
         self.wake.set()
 
 
+def _advertised(listen: str) -> str:
+    """The URL other replicas reach this one's API at: the listen address, with a wildcard
+    host replaced by $POD_IP (set from the Downward API) or the host name."""
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = os.environ.get("POD_IP") or socket.gethostname()
+    return f"http://{host}:{port}"
+
+
 def _spec_hash(body: dict[str, Any]) -> str:
     """Hash of what a user can change (everything but status and server bookkeeping)."""
     meta = dict(body.get("metadata") or {})
@@ -534,6 +543,7 @@ class Daemon:
             lease_duration=s.sharding_lease_duration,
             renew_interval=s.sharding_renew_interval,
             algorithm=s.sharding_algorithm,
+            address=s.sharding_advertise_url or _advertised(s.listen),
         )
         m.on_change = self._reshard
         m.on_lost = self._reshard
@@ -625,6 +635,11 @@ class Daemon:
         worker = self.workers.get(app)
         if worker is not None and self.owner_of(app):
             worker.last_status = dict(state.get("status") or {})
+
+    def owner_address(self, name: str) -> str:
+        """The API address of the replica that owns app `name` ("" when unknown or this)."""
+        owner = self.owner_of(name)
+        return self.membership.addresses.get(owner, "") if owner and self.membership else ""
 
     def owner_of(self, name: str) -> str:
         """The member that reconciles app `name` if not this one ("" when it is this one, or

@@ -196,6 +196,7 @@ class Settings:
     sharding_lease_duration: float = 15.0
     sharding_renew_interval: float = 5.0
     sharding_algorithm: str = "rendezvous"  # rendezvous | legacy | round-robin
+    sharding_advertise_url: str = ""  # where the others reach this API ("": from listen)
     # Where app status and operation state live: files under stateDir (local) or one ConfigMap
     # per app in the control cluster (kubernetes), which several replicas need.
     state_store: str = "local"
@@ -690,6 +691,7 @@ def _sharding(r: _Fields, d: Settings) -> dict[str, Any]:
         "sharding_lease_duration": duration,
         "sharding_renew_interval": renew,
         "sharding_algorithm": algorithm,
+        "sharding_advertise_url": r.text("advertiseURL", d.sharding_advertise_url),
     }
     r.done()
     return out

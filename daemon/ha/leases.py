@@ -27,6 +27,7 @@ MEMBER_PREFIX = "gitopsd-member-"
 APP_PREFIX = "gitopsd-app."
 LEADER = "gitopsd-leader"
 EVICTED_BY = "gitopsd.io/evicted-by"
+API_ADDRESS = "gitopsd.io/api-address"
 _UNSAFE = re.compile(r"[^a-z0-9.-]")
 
 

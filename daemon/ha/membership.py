@@ -64,6 +64,7 @@ class Membership:
         lease_duration: float = 15.0,
         renew_interval: float = 5.0,
         algorithm: str = "rendezvous",
+        address: str = "",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
@@ -74,6 +75,8 @@ class Membership:
         self.interval = renew_interval
         self.margin = min(2.0, lease_duration / 5)
         self.algorithm = algorithm
+        self.address = address  # this replica's API, e.g. http://10.0.0.7:8080
+        self.addresses: dict[str, str] = {}  # member id -> its API address
         self.clock = clock
         self.wall = wall
         self.incarnation = self._new_incarnation()
@@ -128,7 +131,9 @@ class Membership:
         acquired: str = "",
         resource_version: str = "",
     ) -> Body:
-        """A Lease held by this incarnation, renewed now."""
+        """A Lease held by this incarnation, renewed now (a member Lease also carries the
+        address of this replica's API, so the others can forward requests to it)."""
+        notes = {L.API_ADDRESS: self.address} if kind == "member" and self.address else None
         return L.lease(
             name,
             self.namespace,
@@ -138,6 +143,7 @@ class Membership:
             self.wall(),
             transitions=transitions,
             acquired=acquired,
+            annotations=notes,
             resource_version=resource_version,
         )
 
@@ -238,6 +244,11 @@ class Membership:
         items, _ = await self.client.list(rt, self.namespace, label_selector=f"{L.LABEL}=member")
         now = self.clock()
         self.members = L.observe(self.members, items, now)
+        for item in items:
+            meta = item.get("metadata") or {}
+            address = str((meta.get("annotations") or {}).get(L.API_ADDRESS, ""))
+            if L.holder(item) and address:
+                self.addresses[L.member_of(L.holder(item))] = address
         own = L.member_lease_name(self.member_id)
         for item in items:
             name = str((item.get("metadata") or {}).get("name", ""))

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import anyio
 import structlog
 from aiohttp import web
@@ -68,6 +69,9 @@ class Control(Protocol):
     def owner_of(self, name: str) -> str:
         """The replica that reconciles app `name` when it is not this one, else ""."""
 
+    def owner_address(self, name: str) -> str:
+        """That replica's API address, when known."""
+
     def sharding(self) -> dict[str, Any]:
         """This replica's view of the members (settings.sharding)."""
 
@@ -88,6 +92,7 @@ class Control(Protocol):
 
 MAX_WEBHOOK_BYTES = 10 * 1024 * 1024
 MAX_BODY_BYTES = 1024 * 1024
+FORWARDED = "X-Gitopsd-Forwarded"  # set on a request one replica passes to an app's owner
 
 
 def _hash(token: str) -> str:
@@ -269,6 +274,32 @@ def build_app(daemon: Control) -> web.Application:
                 content_type="application/json",
             )
 
+    async def forward(request: web.Request, name: str) -> web.Response | None:
+        """A sync or rollback for an app another replica owns goes to that replica (once:
+        a forwarded request is never forwarded again); None when this replica owns it."""
+        owner = daemon.owner_of(name)
+        if not owner:
+            return None
+        address = daemon.owner_address(name)
+        if address and not request.headers.get(FORWARDED):
+            headers = {FORWARDED: "1", "Content-Type": "application/json"}
+            if request.headers.get("Authorization"):
+                headers["Authorization"] = request.headers["Authorization"]
+            body = await request.read()
+            try:
+                timeout = aiohttp.ClientTimeout(total=10)
+                async with (
+                    aiohttp.ClientSession(timeout=timeout) as session,
+                    session.post(address + request.path_qs, data=body, headers=headers) as r,
+                ):
+                    return web.Response(
+                        status=r.status, body=await r.read(), content_type="application/json"
+                    )
+            except (aiohttp.ClientError, TimeoutError) as e:
+                log.warning("forwarding to the owner failed", app=name, owner=owner, error=str(e))
+        not_here(name)
+        return None
+
     def not_here(name: str) -> None:
         """A sync goes to the replica that owns the app (settings.sharding)."""
         owner = daemon.owner_of(name)
@@ -391,7 +422,9 @@ def build_app(daemon: Control) -> web.Application:
             dry_run=bool(data.get("dryRun", False)),
             initiated_by=str(data.get("username") or "api"),
         )
-        not_here(name)
+        forwarded = await forward(request, name)
+        if forwarded is not None:
+            return forwarded
         daemon.request(name, req, "api sync")
         return web.json_response({"accepted": True, "application": name}, status=202)
 
@@ -435,7 +468,9 @@ def build_app(daemon: Control) -> web.Application:
             prune=bool(data.get("prune", False)),
             initiated_by=str(data.get("username") or "api"),
         )
-        not_here(name)
+        forwarded = await forward(request, name)
+        if forwarded is not None:
+            return forwarded
         daemon.request(name, req, f"rollback to {wanted}")
         return web.json_response({"accepted": True, "revision": entry["revision"]}, status=202)
 

@@ -129,6 +129,20 @@ def test_replicas_share_apps_fail_over_and_rebalance(
             what="every member to show every app Synced",
         )
 
+        # A sync sent to a replica that does not own the app reaches the owner.
+        owner, app = next((m, a) for m, o in owned.items() for a in sorted(o) if a != "app0")
+        other = next(m for m in ds if m != owner)
+        r = ds[other].api(f"/api/v1/applications/{app}/sync", method="POST", json={})
+        assert r.status_code == 202, r.text
+        wait_for(
+            lambda: any(
+                '"trigger": "api sync"' in line and f'"app": "{app}"' in line
+                for line in ds[owner].log.read_text().splitlines()
+            ),
+            timeout=20,
+            what="the owner to run the forwarded sync",
+        )
+
         # Kill -9 the owner of app0 while it syncs (wave 2 waits for wave 1's 8 s of
         # minReadySeconds).
         victim = next(m for m, o in owned.items() if "app0" in o)
