@@ -14,7 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -61,6 +61,20 @@ class Response:
         if isinstance(data, dict) and data.get("message"):
             return str(data["message"])
         return f"HTTP {self.status}"
+
+
+Items = list[Body]
+
+
+@dataclass
+class _Flight:
+    """One LIST in flight that concurrent callers share (`KubeClient.list_fresh`)."""
+
+    started: int
+    done: anyio.Event = field(default_factory=anyio.Event)
+    items: Items = field(default_factory=list)
+    error: KubeError | None = None
+    complete: bool = False
 
 
 class RateLimiter:
@@ -144,6 +158,8 @@ class KubeClient:
         # Called before every write that is not a dry run; raises to refuse it. Several replicas
         # sharing apps (daemon.ha) fence a member whose Lease lapsed this way.
         self.write_gate: Callable[[str, str], None] | None = None
+        self._lists: dict[tuple[str, str], _Flight] = {}  # LISTs in flight, for list_fresh
+        self._list_seq = 0
 
     # --- construction -----------------------------------------------------------------------
 
@@ -455,6 +471,42 @@ class KubeClient:
             if not cont:
                 return items, rv
             params["continue"] = cont
+
+    async def list_fresh(self, rt: ResourceType, namespace: str = "") -> Items:
+        """Like `list`, shared between concurrent callers without losing freshness: a caller
+        joins a LIST only if it *started after* the caller asked, so it sees every write that
+        completed before the call, as a LIST of its own would. Callers arriving while a LIST
+        runs wait for it and share the next one. Many apps compared at once in one namespace
+        then cost the API server one LIST per round instead of one each. The items are shared:
+        copy before changing them."""
+        key = (rt.path(namespace), "")
+        self._list_seq += 1
+        asked = self._list_seq
+        while True:
+            flight = self._lists.get(key)
+            if flight is not None and flight.started > asked:
+                await flight.done.wait()
+                if flight.error is not None:
+                    raise flight.error
+                if flight.complete:
+                    return flight.items
+                continue  # its caller was cancelled mid-way: list again
+            if flight is not None:
+                await flight.done.wait()
+                continue
+            self._list_seq += 1
+            flight = _Flight(self._list_seq)
+            self._lists[key] = flight
+            try:
+                flight.items, _ = await self.list(rt, namespace)
+                flight.complete = True
+            except KubeError as e:
+                flight.error = e
+                raise
+            finally:
+                del self._lists[key]
+                flight.done.set()
+            return flight.items
 
     async def apply(
         self,

@@ -4,6 +4,7 @@ recorded (extraneous: an inventory lost or edited, a copy of a manifest applied 
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 import anyio
@@ -62,18 +63,18 @@ async def _read_group(
 ) -> dict[ResourceKey, Body]:
     found: dict[ResourceKey, Body] = {}
     if "list" in rt.verbs:
-        items, _ = await client.list(rt, ns)
+        # Shared with other compares of the same type and namespace running now (never older
+        # than this call), so the items are copied before anyone may change them.
+        items = await client.list_fresh(rt, ns)
         names = {k.name for k in wanted}
         for item in items:
-            item.setdefault("apiVersion", rt.api_version)
-            item.setdefault("kind", rt.kind)
             k = ResourceKey.of(item)
             key = ResourceKey(k.group or rt.group, k.kind, ns or k.namespace, k.name)
             mine = owner and tracking.is_owned_by(
                 item, owner, namespaced=rt.namespaced, method=method
             )
             if k.name in names or mine:
-                found[key] = item
+                found[key] = copy.deepcopy(item)
         return found
     for k in wanted:
         body = await client.get(rt, k.namespace, k.name)

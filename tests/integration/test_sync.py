@@ -494,3 +494,40 @@ async def test_multi_source_helm_value_files_from_a_ref_source(
     git_repo.write({"env/prod/values.yaml": "tier: platinum\n"})
     status = await reconcile(cfg, "multi")
     assert (get(cluster, namespace, "cm/refd") or {})["data"] == {"tier": "platinum"}
+
+
+async def test_concurrent_compares_share_a_list_that_is_never_older_than_them(
+    cluster: Cluster, namespace: str
+) -> None:
+    """`list_fresh`: compares of one type and namespace running at once share LISTs (fewer
+    than one each), yet every caller sees every write that completed before it asked."""
+    import anyio
+
+    from daemon.kube import KubeClient
+
+    client = await KubeClient.from_kubeconfig(name="c", path=str(cluster.kubeconfig))
+    try:
+        rt = await client.resource_for("v1", "ConfigMap", subject="test")
+        seen: list[set[str]] = []
+
+        async def writer_then_reader(i: int) -> None:
+            body = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": f"f{i}", "namespace": namespace},
+            }
+            await client.create(rt, body)
+            items = await client.list_fresh(rt, namespace)
+            names = {it["metadata"]["name"] for it in items}
+            assert f"f{i}" in names, f"f{i} written before the call, missing from its LIST"
+            seen.append(names)
+
+        before = client.requests["list"]
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(writer_then_reader, i)
+        lists = client.requests["list"] - before
+        assert len(seen) == 20
+        assert lists < 20, f"{lists} LISTs for 20 concurrent callers"
+    finally:
+        await client.aclose()
