@@ -314,7 +314,9 @@ def main() -> int:
     p.add_argument("--apps", type=int, default=1000)
     p.add_argument("--repos", type=int, default=10)
     p.add_argument("--replicas", default="1,3")
-    p.add_argument("--interval", type=int, default=60, help="reconcileInterval seconds")
+    p.add_argument(
+        "--interval", type=int, default=180, help="reconcileInterval seconds (gitopsd's default)"
+    )
     p.add_argument("--idle", type=int, default=120, help="seconds of idle measurement")
     p.add_argument("--timeout", type=int, default=900)
     args = p.parse_args()

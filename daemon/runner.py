@@ -556,6 +556,10 @@ class Daemon:
         log.info("joining the members", member=member, cluster=control.name)
         await m.joined.wait()
         await m.observe()
+        # Replicas started together (a rollout) see each other after one renewal: waiting for
+        # it spares a first assignment that would hand most apps over again a moment later.
+        await anyio.sleep(m.interval)
+        await m.observe()
 
     def _reshard(self) -> None:
         """Recompute which member owns which app; wake the apps that moved (gained ones

@@ -193,8 +193,8 @@ class Settings:
     sharding_cluster: str = ""  # the cluster holding the Leases ("": the first configured one)
     sharding_namespace: str = ""  # their namespace ("": inventoryNamespace)
     sharding_member_id: str = ""  # this replica's id ("": $POD_NAME, else the host name)
-    sharding_lease_duration: float = 15.0
-    sharding_renew_interval: float = 5.0
+    sharding_lease_duration: float = 10.0
+    sharding_renew_interval: float = 3.0
     sharding_algorithm: str = "rendezvous"  # rendezvous | legacy | round-robin
     sharding_advertise_url: str = ""  # where the others reach this API ("": from listen)
     # Where app status and operation state live: files under stateDir (local) or one ConfigMap

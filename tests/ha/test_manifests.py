@@ -50,5 +50,5 @@ def test_ha_settings_load_with_sharding(tmp_path: Path) -> None:
     s = cfg.settings
     assert s.sharding_enabled and s.sharding_namespace == "gitopsd-system"
     assert s.state_store == "kubernetes"
-    assert (s.sharding_lease_duration, s.sharding_renew_interval) == (15.0, 5.0)
+    assert (s.sharding_lease_duration, s.sharding_renew_interval) == (10.0, 3.0)
     assert [a.name for a in cfg.applications] == ["guestbook"]
