@@ -3,9 +3,10 @@ demand, ReplicaSets per pod template, steps, pauses, promotion, abort and Servic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from daemon import settings
 from daemon.engine import Engine
+from daemon.settings import Application
 from tests.conftest import Cluster, GitRepo, application, write_config
 from tests.integration.test_sync import get
 
@@ -110,6 +112,25 @@ def selector(cluster: Cluster, ns: str, svc: str) -> str:
     return str((body.get("spec") or {}).get("selector", {}).get(HASH, ""))
 
 
+@contextlib.asynccontextmanager
+async def deployed(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path, name: str
+) -> AsyncIterator[tuple[Engine, Application, str]]:
+    """An engine with app `name` (path `app` of `git_repo`) synced once and its Rollout `web`
+    through its first deploy: the engine, the app and the stable pod-template hash."""
+    cfg = settings.load(
+        write_config(tmp_path, cluster, [application(name, git_repo.url, "app", namespace)])
+    )
+    async with Engine.open(cfg) as engine:
+        app = cfg.app(name)
+        await engine.reconciler.reconcile(app)
+        first = await until(
+            "first deploy",
+            lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
+        )
+        yield engine, app, str(first["stableRS"])
+
+
 async def test_canary_steps_pause_promote_and_complete(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
@@ -192,18 +213,7 @@ async def test_abort_goes_back_to_stable_and_degrades_the_app(
     """status.abort during a canary scales the canary away and the stable set back to 100%;
     the Rollout is Degraded and so is the app, while git still holds the new version."""
     git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": rollout("nginx:1", STEPS)})
-    cfg = settings.load(
-        write_config(tmp_path, cluster, [application("abort", git_repo.url, "app", namespace)])
-    )
-    async with Engine.open(cfg) as engine:
-        app = cfg.app("abort")
-        await engine.reconciler.reconcile(app)
-        stable = (
-            await until(
-                "first deploy",
-                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
-            )
-        )["stableRS"]
+    async with deployed(cluster, namespace, git_repo, tmp_path, "abort") as (engine, app, stable):
         git_repo.write({"app/ro.yaml": rollout("nginx:2", STEPS)})
         await engine.reconciler.reconcile(app)
         await until("pause", lambda: ro_status(cluster, namespace).get("phase") == "Paused")
@@ -253,18 +263,7 @@ async def test_blue_green_preview_promote_switch(
     the active one keeps the old pods; after promotion active switches, and the old set is
     scaled down once scaleDownDelaySeconds have passed."""
     git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": blue_green("nginx:1")})
-    cfg = settings.load(
-        write_config(tmp_path, cluster, [application("bg", git_repo.url, "app", namespace)])
-    )
-    async with Engine.open(cfg) as engine:
-        app = cfg.app("bg")
-        await engine.reconciler.reconcile(app)
-        blue = (
-            await until(
-                "first deploy",
-                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
-            )
-        )["stableRS"]
+    async with deployed(cluster, namespace, git_repo, tmp_path, "bg") as (engine, app, blue):
         assert selector(cluster, namespace, "web-stable") == blue
         git_repo.write({"app/ro.yaml": blue_green("nginx:2")})
         await engine.reconciler.reconcile(app)
@@ -821,18 +820,7 @@ async def test_restart_replaces_every_pod_a_few_at_a_time(
     """`restart` (spec.restartAt) on the real cluster: every pod of the Rollout is replaced by
     a newer one, the ReplicaSet stays the same, and status.restartedAt records it."""
     git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": rollout("nginx:1", STEPS)})
-    cfg = settings.load(
-        write_config(tmp_path, cluster, [application("rst", git_repo.url, "app", namespace)])
-    )
-    async with Engine.open(cfg) as engine:
-        app = cfg.app("rst")
-        await engine.reconciler.reconcile(app)
-        stable = (
-            await until(
-                "first deploy",
-                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
-            )
-        )["stableRS"]
+    async with deployed(cluster, namespace, git_repo, tmp_path, "rst") as (engine, app, stable):
 
         def pods() -> dict[str, str]:
             out = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json"))
@@ -1080,18 +1068,7 @@ async def test_a_crashlooping_canary_times_out_and_is_aborted(
         )
 
     git_repo.write({"app/svc.yaml": SERVICES, "app/ro.yaml": stuck("nginx:1")})
-    cfg = settings.load(
-        write_config(tmp_path, cluster, [application("stuck", git_repo.url, "app", namespace)])
-    )
-    async with Engine.open(cfg) as engine:
-        app = cfg.app("stuck")
-        await engine.reconciler.reconcile(app)
-        stable = (
-            await until(
-                "first deploy",
-                lambda: (s := ro_status(cluster, namespace)).get("phase") == "Healthy" and s,
-            )
-        )["stableRS"]
+    async with deployed(cluster, namespace, git_repo, tmp_path, "stuck") as (engine, app, stable):
         git_repo.write({"app/ro.yaml": stuck("nginx:crashloop")})
         await engine.reconciler.reconcile(app)
         aborted = await until(
