@@ -124,12 +124,19 @@ class DriftWatches:
         self.seq: dict[str, int] = {}  # events seen per app (a change during a run counts)
         self.healths: dict[tuple[str, str, str, str], HealthStatus | None] = {}
         self.owners: dict[tuple[str, str, str, str], str] = {}  # (cluster,group,kind,ns/name)
+        self.app_keys: dict[str, set[tuple[str, str, str, str]]] = {}  # app -> its owner keys
+        self.users: dict[tuple[str, str, str, str], int] = {}  # watch scope -> apps using it
         self.seen: dict[tuple[str, str, str, str], str] = {}
         self.tg: TaskGroup | None = None
 
     def update(self, cluster: str, client: KubeClient, worker: AppWorker) -> None:
-        for k in [k for k, v in self.owners.items() if v == worker.app.name]:
-            del self.owners[k]
+        """Watch what the app's last status lists. Work per call is proportional to that app's
+        resources, not to every app's (a reconcile of one app must not cost more as apps are
+        added)."""
+        for k in self.app_keys.pop(worker.app.name, set()):
+            if self.owners.get(k) == worker.app.name:
+                del self.owners[k]
+        keys = self.app_keys[worker.app.name] = set()
         wanted: set[tuple[str, str, str, str]] = set()
         self.partial.discard(worker.app.name)
         for r in worker.last_status.get("resources", []):
@@ -138,11 +145,20 @@ class DriftWatches:
                 self.partial.add(worker.app.name)  # something we cannot watch
                 continue
             ns = r["namespace"] if rt.namespaced else ""
-            self.owners[(cluster, r["group"], r["kind"], f"{r['namespace']}/{r['name']}")] = (
-                worker.app.name
-            )
+            key = (cluster, r["group"], r["kind"], f"{r['namespace']}/{r['name']}")
+            self.owners[key] = worker.app.name
+            keys.add(key)
             wanted.add((cluster, r["group"], r["kind"], ns))
+        before = self.app_scopes.get(worker.app.name, set())
         self.app_scopes[worker.app.name] = wanted
+        for scope_key in wanted - before:
+            self.users[scope_key] = self.users.get(scope_key, 0) + 1
+        unused = []
+        for scope_key in before - wanted:
+            self.users[scope_key] -= 1
+            if self.users[scope_key] <= 0:
+                del self.users[scope_key]
+                unused.append(scope_key)
         assert self.tg is not None
         for scope_key in wanted - set(self.scopes):
             group, kind = scope_key[1], scope_key[2]
@@ -152,11 +168,10 @@ class DriftWatches:
             scope = anyio.CancelScope()
             self.scopes[scope_key] = scope
             self.tg.start_soon(self._watch, scope, scope_key, client, rt)
-        in_use = {(c, g, k, ns) for (c, g, k, nsn) in self.owners for ns in (nsn.split("/")[0], "")}
-        for scope_key in list(self.scopes):
-            if scope_key not in in_use:
+        for scope_key in unused:
+            if scope_key in self.scopes:
                 self.scopes.pop(scope_key).cancel()
-                self.established.discard(scope_key)
+            self.established.discard(scope_key)
 
     async def _watch(
         self,
