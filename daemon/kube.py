@@ -158,7 +158,7 @@ class KubeClient:
         # Called before every write that is not a dry run; raises to refuse it. Several replicas
         # sharing apps (daemon.ha) fence a member whose Lease lapsed this way.
         self.write_gate: Callable[[str, str], None] | None = None
-        self._lists: dict[tuple[str, str], _Flight] = {}  # LISTs in flight, for list_fresh
+        self._lists: dict[str, _Flight] = {}  # LISTs in flight by path, for list_fresh
         self._list_seq = 0
 
     # --- construction -----------------------------------------------------------------------
@@ -479,7 +479,7 @@ class KubeClient:
         runs wait for it and share the next one. Many apps compared at once in one namespace
         then cost the API server one LIST per round instead of one each. The items are shared:
         copy before changing them."""
-        key = (rt.path(namespace), "")
+        key = rt.path(namespace)
         self._list_seq += 1
         asked = self._list_seq
         while True:

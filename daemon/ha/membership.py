@@ -307,9 +307,13 @@ class Membership:
         return shard.assign(apps, list(self.live), self.algorithm)
 
     async def claim(self, app: str) -> bool:
-        """Hold the app's Lease (compare-and-swap); False when a live member holds it."""
+        """Hold the app's Lease (compare-and-swap); False when a live member holds it. A claim
+        already held costs no request: only an eviction takes it away, and an eviction shuts
+        the fence first and then clears the claims (`_lost`)."""
         if not self.may_write():
             return False
+        if app in self.claims:
+            return True
         rt = await self._type()
         name = L.app_lease_name(app)
         current = await self.client.get(rt, self.namespace, name)

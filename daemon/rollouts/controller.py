@@ -504,8 +504,7 @@ class ClusterRollouts:
                 self.types["ingress"], namespace, ingress.canary_name(name, stable_name)
             )
             if existing is not None:
-                want = ingress.desired(ro, canary, stable, 0)
-                ingress.patch(existing, want, uid)  # raises IngressConflict
+                ingress.check_owner(existing, uid)
             out.append((stable, existing))
         return out
 

@@ -137,9 +137,8 @@ def desired(
     }
 
 
-def patch(existing: Body, want: Body, uid: str) -> Body | None:
-    """The merge patch that brings an existing canary Ingress to `want` (None: nothing to do),
-    keeping annotations others added; IngressConflict if another object controls it."""
+def check_owner(existing: Body, uid: str) -> None:
+    """IngressConflict unless the Rollout with `uid` controls this canary Ingress."""
     meta = existing.get("metadata") or {}
     controllers = [r for r in meta.get("ownerReferences") or [] if r.get("controller")]
     if not any(r.get("uid") == uid for r in controllers):
@@ -149,6 +148,13 @@ def patch(existing: Body, want: Body, uid: str) -> Body | None:
             if controllers
             else f"Ingress/{meta.get('namespace')}/{name}: exists and is not owned by the Rollout"
         )
+
+
+def patch(existing: Body, want: Body, uid: str) -> Body | None:
+    """The merge patch that brings an existing canary Ingress to `want` (None: nothing to do),
+    keeping annotations others added; IngressConflict if another object controls it."""
+    check_owner(existing, uid)
+    meta = existing.get("metadata") or {}
     out: Body = {}
     have = meta.get("annotations") or {}
     changed = {k: v for k, v in want["metadata"]["annotations"].items() if have.get(k) != v}
