@@ -23,6 +23,7 @@ import anyio
 from daemon import __version__, kubeconfig
 from daemon.errors import KubeError, KubeNotFound
 from daemon.kubeconfig import Credentials, Headers
+from daemon.livecache import LiveCache
 from daemon.model import Body, ResourceKey, ResourceType
 from daemon.settings import IN_CLUSTER_NAME, IN_CLUSTER_SERVER, ClusterConfig
 
@@ -160,6 +161,8 @@ class KubeClient:
         self.write_gate: Callable[[str, str], None] | None = None
         self._lists: dict[str, _Flight] = {}  # LISTs in flight by path, for list_fresh
         self._list_seq = 0
+        # What the drift watches hold, for compares; every write here is recorded into it.
+        self.cache = LiveCache()
 
     # --- construction -----------------------------------------------------------------------
 
@@ -536,7 +539,10 @@ class KubeClient:
             content_type=_APPLY,
         )
         assert r is not None
-        return dict(r.json())
+        out = dict(r.json())
+        if not dry_run:
+            self.cache.wrote(rt.group, rt.kind, ns, name, out)
+        return out
 
     async def _send(
         self,
@@ -563,7 +569,11 @@ class KubeClient:
             content_type=content_type,
         )
         assert r is not None
-        return dict(r.json())
+        out = dict(r.json())
+        if not (params or {}).get("dryRun"):
+            written = str((out.get("metadata") or {}).get("name") or name)
+            self.cache.wrote(rt.group, rt.kind, namespace, written, out)
+        return out
 
     @staticmethod
     def _write_params(dry_run: bool) -> dict[str, str]:
@@ -727,6 +737,18 @@ class KubeClient:
             content=json.dumps(body).encode(),
             content_type="application/json",
             ok404=True,
+        )
+        try:
+            answer = r.json() if r is not None else None
+        except ValueError:
+            answer = {"kind": "Status"}
+        self.cache.wrote(
+            rt.group,
+            rt.kind,
+            namespace,
+            name,
+            answer if isinstance(answer, dict) else None,
+            delete=True,
         )
         return r is not None
 

@@ -181,38 +181,50 @@ class DriftWatches:
         rt: ResourceType,
     ) -> None:
         cluster, _, _, ns = scope_key
+        cached = (rt.group, rt.kind, ns)  # the same scope in the client's LiveCache
         backoff = 1.0
         broken = False  # the last watch ended in an error: events may have been missed
-        with scope:
-            while True:
-                try:
-                    items, rv = await client.list(rt, ns)
-                    for item in items:
-                        self._note(cluster, rt, item, initial=True)
-                    self.established.add(scope_key)
-                    if broken:
-                        self._recovered(scope_key, f"{rt.kind} watch re-established")
-                    broken, backoff = False, 1.0
-                    async for ev in client.watch(rt, ns, resource_version=rv):
-                        if ev.type == "ERROR":  # e.g. 410 Gone: relist from scratch
-                            broken = True
-                            self._lost(scope_key)
-                            break
-                        if ev.type in ("MODIFIED", "DELETED", "ADDED"):
-                            self._note(cluster, rt, ev.object, deleted=ev.type == "DELETED")
-                except (KubeError, ValueError) as e:
-                    broken = True
-                    self._lost(scope_key)
-                    # Forbidden or unreachable: back off (up to a minute), never spin.
-                    log.debug(
-                        "drift watch restarting",
-                        kind=rt.kind,
-                        namespace=ns,
-                        error=str(e),
-                        retry_in=backoff,
-                    )
-                    await anyio.sleep(backoff)
-                    backoff = min(60.0, backoff * 2)
+        handle = client.cache.open(cached, rt.api_version)
+        try:
+            with scope:
+                while True:
+                    try:
+                        items, rv = await client.list(rt, ns)
+                        client.cache.fill(cached, items)
+                        for item in items:
+                            self._note(cluster, rt, item, initial=True)
+                        self.established.add(scope_key)
+                        if broken:
+                            self._recovered(scope_key, f"{rt.kind} watch re-established")
+                        broken, backoff = False, 1.0
+                        async for ev in client.watch(rt, ns, resource_version=rv):
+                            if ev.type == "ERROR":  # e.g. 410 Gone: relist from scratch
+                                broken = True
+                                client.cache.lost(cached)
+                                self._lost(scope_key)
+                                break
+                            if ev.type in ("MODIFIED", "DELETED", "ADDED"):
+                                gone = ev.type == "DELETED"
+                                client.cache.event(cached, ev.object, deleted=gone)
+                                self._note(cluster, rt, ev.object, deleted=gone)
+                        else:
+                            client.cache.lost(cached)  # the server ended it: list again
+                    except (KubeError, ValueError) as e:
+                        broken = True
+                        client.cache.lost(cached)
+                        self._lost(scope_key)
+                        # Forbidden or unreachable: back off (up to a minute), never spin.
+                        log.debug(
+                            "drift watch restarting",
+                            kind=rt.kind,
+                            namespace=ns,
+                            error=str(e),
+                            retry_in=backoff,
+                        )
+                        await anyio.sleep(backoff)
+                        backoff = min(60.0, backoff * 2)
+        finally:
+            client.cache.close(cached, handle)
 
     def _lost(self, scope_key: tuple[str, str, str, str]) -> None:
         """A watch broke: events may have been missed, so its apps need a full compare."""

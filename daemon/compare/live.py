@@ -1,4 +1,5 @@
-"""Read the live objects a compare needs: one LIST per (type, namespace), or GETs where the type
+"""Read the live objects a compare needs: from the drift watches' cache (`daemon.livecache`) when
+they hold the type and namespace, else one LIST per (type, namespace), or GETs where the type
 cannot be listed; the listing also finds objects carrying the app's tracking id that nothing
 recorded (extraneous: an inventory lost or edited, a copy of a manifest applied by hand)."""
 
@@ -62,11 +63,31 @@ async def _read_group(
     method: TrackingMethod,
 ) -> dict[ResourceKey, Body]:
     found: dict[ResourceKey, Body] = {}
+    names = {k.name for k in wanted}
+    cached = client.cache.read(rt.group, rt.kind, rt.api_version, ns, names, owner)
+    if cached is not None:
+        # The drift watch holds this scope: no LIST. What gitopsd wrote after the watch last
+        # saw it is read from the API server, so a compare right after an apply sees it.
+        for name, item in cached.objects.items():
+            if name in names or tracking.is_owned_by(
+                item, owner, namespaced=rt.namespaced, method=method
+            ):
+                found[ResourceKey(rt.group, rt.kind, ns, name)] = item
+        for name in cached.stale:
+            body = await client.get(rt, ns, name)
+            key = ResourceKey(rt.group, rt.kind, ns, name)
+            if body is not None and (
+                name in names
+                or tracking.is_owned_by(body, owner, namespaced=rt.namespaced, method=method)
+            ):
+                body.setdefault("apiVersion", rt.api_version)
+                body.setdefault("kind", rt.kind)
+                found[key] = body
+        return found
     if "list" in rt.verbs:
         # Shared with other compares of the same type and namespace running now (never older
         # than this call), so the items are copied before anyone may change them.
         items = await client.list_fresh(rt, ns)
-        names = {k.name for k in wanted}
         for item in items:
             k = ResourceKey.of(item)
             key = ResourceKey(k.group or rt.group, k.kind, ns or k.namespace, k.name)
