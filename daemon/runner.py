@@ -186,31 +186,39 @@ class DriftWatches:
         broken = False  # the last watch ended in an error: events may have been missed
         handle = client.cache.open(cached, rt.api_version)
         try:
+            rv = ""  # where the watch resumes; "" = list first
             with scope:
                 while True:
                     try:
-                        items, rv = await client.list(rt, ns)
-                        client.cache.fill(cached, items)
-                        for item in items:
-                            self._note(cluster, rt, item, initial=True)
-                        self.established.add(scope_key)
-                        if broken:
-                            self._recovered(scope_key, f"{rt.kind} watch re-established")
-                        broken, backoff = False, 1.0
+                        if not rv:
+                            items, rv = await client.list(rt, ns)
+                            client.cache.fill(cached, items)
+                            for item in items:
+                                self._note(cluster, rt, item, initial=True)
+                            self.established.add(scope_key)
+                            if broken:
+                                self._recovered(scope_key, f"{rt.kind} watch re-established")
+                            broken, backoff = False, 1.0
+                        # A watch the server ends (timeoutSeconds) resumes from the last
+                        # version seen (events and bookmarks), as client-go's reflector does:
+                        # no relist of the scope every few minutes while idle.
+                        began = time.monotonic()
                         async for ev in client.watch(rt, ns, resource_version=rv):
                             if ev.type == "ERROR":  # e.g. 410 Gone: relist from scratch
-                                broken = True
+                                rv, broken = "", True
                                 client.cache.lost(cached)
                                 self._lost(scope_key)
                                 break
+                            seen = str((ev.object.get("metadata") or {}).get("resourceVersion", ""))
+                            rv = seen or rv
                             if ev.type in ("MODIFIED", "DELETED", "ADDED"):
                                 gone = ev.type == "DELETED"
                                 client.cache.event(cached, ev.object, deleted=gone)
                                 self._note(cluster, rt, ev.object, deleted=gone)
-                        else:
-                            client.cache.lost(cached)  # the server ended it: list again
+                        if time.monotonic() - began < 1.0:
+                            await anyio.sleep(1.0)  # a server ending watches at once: no spin
                     except (KubeError, ValueError) as e:
-                        broken = True
+                        rv, broken = "", True
                         client.cache.lost(cached)
                         self._lost(scope_key)
                         # Forbidden or unreachable: back off (up to a minute), never spin.
@@ -305,6 +313,7 @@ class Daemon:
         self._last_op: dict[str, str] = {}
         self.expansion = appsets.Expansion()
         self._appset_wake = anyio.Event()
+        self._appsets_version = ""  # resourceVersion of the leader's output last followed
         self.api_address = ""
         self._shields: set[anyio.CancelScope] = set()
         # Webhook floods coalesce: apps are refreshed once the pushes stop for a moment.
@@ -596,6 +605,7 @@ class Daemon:
         m = self.membership
         if m is None:
             return
+        children = self.engine.reconciler.children
         refs = [
             shard.AppRef(
                 w.app.name,
@@ -603,8 +613,19 @@ class Daemon:
                 str(dict(w.app.annotations).get(shard.PIN_ANNOTATION, "")),
             )
             for w in self.workers.values()
+            if children.parent_of(w.app.name) is None
         ]
-        before, self.assignment = self.assignment, m.assigned(refs)
+        assignment = m.assigned(refs)
+        # A child app (app of apps) is known only to the replica that renders its parent, so
+        # it goes where its top-most parent goes.
+        for name in self.workers:
+            top, seen = name, {name}
+            while (parent := children.parent_of(top)) is not None and parent not in seen:
+                top = parent
+                seen.add(top)
+            if top != name:
+                assignment[name] = assignment.get(top, "")
+        before, self.assignment = self.assignment, assignment
         mine = sum(1 for owner in self.assignment.values() if owner == m.member_id)
         self.metrics.shard_apps.set(mine)
         self.metrics.shard_members.set(len(m.live))
@@ -696,6 +717,7 @@ class Daemon:
             "algorithm": m.algorithm,
             "owned": sorted(a for a, owner in self.assignment.items() if owner == m.member_id),
             "claimed": sorted(m.claims),
+            "assignment": dict(sorted(self.assignment.items())),  # app -> member
         }
 
     def _maybe_retry(
@@ -780,6 +802,7 @@ class Daemon:
                 return
             log.info("child app added", app=app.name)
             self._start_worker(app)
+            self._reshard()
         elif app.name in self.engine.reconciler.taken_names(
             except_parent=self.engine.reconciler.children.parent_of(app.name) or ""
         ):
@@ -800,12 +823,58 @@ class Daemon:
             await self.engine.reconciler.delete_app(app)
 
     async def _appset_loop(self) -> None:
-        """Regenerate ApplicationSets every interval (and on reload or webhook)."""
+        """Regenerate ApplicationSets every interval (and on reload or webhook). With several
+        replicas only the leader generates and publishes its output; the others follow it."""
+        published = ""  # what this replica last published as leader
         while True:
-            await self.expand_appsets()
-            with anyio.move_on_after(self.config.settings.reconcile_interval):
+            m = self.membership
+            wait = self.config.settings.reconcile_interval
+            if m is None or m.leader:
+                await self.expand_appsets()
+                if m is not None and (self.config.application_sets or published):
+                    published = await self._publish_appsets(published)
+                    wait = min(wait, m.interval)  # notice losing the lead
+            elif m is not None:
+                published = ""
+                await self._follow_appsets()
+                wait = min(wait, m.interval)  # notice the leader's output, or becoming it
+            with anyio.move_on_after(wait):
                 await self._appset_wake.wait()
             self._appset_wake = anyio.Event()
+
+    async def _publish_appsets(self, last: str) -> str:
+        """As leader: share the generated apps with the other replicas when they changed."""
+        from daemon.ha import published
+
+        m = self.membership
+        assert m is not None
+        e = self.expansion
+        try:
+            payload = published.encode(e.apps, e.owner, e.errors)
+            if payload != last:
+                await published.publish(m.client, m.namespace, e.apps, e.owner, e.errors)
+                log.info("ApplicationSet output published", apps=len(e.apps))
+            return payload
+        except GitopsdError as err:
+            log.error("publishing ApplicationSet output failed", error=str(err))
+            return last
+
+    async def _follow_appsets(self) -> None:
+        """As follower: take the generated apps from the leader's last output."""
+        from daemon.ha import published
+
+        m = self.membership
+        assert m is not None
+        try:
+            out = await published.fetch(m.client, m.namespace, self._appsets_version)
+            if out is None:
+                return
+            apps, owner = out.applications()
+        except GitopsdError as err:
+            log.error("reading the leader's ApplicationSet output failed", error=str(err))
+            return
+        self._appsets_version = out.version
+        self._apply_expansion(appsets.Expansion(apps, owner, dict(out.errors)))
 
     async def expand_appsets(self) -> None:
         """Create, update and remove generated apps as the generators' output changes."""
@@ -817,6 +886,9 @@ class Daemon:
             self.expansion,
             reserved=set(self.engine.reconciler.children.apps),
         )
+        self._apply_expansion(expansion)
+
+    def _apply_expansion(self, expansion: appsets.Expansion) -> None:
         self.engine.reconciler.generated = dict(expansion.owner)
         old = self.expansion.apps
         for name, app in expansion.apps.items():
@@ -831,6 +903,7 @@ class Daemon:
             if name not in expansion.apps and name in self.workers:
                 self._remove_app(app, "generated app removed")
         self.expansion = expansion
+        self._reshard()  # the apps changed: assign the new ones
 
     def _progress(self, app_name: str, operation: dict[str, Any]) -> None:
         worker = self.workers.get(app_name)
@@ -922,6 +995,7 @@ class Daemon:
         for name, app in old_apps.items():
             if name not in new_apps:
                 self._remove_app(app, "app removed")
+        self._reshard()  # the apps changed: assign the new ones
 
     def _stop_worker(self, name: str) -> AppWorker | None:
         """Stop managing `name` (its worker finishes its current run and ends)."""

@@ -301,3 +301,92 @@ def test_a_member_cut_off_from_the_api_stops_writing_before_it_is_replaced(
             assert_no_overlap(operations(ds))
     finally:
         proxy.close()
+
+
+def generator_set(repo_url: str, namespace: str, elements: list[str]) -> dict[str, Any]:
+    """An ApplicationSet (list generator): one app `gen-<n>` per element, from path `app<n>`."""
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "ApplicationSet",
+        "metadata": {"name": "gen", "namespace": "argocd"},
+        "spec": {
+            "generators": [{"list": {"elements": [{"n": n} for n in elements]}}],
+            "template": {
+                "metadata": {"name": "gen-{{n}}"},
+                "spec": {
+                    "project": "default",
+                    "source": {"repoURL": repo_url, "targetRevision": "main", "path": "app{{n}}"},
+                    "destination": {
+                        "server": "https://kubernetes.default.svc",
+                        "namespace": namespace,
+                    },
+                    "syncPolicy": {"automated": {"prune": True}},
+                },
+            },
+        },
+    }
+
+
+def test_only_the_leader_generates_applicationsets(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """With two members, only the leader runs the ApplicationSet generators and publishes
+    their output; the follower takes the generated apps from it, so both shard the same six
+    apps, each synced by exactly one member. When the leader stops, the other becomes leader
+    and generates; an element it drops is removed (its resources deleted) once."""
+    git_repo.write({f"app{i}/cm.yaml": configmap(f"gen-cm-{i}") for i in range(6)})
+    write_config(tmp_path, cluster, [])
+    elements = [str(i) for i in range(6)]
+    (tmp_path / "apps" / "appset.yaml").write_text(
+        yaml.safe_dump(generator_set(git_repo.url, namespace, elements))
+    )
+    cfgs = {m: member_config(tmp_path, m, namespace) for m in ("g1", "g2")}
+    generated = {f"gen-{i}" for i in range(6)}
+    with members(cfgs) as ds:
+        wait_for(
+            lambda: all(get(cluster, namespace, f"configmap/gen-cm-{i}") for i in range(6)),
+            timeout=90,
+            what="every generated app synced by some member",
+        )
+        wait_for(
+            lambda: all(
+                len(sharding(d)["members"]) == 2 and set(sharding(d)["assignment"]) >= generated
+                for d in ds.values()
+            ),
+            timeout=30,
+            what="both members to shard the generated apps",
+        )
+        views = {m: sharding(d) for m, d in ds.items()}
+        assert views["g1"]["assignment"] == views["g2"]["assignment"], views
+        owned = {m: set(v["owned"]) & generated for m, v in views.items()}
+        assert owned["g1"] | owned["g2"] == generated and not owned["g1"] & owned["g2"]
+        leader = next(m for m, v in views.items() if v["leader"])
+        follower = next(m for m in ds if m != leader)
+        assert "ApplicationSet output published" in ds[leader].log.read_text()
+        follower_log = ds[follower].log.read_text()
+        assert "ApplicationSet output published" not in follower_log
+        assert '"appset": "gen"' in follower_log, "the follower added the leader's apps"
+        published = cluster.kubectl(
+            "get", "configmap", "gitopsd-appsets", "-n", namespace, "-o", "name"
+        )
+        assert "gitopsd-appsets" in published
+
+        ds[leader].proc.send_signal(signal.SIGTERM)
+        ds[leader].proc.wait(30)
+        survivor = ds[follower]
+        wait_for(
+            lambda: sharding(survivor)["leader"] and generated <= set(sharding(survivor)["owned"]),
+            timeout=40,
+            what="the survivor to lead and own every generated app",
+        )
+        (cfgs[follower].parent / "apps" / "appset.yaml").write_text(
+            yaml.safe_dump(generator_set(git_repo.url, namespace, elements[:5]))
+        )
+        wait_for(
+            lambda: get(cluster, namespace, "configmap/gen-cm-5") is None,
+            timeout=60,
+            what="the new leader to remove the dropped app's resources",
+        )
+        assert "ApplicationSet output published" in survivor.log.read_text()
+        assert "gen-5" not in sharding(survivor)["assignment"]
+        assert_no_overlap(operations(ds))

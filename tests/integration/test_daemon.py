@@ -482,3 +482,64 @@ def test_self_heal_backs_off_when_something_keeps_reverting(
             timeout=40,
             what="drift healed at last",
         )
+
+
+def _lists(d: Daemon, kind: str) -> float:
+    """LIST requests of `kind` the daemon sent so far (its own request metric)."""
+    total = 0.0
+    for line in d.api("/metrics").text.splitlines():
+        mine = line.startswith("argocd_app_k8s_request_total{") and f'kind="{kind}"' in line
+        if mine and 'verb="list"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_compares_read_the_watch_cache_and_see_their_own_writes(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """Once the drift watches hold a namespace, refreshing every app there sends no LIST of it
+    (compares read the watch cache), a hand edit is still seen and healed, and a sync's own
+    writes are read back at once: one change in git is one sync, not a sync that looks
+    OutOfSync to its own health check and runs again."""
+    apps = [f"c{i}" for i in range(6)]
+    git_repo.write({f"{a}/cm.yaml": configmap(f"cache-{a}") for a in apps})
+    cfg = write_config(
+        tmp_path, cluster, [application(a, git_repo.url, a, namespace) for a in apps]
+    )
+    with running(cfg) as d:
+        wait_for(lambda: all(d.synced(a) for a in apps), timeout=60, what="all synced")
+        time.sleep(1.5)  # the watches of the namespace are established
+        before = _lists(d, "ConfigMap")
+        stamps = {a: d.status(a).get("reconciledAt") for a in apps}
+        for a in apps:
+            assert d.api(f"/api/v1/applications/{a}/refresh", method="POST").status_code < 300
+        wait_for(
+            lambda: all(d.status(a).get("reconciledAt") != stamps[a] for a in apps),
+            timeout=30,
+            what="every app compared again",
+        )
+        assert _lists(d, "ConfigMap") == before, "compares LISTed instead of reading the cache"
+
+        cluster.kubectl(
+            "patch", "cm", "cache-c0", "-n", namespace, "-p", '{"data":{"key":"by-hand"}}'
+        )
+        wait_for(
+            lambda: (get(cluster, namespace, "configmap/cache-c0") or {})["data"].get("key") == "x",
+            timeout=30,
+            what="the hand edit seen through the cache and healed",
+        )
+
+        history = len(d.status("c1").get("history") or [])
+        git_repo.write({"c1/cm.yaml": configmap("cache-c1", data="v2")})
+        d.api("/api/v1/applications/c1/refresh", method="POST")
+        wait_for(
+            lambda: (
+                (get(cluster, namespace, "configmap/cache-c1") or {})["data"].get("key") == "v2"
+                and d.synced("c1")
+            ),
+            timeout=30,
+            what="the change synced",
+        )
+        time.sleep(2)
+        assert len(d.status("c1").get("history") or []) == history + 1, "exactly one sync"
+        assert d.synced("c1")
