@@ -36,6 +36,7 @@ class Write:
 
     rv: str
     gone: bool
+    deleted: bool = False  # it was a delete (gone now, or held by finalizers)
 
 
 @dataclass
@@ -124,17 +125,23 @@ class LiveCache:
             self._put(scope, s, obj)
         s.readable = True
 
-    def event(self, scope: Scope, obj: Body, *, deleted: bool) -> None:
-        """A watch event for `scope`."""
+    def event(self, scope: Scope, obj: Body, *, deleted: bool) -> bool:
+        """A watch event for `scope`. True when it is the echo of gitopsd's own last write
+        (the version its write produced, or the removal it asked for): nothing anyone else
+        did, so nothing to react to."""
         s = self._scopes.get(scope)
         if s is None:
-            return
+            return False
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        write = self._writes.get((*scope, name))
         if deleted:
-            name = str((obj.get("metadata") or {}).get("name", ""))
             self._drop(s, name)
             self._writes.pop((*scope, name), None)  # whatever gitopsd wrote last, it is gone
-        else:
-            self._put(scope, s, obj)
+            return write is not None and write.deleted
+        self._put(scope, s, obj)
+        rv = str(meta.get("resourceVersion", ""))
+        return write is not None and not write.gone and bool(rv) and rv == write.rv
 
     def lost(self, scope: Scope) -> None:
         """The watch broke: events may be missing until it lists again."""
@@ -168,7 +175,9 @@ class LiveCache:
         gone = delete and (
             body is None or body.get("kind") == "Status" or not meta.get("finalizers")
         )
-        self._writes[(group, kind, ns, name)] = Write(str(meta.get("resourceVersion", "")), gone)
+        self._writes[(group, kind, ns, name)] = Write(
+            str(meta.get("resourceVersion", "")), gone, delete
+        )
 
     # --- read by compares -------------------------------------------------------------------
 

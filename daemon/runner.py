@@ -213,8 +213,8 @@ class DriftWatches:
                             rv = seen or rv
                             if ev.type in ("MODIFIED", "DELETED", "ADDED"):
                                 gone = ev.type == "DELETED"
-                                client.cache.event(cached, ev.object, deleted=gone)
-                                self._note(cluster, rt, ev.object, deleted=gone)
+                                echo = client.cache.event(cached, ev.object, deleted=gone)
+                                self._note(cluster, rt, ev.object, deleted=gone, echo=echo)
                         if time.monotonic() - began < 1.0:
                             await anyio.sleep(1.0)  # a server ending watches at once: no spin
                     except (KubeError, ValueError) as e:
@@ -263,6 +263,7 @@ class DriftWatches:
         *,
         initial: bool = False,
         deleted: bool = False,
+        echo: bool = False,
     ) -> None:
         meta = obj.get("metadata") or {}
         nsn = f"{meta.get('namespace', '') or ''}/{meta.get('name', '')}"
@@ -276,15 +277,21 @@ class DriftWatches:
         self.healths[key] = health.status if health else None
         if initial or app is None:
             return
-        self.seq[app] = self.seq.get(app, 0) + 1
-        self.clean.discard(app)  # any event, status included: compare fully next time
+        changed = old_health != self.healths[key]
+        if echo and not changed:
+            # gitopsd's own write coming back: the run that made it compares after it.
+            return
         if previous == h:
-            # Status only: refresh when an object's health changed, or while the app is not
-            # yet Healthy (as Argo CD updates app health from its cluster cache).
-            changed = old_health != self.healths[key]
+            # Status only: compares ignore status, so only a health change matters. Refresh
+            # when an object's health changed, or while the app is not yet Healthy (as Argo
+            # CD updates app health from its cluster cache).
             if changed or self.daemon.app_health(app) != "Healthy":
+                self.seq[app] = self.seq.get(app, 0) + 1
+                self.clean.discard(app)
                 self.daemon.drift(app, f"{rt.kind}/{nsn} status changed")
             return
+        self.seq[app] = self.seq.get(app, 0) + 1
+        self.clean.discard(app)  # changed by someone else: compare fully next time
         self.daemon.drift(app, f"{rt.kind}/{nsn} changed")
 
 

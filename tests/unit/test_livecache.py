@@ -99,3 +99,17 @@ def test_a_delete_held_by_finalizers_is_a_write_of_a_live_object() -> None:
     assert read(cache, "a").stale == {"a"}, "still cached after a delete: ask the server"
     cache.event(SCOPE, cm("a", 13), deleted=False)  # created again by someone else
     assert read(cache, "a").objects["a"]["data"] == {"v": "13"}
+
+
+def test_the_echo_of_gitopsds_own_write_is_recognised() -> None:
+    """The event carrying the version gitopsd's write produced (or the removal it asked for)
+    is an echo; anyone else's change, or a later version, is not."""
+    cache = filled(cm("a", 10), cm("b", 11))
+    cache.wrote("", "ConfigMap", "ns1", "a", cm("a", 20))
+    assert not cache.event(SCOPE, cm("a", 15), deleted=False), "an older version in flight"
+    assert cache.event(SCOPE, cm("a", 20), deleted=False), "our write coming back"
+    assert not cache.event(SCOPE, cm("a", 21), deleted=False), "someone else's edit after it"
+    assert not cache.event(SCOPE, cm("b", 11), deleted=True), "deleted by someone else"
+    cache.event(SCOPE, cm("b", 30), deleted=False)
+    cache.wrote("", "ConfigMap", "ns1", "b", cm("b", 31), delete=True)
+    assert cache.event(SCOPE, cm("b", 31), deleted=True), "the prune we asked for"
