@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -275,7 +276,149 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "undo":
             v.add_argument("--to-revision", type=int, default=None)
     ro.set_defaults(func=cmd_rollout)
+
+    sp = sub.add_parser("backup", help="write one archive to restore this gitopsd from")
+    sp.add_argument("-c", "--config", help="settings file (gitopsd.yaml)")
+    sp.add_argument("-o", "--output", help="the archive to write (.tar.gz)")
+    sp.add_argument(
+        "--include-secrets",
+        action="store_true",
+        help="embed the credential files the config references, encrypted with --key-file",
+    )
+    sp.add_argument("--key-file", default="", help="backup key (see --new-key)")
+    sp.add_argument("--new-key", metavar="FILE", default="", help="create a backup key and exit")
+    sp.set_defaults(func=cmd_backup)
+    sp = sub.add_parser("restore", help="check a backup and restore it into a new directory")
+    sp.add_argument("archive")
+    sp.add_argument("--to", required=True, help="new directory for the config tree")
+    sp.add_argument("--dry-run", action="store_true", help="check and print, write nothing")
+    sp.add_argument(
+        "--state-dir", default="", help="restore app state here (default: the config's stateDir)"
+    )
+    sp.add_argument("--key-file", default="", help="to restore credential files from the backup")
+    sp.add_argument("--no-cluster", action="store_true", help="do not recreate missing inventories")
+    sp.set_defaults(func=cmd_restore)
+
+    imp = sub.add_parser("import", help="convert another tool's configuration (argocd)")
+    imp_from = imp.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    sp = imp_from.add_parser(
+        "argocd",
+        help="Argo CD backup files (kubectl get ... -o yaml, cluster and repository Secrets, "
+        "argocd-cm) or argocd admin export output",
+    )
+    sp.add_argument("files", nargs="+", help="YAML files (Lists or documents)")
+    sp.add_argument("--to", required=True, help="new directory for the config tree")
+    sp.add_argument(
+        "--in-cluster-kubeconfig",
+        default="",
+        help="kubeconfig for Argo CD's in-cluster destination (default: the pod's service "
+        "account, as Argo CD does)",
+    )
+    sp.set_defaults(func=cmd_import)
     return p
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Write one archive with everything needed to restore this gitopsd."""
+    from pathlib import Path
+
+    from daemon.dr import archive, backup
+
+    if args.new_key:
+        path = Path(args.new_key)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(archive.new_key() + b"\n")
+        print(f"new backup key in {path} (keep it apart from the backups)")
+        return 0
+    if not args.config or not args.output:
+        raise ConfigError("backup needs -c/--config and -o/--output (or --new-key FILE)")
+    cfg = _load(args.config)
+    key = archive.read_key(args.key_file) if args.key_file else None
+    contents = _run(lambda: backup.take(cfg, include_secrets=args.include_secrets, key=key))
+    data = archive.pack(contents)
+    backup.write_archive(data, Path(args.output))
+    kinds: dict[str, int] = {}
+    for member in contents.members:
+        kinds[member.split("/", 1)[0]] = kinds.get(member.split("/", 1)[0], 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"backup {args.output}: {len(data)} bytes; {summary}")
+    for note in contents.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Check an archive, then write its config tree, state, inventories (and secrets)."""
+    from pathlib import Path
+
+    from daemon.dr import archive, backup
+
+    try:
+        data = Path(args.archive).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file=args.archive) from e
+    contents, _ = archive.unpack(data, name=args.archive)
+    key = archive.read_key(args.key_file) if args.key_file else None
+    print(f"backup {args.archive}: taken {contents.created_at} by {contents.created_by}")
+    result = _run(
+        lambda: backup.restore(
+            contents,
+            Path(args.to).resolve(),
+            dry_run=args.dry_run,
+            state_dir=args.state_dir,
+            key=key,
+            cluster=not args.no_cluster,
+        )
+    )
+    for line in result.lines:
+        print(f"  {line}")
+    if not args.dry_run:
+        print(f"next: gitopsd run -c {Path(args.to).resolve() / contents.config_file}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Convert Argo CD backup files (or `argocd admin export` output) into a config tree."""
+    from pathlib import Path
+
+    from daemon import settings
+    from daemon.dr import importer
+    from daemon.dr.files import write_tree
+
+    documents: list[tuple[str, dict[str, Any]]] = []
+    for name in args.files:
+        try:
+            text = Path(name).read_text()
+            docs = list(yamlio.load_all(text))
+        except OSError as e:
+            raise ConfigError(f"cannot read: {e.strerror}", file=name) from e
+        except Exception as e:  # yaml errors: name the file
+            raise ConfigError(f"invalid YAML: {e}", file=name) from e
+        for doc in docs:
+            if not isinstance(doc, dict):
+                continue
+            items = doc.get("items") if doc.get("kind", "").endswith("List") else None
+            for item in items if isinstance(items, list) else [doc]:
+                if isinstance(item, dict):
+                    documents.append((name, item))
+    result = importer.convert(documents, in_cluster_kubeconfig=args.in_cluster_kubeconfig)
+    dest = Path(args.to).resolve()
+    warnings: list[str] = []
+
+    def check(tree: Path) -> None:
+        # The imported tree must load as gitopsd's own config (paths as they will be).
+        loaded = settings.load(tree / "gitopsd.yaml")
+        warnings.extend(w.replace(str(tree), str(dest)) for w in loaded.warnings)
+
+    write_tree(result.files, dest, check=check)
+    report = [*result.report, *(f"config warning: {w}" for w in warnings)]
+    summary = ", ".join(f"{n} {k}" for k, n in result.counts.items())
+    text = "\n".join([f"imported into {dest}: {summary}", *(f"  - {line}" for line in report)])
+    (dest / "IMPORT-REPORT.txt").write_text(text + "\n")
+    print(text)
+    print(f"next: gitopsd check -c {dest / 'gitopsd.yaml'}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from daemon.children import CONTROL_NAMESPACE, is_child_kind
-from daemon.errors import KubeNotFound, PlanError
+from daemon.errors import KubeNotFound, PlanError, SourceUnreachable
 from daemon.kube import KubeClient
 from daemon.model import ANN_SYNC_OPTIONS, Body, Manifest, ResourceKey, ResourceType
 from daemon.plan import tracking
@@ -23,6 +23,7 @@ from daemon.plan.tracking import TrackingMethod
 from daemon.render import Renderer, RenderRequest
 from daemon.settings import DNS1123_LABEL, Application
 from daemon.sources.git import RepoCache
+from daemon.sources.lastgood import LastGood, Rendered
 from daemon.stages import Desired
 
 log = structlog.get_logger("gitopsd.desired")
@@ -54,15 +55,55 @@ async def render_desired(
     max_age: float = 0.0,
     tracking_method: TrackingMethod = TrackingMethod.ANNOTATION,
     before_prepare: Callable[[Sequence[Manifest]], Awaitable[None]] | None = None,
+    last_good: LastGood | None = None,
 ) -> Desired:
     """Resolve, check out and render every source; prepare manifests for the cluster.
     `before_prepare` sees the rendered manifests before their kinds are resolved (it may
-    install CustomResourceDefinitions they need)."""
+    install CustomResourceDefinitions they need). With `last_good`, every render is kept, and
+    an unreachable source falls back to the kept render (`Desired.offline` says so)."""
+    await client.discover()
+    kube_version = client.server_version.lstrip("v").split("-")[0].split("+")[0]
+    offline = ""
+    try:
+        rendered = await _render_sources(app, repos, renderer, revision, max_age, kube_version)
+    except SourceUnreachable as e:
+        kept, why = last_good.load(app) if last_good is not None else (None, "")
+        if kept is None or (revision and revision not in kept.revisions):
+            raise SourceUnreachable(f"{e}; {why or 'nothing else to apply'}") from e
+        rendered = kept
+        revs = ", ".join(r[:12] for r in kept.revisions) or "?"
+        offline = f"applying revision {revs} from the last good render ({kept.rendered_at}): {e}"
+    else:
+        if last_good is not None:
+            await last_good.keep(app, rendered)
+    manifests = argo_rollouts_version(rendered.manifests)
+    if before_prepare is not None:
+        await before_prepare(manifests)
+    prepared, types, warnings = await prepare(app, client, manifests, tracking_method)
+    revisions = rendered.revisions
+    return Desired(
+        revision=revisions[0] if revisions else "",
+        revisions=revisions,
+        manifests=prepared,
+        types=types,
+        tool=",".join(rendered.tools),
+        inputs=inputs_key(app, rendered.ref_shas + revisions),
+        warnings=warnings,
+        offline=offline,
+    )
+
+
+async def _render_sources(
+    app: Application,
+    repos: RepoCache,
+    renderer: Renderer,
+    revision: str,
+    max_age: float,
+    kube_version: str,
+) -> Rendered:
     manifests: list[Manifest] = []
     revisions: list[str] = []
     tools: list[str] = []
-    await client.discover()
-    kube_version = client.server_version.lstrip("v").split("-")[0].split("+")[0]
     refs: list[tuple[str, str, str]] = []
     for src in app.sources:
         if src.ref:
@@ -85,19 +126,7 @@ async def render_desired(
         manifests.extend(rendered.manifests)
         revisions.append(resolved.sha)
         tools.append(rendered.tool)
-    manifests = argo_rollouts_version(manifests)
-    if before_prepare is not None:
-        await before_prepare(manifests)
-    prepared, types, warnings = await prepare(app, client, manifests, tracking_method)
-    return Desired(
-        revision=revisions[0] if revisions else "",
-        revisions=revisions,
-        manifests=prepared,
-        types=types,
-        tool=",".join(tools),
-        inputs=inputs_key(app, [sha for _, sha, _ in refs] + revisions),
-        warnings=warnings,
-    )
+    return Rendered(manifests, revisions, [sha for _, sha, _ in refs], tools)
 
 
 ARGO_ROLLOUTS_KINDS = {"Rollout", "AnalysisTemplate", "ClusterAnalysisTemplate", "AnalysisRun"}

@@ -17,6 +17,7 @@ from daemon.render import Renderer
 from daemon.rollouts.controller import Rollouts
 from daemon.settings import IN_CLUSTER_SERVER, Application, ClusterConfig, Config
 from daemon.sources.git import RepoCache
+from daemon.sources.lastgood import LastGood
 from daemon.status.state import StateStore, Store
 
 
@@ -57,6 +58,7 @@ class Engine:
         reconciler = Reconciler(
             config, repos=repos, renderer=renderer, clusters=clusters, store=store
         )
+        reconciler.last_good = LastGood(s.state_dir, max_bytes=s.max_manifest_bytes)
         reconciler.rollouts = Rollouts(
             mode=s.rollouts_controller,
             install_crds=s.rollouts_install_crds,

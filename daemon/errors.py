@@ -3,6 +3,7 @@
 GitopsdError
 ├── ConfigError          a settings file or an Argo CD document is invalid (file, document, field)
 ├── SourceError          git: unreachable repository, missing revision, unsafe path
+│   └── SourceUnreachable  the remote did not answer (ls-remote / fetch failed)
 ├── RenderError          directory / kustomize / helm rendering failed (file/line or tool stderr)
 ├── PlanError            the rendered set cannot be synced (duplicates, unknown kind, ...)
 │   └── ProjectViolation  the app breaks its AppProject's rules
@@ -30,6 +31,11 @@ class ConfigError(GitopsdError):
 
 class SourceError(GitopsdError):
     """A git source could not be fetched or read."""
+
+
+class SourceUnreachable(SourceError):
+    """The remote could not be reached or refused (ls-remote or fetch failed); the last good
+    render of an app may stand in for it."""
 
 
 class RenderError(GitopsdError):

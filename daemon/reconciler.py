@@ -40,6 +40,7 @@ from daemon.render import Renderer
 from daemon.rollouts.controller import Rollouts
 from daemon.settings import Application, ClusterConfig, Config
 from daemon.sources.git import RepoCache
+from daemon.sources.lastgood import LastGood
 from daemon.stages import Comparison, Desired, Operation, SyncRequest
 from daemon.status import build
 from daemon.status.state import Store
@@ -107,6 +108,8 @@ class Reconciler:
         # Argo Rollouts kinds in an app: CRDs installed and a controller run (set by Engine).
         self.rollouts: Rollouts | None = None
         self._restored: set[str] = set()
+        # The last good render per app, for when a source is unreachable (set by Engine).
+        self.last_good: LastGood | None = None
         # Called with (app name, Argo CD-shaped operationState) while a sync runs.
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
         self.child_tasks = ChildTasks(
@@ -229,6 +232,9 @@ class Reconciler:
             app, revision=revision, max_age=poll_max_age, prepare_kinds=True
         )
         bound = bound.bind(revision=desired.revision[:12])
+        if desired.offline:
+            run.conditions.append(offline_condition(run.status, desired.offline))
+            bound.warning("source unreachable; using the last good render", detail=desired.offline)
         desired = self._without_excluded(desired, target, run)
         if desired.warnings:
             message = "; ".join(desired.warnings)
@@ -327,6 +333,9 @@ class Reconciler:
             max_age=max_age,
             tracking_method=self.tracking,
             before_prepare=before_prepare,
+            # Only a reconcile falls back to the last good render; a diff or render asked
+            # for by a person reports the unreachable source.
+            last_good=self.last_good if prepare_kinds else None,
         )
         self._inputs[app.name] = desired.inputs
         violations = app_violations(app, target.project, target.cluster, desired)
@@ -592,6 +601,8 @@ class Reconciler:
                     target.client, app, desired, HookType.POST_DELETE, timeout=timeout
                 )
             await self.store.delete(app.name)
+            if self.last_good is not None:
+                self.last_good.forget(app.name)
             self._states.pop(app.name, None)
             self._digests.pop(app.name, None)
             self._saved.discard(app.name)
@@ -610,6 +621,27 @@ def system_rules(config: Config) -> list[diffing.IgnoreRule]:
         return [*diffing.parse_ignore_differences(rules, where=where), *diffing.CONTROLLER_OWNED]
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+OFFLINE = "SourceUnreachable"
+
+
+def offline_condition(previous: dict[str, Any], detail: str) -> dict[str, str]:
+    """The condition of an app running from its last good render; its transition time (and
+    the "since" it names) is when the source was first found unreachable."""
+    since = next(
+        (
+            str(c.get("lastTransitionTime", ""))
+            for c in previous.get("conditions") or []
+            if c.get("type") == OFFLINE
+        ),
+        "",
+    )
+    cond = build.condition(OFFLINE, "")
+    since = since or cond["lastTransitionTime"]
+    cond["lastTransitionTime"] = since
+    cond["message"] = f"source unreachable since {since}: {detail}"
+    return cond
 
 
 def _error_kind(error: BaseException) -> str:

@@ -48,6 +48,7 @@ class Desired:
     tool: str
     inputs: str = ""  # digest of (spec, every source SHA): what the compare depended on
     warnings: list[str] = field(default_factory=list)  # e.g. identical duplicate resources
+    offline: str = ""  # set when a source is unreachable and this is the last good render
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio
 
 from daemon import proc
-from daemon.errors import SourceError
+from daemon.errors import SourceError, SourceUnreachable
 from daemon.settings import RepositoryCredentials
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -58,6 +58,9 @@ def normalize_url(url: str) -> str:
     u = re.sub(r"^[^@/]+@", "", u)
     u = u.replace(":", "/", 1) if re.match(r"^[^/]+:[^/\d]", u) else u
     return u.removesuffix("/").removesuffix(".git")
+
+
+_REMOTE = ("ls-remote", "fetch")  # git calls that talk to the remote
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +163,7 @@ class Repo:
             )
         except proc.CommandTimeout as e:
             self._remove_stale_locks(force=True)  # the git we just killed cannot unlock
-            raise SourceError(
+            raise (SourceUnreachable if kind in _REMOTE else SourceError)(
                 f"repository {redact(self.url)}: git {args[0]} timed out after "
                 f"{self.cache.timeout:g}s"
             ) from e
@@ -168,7 +171,8 @@ class Repo:
             self.cache.counter.record(kind, self.url, time.monotonic() - started, ok)
         if result.returncode != 0:
             msg = redact(result.err_text or f"exit code {result.returncode}", secrets)
-            raise SourceError(f"repository {redact(self.url)}: git {args[0]} failed: {msg}")
+            error = SourceUnreachable if kind in _REMOTE else SourceError
+            raise error(f"repository {redact(self.url)}: git {args[0]} failed: {msg}")
         ok = True
         return result
 

@@ -1,0 +1,1 @@
+"""Disaster recovery: backups, restores, and imports from Argo CD."""

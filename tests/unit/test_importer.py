@@ -1,0 +1,94 @@
+"""`gitopsd import argocd` conversions, without a cluster: cluster and repository Secrets,
+argocd-cm's legacy repositories, and the report of what is not carried over."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from daemon.dr.importer import convert
+from daemon.errors import ConfigError
+
+
+def secret(secret_name: str, stype: str, **data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": secret_name, "labels": {"argocd.argoproj.io/secret-type": stype}},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def test_cluster_secrets_become_kubeconfigs_with_what_they_can_express() -> None:
+    """A bearer token and an exec provider carry over into the kubeconfig; an AWS login
+    config is reported; the cluster's extra labels stay on the entry (clusters generator)."""
+    config = {
+        "bearerToken": "tok",
+        "tlsClientConfig": {"insecure": True},
+        "execProviderConfig": {"command": "login", "args": ["-x"], "env": {"A": "1"}},
+        "awsAuthConfig": {"clusterName": "prod"},
+    }
+    s = secret("c1", "cluster", name="prod", server="https://prod:6443", config=json.dumps(config))
+    s["metadata"]["labels"]["env"] = "production"
+    out = convert([("clusters.yaml", s)])
+    cfg = yaml.safe_load(out.files["gitopsd.yaml"][0])
+    entry = cfg["clusters"][0]
+    assert entry == {
+        "name": "prod",
+        "server": "https://prod:6443",
+        "kubeconfig": "credentials/cluster-prod.kubeconfig",
+        "labels": {"env": "production"},
+    }
+    kube, mode = out.files[entry["kubeconfig"]]
+    assert mode == 0o600
+    user = yaml.safe_load(kube)["users"][0]["user"]
+    assert user["token"] == "tok" and user["exec"]["command"] == "login"
+    assert user["exec"]["env"] == [{"name": "A", "value": "1"}]
+    assert yaml.safe_load(kube)["clusters"][0]["cluster"]["insecure-skip-tls-verify"] is True
+    assert any("awsAuthConfig" in line for line in out.report)
+
+
+def test_repositories_from_secrets_and_from_argocd_cm() -> None:
+    """A repository Secret and argocd-cm's legacy list (with the Secret it names) become
+    repositories entries with 0600 credential files; a missing Secret is reported; the
+    reconciliation timeout becomes the poll interval."""
+    repo = secret("r1", "repository", url="https://git.example/a.git", username="u", password="p")
+    creds = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "git-key"},
+        "stringData": {"key": "-----BEGIN KEY-----\nabc\n-----END KEY-----"},
+    }
+    legacy = [
+        {"url": "git@example:b.git", "sshPrivateKeySecret": {"name": "git-key", "key": "key"}},
+        {"url": "https://c.example/c.git", "passwordSecret": {"name": "gone", "key": "p"}},
+    ]
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "argocd-cm"},
+        "data": {"repositories": yaml.safe_dump(legacy), "timeout.reconciliation": "300s"},
+    }
+    out = convert([("r.yaml", repo), ("s.yaml", creds), ("cm.yaml", cm)])
+    cfg = yaml.safe_load(out.files["gitopsd.yaml"][0])
+    assert cfg["settings"]["reconcileInterval"] == "300s"
+    urls = [r["url"] for r in cfg["repositories"]]
+    assert urls == ["https://git.example/a.git", "git@example:b.git", "https://c.example/c.git"]
+    first = cfg["repositories"][0]
+    assert out.files[first["passwordFile"]] == (b"p", 0o600) and first["username"] == "u"
+    key = cfg["repositories"][1]["sshPrivateKeyFile"]
+    assert out.files[key][0].endswith(b"-----END KEY-----\n")
+    assert any("names Secret gone key p, not among the files" in line for line in out.report)
+    kept = yaml.safe_load(out.files["apps/argocd-cm.yaml"][0])
+    assert "repositories" not in kept["data"] and "timeout.reconciliation" not in kept["data"]
+    assert any("Secret/git-key): not carried over" in line for line in out.report)
+
+
+def test_a_cluster_secret_without_a_server_names_the_file_and_secret() -> None:
+    """The error names the file and the Secret; nothing is produced."""
+    with pytest.raises(ConfigError, match=r"c\.yaml \(Secret/x\): a cluster Secret needs"):
+        convert([("c.yaml", secret("x", "cluster", name="x"))])
