@@ -8,6 +8,7 @@ reach a wave boundary (bounded), persist state and exit 0; SIGHUP reloads the co
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -374,10 +375,19 @@ class Daemon:
             await tg.start(serve_api, self)
             if self.config.settings.sharding_enabled:
                 await self._join(tg)
+            if self.config.applications and not self.engine.store.names():
+                # A new or lost disk: say what cannot come back by itself.
+                log.warning(
+                    "no app state found: ownership comes from the in-cluster inventories and "
+                    "tracking ids; sync history and finished operations start empty unless a "
+                    "backup is restored (gitopsd restore)",
+                    state_dir=self.config.settings.state_dir,
+                )
             for app in self.config.applications:
                 self._start_worker(app)
             self._reshard()
             tg.start_soon(self._appset_loop)
+            tg.start_soon(self._backup_loop)
             tg.start_soon(self._config_watcher)
             tg.start_soon(self._heartbeat)
             await self._check_clusters()
@@ -828,6 +838,45 @@ class Daemon:
                 await worker.done.wait()  # let a running child sync finish first
         if app.cascade_delete:
             await self.engine.reconciler.delete_app(app)
+
+    async def _backup_loop(self) -> None:
+        """settings.backup.schedule: write an archive at every matching minute (UTC). The
+        schedule is read again after each wait, so a config edit takes effect."""
+        from daemon.dr.backup import next_run
+
+        while True:
+            schedule = self.config.settings.backup_schedule
+            if not schedule:
+                await anyio.sleep(60)
+                continue
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            await anyio.sleep(max(1.0, (next_run(schedule, now) - now).total_seconds()))
+            if self.config.settings.backup_schedule != schedule:
+                continue
+            m = self.membership
+            if m is not None and not m.leader:
+                continue  # one archive per schedule, from the leader
+            try:
+                await self.backup_now()
+            except (GitopsdError, OSError) as e:
+                log.error("scheduled backup failed", error=str(e))
+
+    async def backup_now(self) -> dict[str, Any]:
+        """Write a backup archive into settings.backup.dir now (scheduled, or POST
+        /api/v1/backup); its path and size."""
+        from daemon.dr import backup
+
+        if not self.config.settings.backup_dir:
+            raise ConfigError("settings.backup.dir is not set: nowhere to write a backup")
+        try:
+            path = await backup.scheduled(self.config, self.engine)
+        except BaseException:
+            self.metrics.backup_failures.inc()
+            raise
+        self.metrics.backup_last_success.set(time.time())
+        size = path.stat().st_size
+        log.info("backup written", path=str(path), bytes=size)
+        return {"path": str(path), "bytes": size}
 
     async def _appset_loop(self) -> None:
         """Regenerate ApplicationSets every interval (and on reload or webhook). With several

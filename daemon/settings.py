@@ -200,6 +200,12 @@ class Settings:
     # Where app status and operation state live: files under stateDir (local) or one ConfigMap
     # per app in the control cluster (kubernetes), which several replicas need.
     state_store: str = "local"
+    # settings.backup: a scheduled backup archive (cron, UTC), the newest `keep` kept in `dir`.
+    backup_schedule: str = ""
+    backup_dir: str = ""
+    backup_keep: int = 7
+    backup_include_secrets: bool = False
+    backup_key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,6 +664,37 @@ def _rollouts(r: _Fields, d: Settings) -> dict[str, Any]:
     return out
 
 
+def _backup(b: _Fields, d: Settings, base: Path) -> dict[str, Any]:
+    """settings.backup: {schedule, dir, keep, includeSecrets, keyFile}."""
+    from daemon.appproject.cron import parse_cron
+
+    schedule = b.text("schedule", d.backup_schedule)
+    directory = _resolve(base, b.text("dir", d.backup_dir))
+    if schedule:
+        try:
+            parse_cron(schedule)
+        except ValueError as e:
+            raise ConfigError(f"{b.where}.schedule: {e}") from e
+        if not directory:
+            raise ConfigError(f"{b.where}.dir: where scheduled backups go is required")
+    keep = b.int("keep", d.backup_keep)
+    if keep is None or keep < 1:
+        raise ConfigError(f"{b.where}.keep: must be a positive integer")
+    include = b.bool("includeSecrets", d.backup_include_secrets)
+    key_file = _resolve(base, b.text("keyFile", d.backup_key_file))
+    if include and not key_file:
+        raise ConfigError(f"{b.where}.keyFile: includeSecrets needs a key file")
+    out = {
+        "backup_schedule": schedule,
+        "backup_dir": directory,
+        "backup_keep": keep,
+        "backup_include_secrets": include,
+        "backup_key_file": key_file,
+    }
+    b.done()
+    return out
+
+
 def _state_store(value: str, where: str) -> str:
     if value not in ("local", "kubernetes"):
         raise ConfigError(f"{where}.stateStore: must be local or kubernetes, not {value!r}")
@@ -746,6 +783,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         **_rollouts(_Fields(s.raw("rollouts") or {}, f"{s.where}.rollouts", warnings), d),
         **_sharding(_Fields(s.raw("sharding") or {}, f"{s.where}.sharding", warnings), d),
         state_store=_state_store(s.text("stateStore", d.state_store), s.where),
+        **_backup(_Fields(s.raw("backup") or {}, f"{s.where}.backup", warnings), d, base),
     )
     s.done()
 

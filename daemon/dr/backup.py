@@ -17,11 +17,13 @@ are already right, re-runs no hook, and prunes nothing the inventory owns.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -29,6 +31,9 @@ from daemon.dr import archive
 from daemon.dr.files import write_tree
 from daemon.errors import ConfigError, GitopsdError
 from daemon.settings import Config, load
+
+if TYPE_CHECKING:
+    from daemon.engine import Engine
 
 log = structlog.get_logger("gitopsd.backup")
 
@@ -66,11 +71,25 @@ def config_members(config: Config) -> dict[str, bytes]:
 
 
 async def take(
-    config: Config, *, include_secrets: bool = False, key: bytes | None = None
+    config: Config,
+    *,
+    include_secrets: bool = False,
+    key: bytes | None = None,
+    engine: Engine | None = None,
 ) -> archive.Contents:
-    """Everything a restore needs, read now."""
+    """Everything a restore needs, read now (through the running daemon's `engine` when
+    given, else through one opened for the purpose)."""
+    if engine is not None:
+        return await _take(config, engine, include_secrets, key)
     from daemon.engine import Engine
 
+    async with Engine.open(config) as opened:
+        return await _take(config, opened, include_secrets, key)
+
+
+async def _take(
+    config: Config, engine: Engine, include_secrets: bool, key: bytes | None
+) -> archive.Contents:
     contents = archive.Contents(config_file=Path(config.path).name)
     contents.members.update(config_members(config))
     contents.credentials = credential_files(config)
@@ -85,31 +104,28 @@ async def take(
                 continue
             contents.members[f"secrets/{i}"] = archive.encrypt(key, data)
             contents.secrets[f"secrets/{i}"] = path
-    async with Engine.open(config) as engine:
-        names = set(engine.store.names()) | {a.name for a in config.applications}
-        for name in sorted(names):
-            state = engine.store.load(name)
-            if state:
-                contents.members[f"state/{name}.json"] = json.dumps(
-                    state, indent=1, sort_keys=True, default=str
-                ).encode()
-        for app in config.applications:
-            try:
-                client = await engine.client_for(app)
-                keys = await engine.reconciler.inventory.load(app.name, client)
-            except GitopsdError as e:
-                contents.notes.append(f"inventory of {app.name} not included: {e}")
-                continue
-            if keys:
-                from daemon.plan import tracking
+    from daemon.plan import tracking
 
-                record = {
-                    "cluster": client.name,
-                    "entries": sorted(tracking.key_to_str(k) for k in keys),
-                }
-                contents.members[f"inventory/{app.name}.json"] = json.dumps(
-                    record, indent=1
-                ).encode()
+    names = set(engine.store.names()) | {a.name for a in config.applications}
+    for name in sorted(names):
+        state = engine.store.load(name)
+        if state:
+            contents.members[f"state/{name}.json"] = json.dumps(
+                state, indent=1, sort_keys=True, default=str
+            ).encode()
+    for app in config.applications:
+        try:
+            client = await engine.client_for(app)
+            keys = await engine.reconciler.inventory.load(app.name, client)
+        except GitopsdError as e:
+            contents.notes.append(f"inventory of {app.name} not included: {e}")
+            continue
+        if keys:
+            record = {
+                "cluster": client.name,
+                "entries": sorted(tracking.key_to_str(k) for k in keys),
+            }
+            contents.members[f"inventory/{app.name}.json"] = json.dumps(record, indent=1).encode()
     kept = Path(config.settings.state_dir) / "last-good"
     for f in sorted(kept.glob("*.json.gz")) if kept.is_dir() else []:
         contents.members[f"last-good/{f.name}"] = f.read_bytes()
@@ -130,6 +146,33 @@ def write_archive(data: bytes, out: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+PREFIX = "gitopsd-backup-"
+
+
+def next_run(schedule: str, now: dt.datetime) -> dt.datetime:
+    """The first minute strictly after `now` (naive UTC) that `schedule` (five cron fields,
+    Argo CD's dialect) matches."""
+    from daemon.appproject.cron import parse_cron
+
+    start = now.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    return next(parse_cron(schedule).walk(start, backward=False))
+
+
+async def scheduled(config: Config, engine: Engine) -> Path:
+    """One backup into `settings.backup.dir`, named by its UTC time; the oldest beyond
+    `keep` are removed. Returns the archive's path."""
+    s = config.settings
+    key = archive.read_key(s.backup_key_file) if s.backup_include_secrets else None
+    contents = await take(config, include_secrets=s.backup_include_secrets, key=key, engine=engine)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(s.backup_dir) / f"{PREFIX}{stamp}.tar.gz"
+    write_archive(archive.pack(contents), out)
+    kept = sorted(Path(s.backup_dir).glob(f"{PREFIX}*.tar.gz"))
+    for old in kept[: max(0, len(kept) - s.backup_keep)]:
+        old.unlink(missing_ok=True)
+    return out
 
 
 @dataclass
@@ -166,10 +209,14 @@ async def restore(
     else:
         write_tree(config_files, dest, check=lambda tree: _check(tree / contents.config_file))
         out.lines.append(f"created {dest} with {len(config_files)} config files")
-    config = load(
-        (dest if not dry_run else _scratch(config_files, contents.config_file))
-        / contents.config_file
-    )
+    if dry_run:
+        scratch = _scratch(config_files)
+        try:
+            config = load(scratch / contents.config_file)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        config = load(dest / contents.config_file)
     target = Path(state_dir or config.settings.state_dir)
     await _restore_states(config, states, target, out, dry_run=dry_run)
     for name, data in sorted(kept.items()):
@@ -192,7 +239,7 @@ def _check(path: Path) -> None:
     load(path)
 
 
-def _scratch(files: dict[str, tuple[bytes, int]], config_file: str) -> Path:
+def _scratch(files: dict[str, tuple[bytes, int]]) -> Path:
     """A throwaway copy of the config tree, to read a dry run's settings from."""
     import tempfile
 
@@ -214,17 +261,26 @@ async def _restore_states(
         except ValueError as e:
             raise ConfigError(f"state/{name} in the archive is not JSON: {e}") from e
     if config.settings.state_store == "kubernetes":
-        from daemon.engine import Engine
+        from daemon.engine import control_cluster
+        from daemon.kube import Clusters
+        from daemon.status.kubestate import KubeStateStore
 
-        async with Engine.open(config) as engine:
+        clusters = Clusters(config.clusters)
+        try:
+            client = await clusters.client(control_cluster(config, clusters))
+            s = config.settings
+            kube = KubeStateStore(client, s.sharding_namespace or s.inventory_namespace)
+            await kube.start()
             for app, record in sorted(records.items()):
-                if engine.store.load(app):
+                if kube.load(app):
                     out.lines.append(f"state of {app} exists in the cluster: kept")
                 elif dry_run:
                     out.lines.append(f"would restore the state of {app} (cluster)")
                 else:
-                    await engine.store.save(app, record)
+                    await kube.save(app, record)
                     out.lines.append(f"restored the state of {app} (cluster)")
+        finally:
+            await clusters.aclose()
         return
     from daemon.status.state import StateStore
 
@@ -249,10 +305,14 @@ async def _restore_inventories(
 ) -> None:
     if not inventories:
         return
-    from daemon.engine import Engine
+    from daemon.compare.inventory import Inventory
+    from daemon.kube import Clusters
     from daemon.plan import tracking
 
-    async with Engine.open(config) as engine:
+    # Only the clusters: nothing else (no state or cache directory) is touched.
+    clusters = Clusters(config.clusters)
+    inventory = Inventory(config.settings.inventory_namespace)
+    try:
         apps = {a.name: a for a in config.applications}
         for name, data in sorted(inventories.items()):
             app_name = name.removesuffix(".json")
@@ -263,8 +323,8 @@ async def _restore_inventories(
             entries = json.loads(data).get("entries") or []
             keys = {k for k in (tracking.key_from_str(e) for e in entries) if k}
             try:
-                client = await engine.client_for(app)
-                inventory = engine.reconciler.inventory
+                cluster = clusters.lookup(server=app.destination.server, name=app.destination.name)
+                client = await clusters.client(cluster)
                 if await inventory.load(app_name, client):
                     out.lines.append(f"inventory of {app_name} exists in its cluster: kept")
                 elif dry_run:
@@ -274,6 +334,8 @@ async def _restore_inventories(
                     out.lines.append(f"restored the inventory of {app_name} ({len(keys)} objects)")
             except GitopsdError as e:
                 out.lines.append(f"inventory of {app_name} not restored: {e}")
+    finally:
+        await clusters.aclose()
 
 
 def _restore_secrets(

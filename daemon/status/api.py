@@ -75,6 +75,9 @@ class Control(Protocol):
     def sharding(self) -> dict[str, Any]:
         """This replica's view of the members (settings.sharding)."""
 
+    async def backup_now(self) -> dict[str, Any]:
+        """Write a backup archive into settings.backup.dir now; its path and size."""
+
     def hard_refresh(self, name: str) -> None:
         """Re-resolve app `name`'s revisions (ignoring the poll cache) and compare now."""
 
@@ -394,6 +397,18 @@ def build_app(daemon: Control) -> web.Application:
                 }
             )
         return web.json_response({"items": items})
+
+    @routes.post("/api/v1/backup")
+    async def backup(request: web.Request) -> web.Response:
+        """A backup archive now, into settings.backup.dir (admin only)."""
+        auth.check(request, mutating=True)
+        try:
+            written = await daemon.backup_now()
+        except GitopsdError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        except OSError as e:
+            return web.json_response({"error": f"backup failed: {e}"}, status=500)
+        return web.json_response(written, status=201)
 
     @routes.get("/api/v1/applications")
     async def list_apps(request: web.Request) -> web.Response:

@@ -232,6 +232,14 @@ class Metrics:
         self.config_reload_errors = Counter(
             "gitopsd_config_reload_errors", "Config edits rejected as invalid.", registry=r
         )
+        self.backup_last_success = Gauge(
+            "gitopsd_backup_last_success_timestamp_seconds",
+            "When the last backup archive was written (settings.backup or the API).",
+            registry=r,
+        )
+        self.backup_failures = Counter(
+            "gitopsd_backup_failures", "Backups that failed.", registry=r
+        )
         self.config_valid = Gauge(
             "gitopsd_config_last_reload_successful",
             "1 when the last config (re)load was valid.",

@@ -390,3 +390,44 @@ def test_only_the_leader_generates_applicationsets(
         assert "ApplicationSet output published" in survivor.log.read_text()
         assert "gen-5" not in sharding(survivor)["assignment"]
         assert_no_overlap(operations(ds))
+
+
+def reconcile_count(d: Daemon) -> float:
+    """argocd_app_reconcile_count summed over the member's apps."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in d.api("/metrics").text.splitlines()
+        if line.startswith("argocd_app_reconcile_count{")
+    )
+
+
+def test_members_keep_reconciling_their_apps_on_the_interval(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """After the first syncs, every member goes on reconciling the apps it owns every poll
+    interval (none stalls waiting on a claim it already holds)."""
+    git_repo.write({f"app{i}/cm.yaml": configmap(f"poll-{i}") for i in range(6)})
+    apps = [application(f"app{i}", git_repo.url, f"app{i}", namespace) for i in range(6)]
+    write_config(tmp_path, cluster, apps)
+    cfgs = {m: member_config(tmp_path, m, namespace) for m in ("p1", "p2")}
+    for cfg in cfgs.values():
+        data = yaml.safe_load(cfg.read_text())
+        data["settings"].update(reconcileInterval="2s", reconcileJitter="0s")
+        cfg.write_text(yaml.safe_dump(data))
+    with members(cfgs) as ds:
+        wait_for(
+            lambda: (
+                all(get(cluster, namespace, f"configmap/poll-{i}") for i in range(6))
+                and all(len(sharding(d)["members"]) == 2 for d in ds.values())
+            ),
+            timeout=60,
+            what="synced, both members up",
+        )
+        time.sleep(3)
+        before = {m: reconcile_count(d) for m, d in ds.items()}
+        owned = {m: len(sharding(d)["owned"]) for m, d in ds.items()}
+        time.sleep(8)
+        after = {m: reconcile_count(d) for m, d in ds.items()}
+        for m in ds:
+            # about 4 rounds of 2 s each per owned app; at least 2 rounds is the bar
+            assert after[m] - before[m] >= 2 * owned[m], (m, owned, before, after)

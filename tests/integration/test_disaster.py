@@ -266,8 +266,13 @@ def test_backup_wipe_restore_converges_without_a_write(
     git_repo.write(
         {"a/cm.yaml": configmap("dr-a"), "a/cm2.yaml": configmap("dr-b"), "a/post.yaml": POST_SYNC}
     )
+    backups = tmp_path / "backups"
     cfg = write_config(
-        tmp_path, cluster, [application("dr", git_repo.url, "a", namespace)], reconcileInterval="2s"
+        tmp_path,
+        cluster,
+        [application("dr", git_repo.url, "a", namespace)],
+        reconcileInterval="2s",
+        backup={"dir": str(backups), "keep": 2, "schedule": "0 2 * * *"},
     )
     with running(cfg) as d:
         wait_for(lambda: d.synced("dr"), timeout=60, what="synced")
@@ -279,6 +284,14 @@ def test_backup_wipe_restore_converges_without_a_write(
             what="the PostSync hook done",
         )
         history = d.status("dr")["history"]
+        # The daemon's own backups (POST /api/v1/backup; the schedule uses the same path).
+        for _ in range(3):
+            r = d.api("/api/v1/backup", method="POST")
+            assert r.status_code == 201, r.text
+            time.sleep(1.1)  # archives are named by the second
+        assert len(list(backups.glob("gitopsd-backup-*.tar.gz"))) == 2, "keep: 2"
+        assert Path(r.json()["path"]).exists() and r.json()["bytes"] > 0
+        assert "gitopsd_backup_last_success_timestamp_seconds" in d.api("/metrics").text
     archive = tmp_path / "backup.tar.gz"
     r = subprocess.run(
         [GITOPSD, "backup", "-c", str(cfg), "-o", str(archive)],

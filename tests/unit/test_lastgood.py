@@ -1,5 +1,6 @@
 """The last good render kept per app for offline operation: kept atomically and only when it
-changed, bounded, tied to the app spec it came from, forgotten with the app."""
+changed, bounded, tied to the app spec it came from, forgotten with the app; and when the
+scheduled backup runs."""
 
 from __future__ import annotations
 
@@ -66,3 +67,16 @@ async def test_only_a_changed_render_is_written_and_large_ones_are_not_kept(
     assert [p.name for p in (tmp_path / "last-good").iterdir()] == ["edge.json.gz"]
     store.forget("edge")
     assert not path.exists()
+
+
+def test_the_backup_schedule_fires_at_the_next_matching_minute() -> None:
+    """settings.backup.schedule: the next run is the first matching minute after now (UTC),
+    never now itself."""
+    import datetime as dt
+
+    from daemon.dr.backup import next_run
+
+    now = dt.datetime(2026, 12, 2, 1, 59, 30)
+    assert next_run("0 2 * * *", now) == dt.datetime(2026, 12, 2, 2, 0)
+    assert next_run("0 2 * * *", dt.datetime(2026, 12, 2, 2, 0)) == dt.datetime(2026, 12, 3, 2, 0)
+    assert next_run("*/15 * * * *", now) == dt.datetime(2026, 12, 2, 2, 0)
