@@ -22,9 +22,20 @@ def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     uvloop is not available."""
     try:
         import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
     except ImportError:
-        return anyio.run(fn, *args)
-    return anyio.run(fn, *args, backend_options={"use_uvloop": True})
+        options = {}
+    try:
+        return anyio.run(fn, *args, backend_options=options)
+    except BaseExceptionGroup as group:
+        # A task group wraps the error a command stopped on; report that error itself.
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, GitopsdError):
+            raise leaf from group
+        raise
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -333,6 +344,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return 0
     if not args.config or not args.output:
         raise ConfigError("backup needs -c/--config and -o/--output (or --new-key FILE)")
+    if args.include_secrets and not args.key_file:
+        raise ConfigError("--include-secrets needs --key-file (secrets are never stored plain)")
     cfg = _load(args.config)
     key = archive.read_key(args.key_file) if args.key_file else None
     contents = _run(lambda: backup.take(cfg, include_secrets=args.include_secrets, key=key))

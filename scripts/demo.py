@@ -312,6 +312,80 @@ def ab_test() -> None:
     show()
 
 
+def start_daemon(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = (DEMO / "gitopsd.log").open("ab")
+    return subprocess.Popen(
+        [str(VENV_BIN / "gitopsd"), "run", "-c", str(config)], stdout=log, stderr=log, env=env
+    )
+
+
+def stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+
+
+def offline_self_heal() -> None:
+    """Git goes away: self-heal goes on from the last good render; git comes back."""
+    say("Offline edge: the git repository disappears; self-heal goes on from the last good render")
+    repo, away = DEMO / "repo.git", DEMO / "repo.git.away"
+    repo.rename(away)
+    try:
+        api("/api/v1/applications/db-app/refresh?refresh=hard", method="POST")
+        deadline, cond = time.monotonic() + 60, None
+        while time.monotonic() < deadline and cond is None:
+            st = api("/api/v1/applications/db-app")["status"]
+            cond = next(
+                (c for c in st.get("conditions") or [] if c.get("type") == "SourceUnreachable"),
+                None,
+            )
+            time.sleep(0.5)
+        print(f"  condition: {(cond or {}).get('message', 'none')[:150]}")
+        kubectl("scale", "deploy/webapp", "-n", "demo-db", "--replicas=3")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            reps = kubectl(
+                "get", "deploy", "webapp", "-n", "demo-db", "-o", "jsonpath={.spec.replicas}"
+            )
+            if reps.strip() == "1":
+                print("  scaled by hand to 3 while offline: back to 1 from the last good render")
+                break
+            time.sleep(0.3)
+    finally:
+        away.rename(repo)
+    print("  git is back: the next poll clears the condition")
+
+
+def disaster_drill(daemon: subprocess.Popen[bytes], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Back up, lose the state directory, restore it: nothing is redone."""
+    say("Disaster drill: back up, lose .demo/state, restore, and converge without redoing anything")
+    written = api("/api/v1/backup", method="POST")
+    print(f"  POST /api/v1/backup -> {written['path']} ({written['bytes']} bytes)")
+    history = len(api("/api/v1/applications/db-app")["status"].get("history") or [])
+    stop_daemon(daemon)
+    shutil.rmtree(DEMO / "state")
+    print("  daemon stopped; .demo/state deleted")
+    gitopsd = str(VENV_BIN / "gitopsd")
+    restored = DEMO / "restored"
+    for extra in (["--dry-run"], []):
+        name = Path(written["path"]).name
+        print(f"\n  $ gitopsd restore {name} --to .demo/restored {' '.join(extra)}")
+        out = sh(gitopsd, "restore", written["path"], "--to", str(restored), *extra)
+        for line in out.splitlines()[1:8]:
+            print(f"  {line}")
+    daemon = start_daemon(restored / "gitopsd.yaml", env)
+    wait_api()
+    time.sleep(3)
+    st = api("/api/v1/applications/db-app")["status"]
+    print(
+        f"  db-app after the restore: {st['sync']['status']}/{st['health']['status']}, "
+        f"{len(st.get('history') or [])} history entries (backed up: {history})"
+    )
+    return daemon
+
+
 def main() -> int:
     if not (ROOT / ".cluster" / "ready").exists():
         say(
@@ -353,6 +427,7 @@ def main() -> int:
             listen=f"127.0.0.1:{PORT}",
             reconcileInterval="60s",
             syncWaveDelay="1s",
+            backup={"dir": str(DEMO / "backups"), "keep": 3},
         )
         say(f"Running: gitopsd run -c .demo/gitopsd.yaml   (logs in .demo/gitopsd.log, API {API})")
         log = (DEMO / "gitopsd.log").open("wb")
@@ -411,6 +486,8 @@ def main() -> int:
 
         canary_step_through(exporter)
         ab_test()
+        offline_self_heal()
+        daemon = disaster_drill(daemon, env)
 
         say("Where to look")
         print(f"  {API}/api/v1/applications      Argo CD-shaped application status")

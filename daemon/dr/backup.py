@@ -203,6 +203,12 @@ async def restore(
     kept = _members(contents, "last-good/")
     if contents.config_file not in config_files:
         raise ConfigError(f"the archive has no config/{contents.config_file}")
+    # Secrets are opened before anything is written: a wrong key leaves nothing behind.
+    secrets = {
+        member: archive.decrypt(key, contents.members[member], what=member)
+        for member in contents.secrets
+        if key is not None
+    }
     if dry_run:
         out.lines.append(f"would create {dest} with {len(config_files)} config files:")
         out.lines += [f"  {dest / rel}" for rel in sorted(config_files)]
@@ -231,7 +237,7 @@ async def restore(
         await _restore_inventories(config, inventories, out, dry_run=dry_run)
     else:
         out.lines.append(f"{len(inventories)} inventories not restored (--no-cluster)")
-    _restore_secrets(contents, key, out, dry_run=dry_run)
+    _restore_secrets(contents, secrets, key is not None, out, dry_run=dry_run)
     return out
 
 
@@ -339,20 +345,25 @@ async def _restore_inventories(
 
 
 def _restore_secrets(
-    contents: archive.Contents, key: bytes | None, out: Restored, *, dry_run: bool
+    contents: archive.Contents,
+    opened: dict[str, bytes],
+    keyed: bool,
+    out: Restored,
+    *,
+    dry_run: bool,
 ) -> None:
     if not contents.secrets:
         for path in contents.credentials:
             if not Path(path).exists():
                 out.lines.append(f"credential file {path} is referenced but missing: provide it")
         return
-    if key is None:
+    if not keyed:
         out.lines.append(
             f"{len(contents.secrets)} credential files in the archive not restored (no --key-file)"
         )
         return
     for member, path in sorted(contents.secrets.items()):
-        data = archive.decrypt(key, contents.members[member], what=member)
+        data = opened[member]
         p = Path(path)
         if p.exists():
             same = p.read_bytes() == data

@@ -325,12 +325,26 @@ def test_backup_wipe_restore_converges_without_a_write(
     )
     assert r.returncode == 0, r.stderr
     assert "restored the inventory of dr" in r.stdout, r.stdout
+    # Earlier tests' namespaces, deleted without waiting, must be gone: the namespace
+    # controller deleting their contents would count as writes here.
+    wait_for(
+        lambda: "Terminating" not in cluster.kubectl("get", "namespaces", "--no-headers"),
+        timeout=120,
+        what="no namespace terminating",
+    )
     before = api_writes(cluster)
     with running(restored / "gitopsd.yaml") as d:
         wait_for(lambda: d.synced("dr"), timeout=60, what="synced after the restore")
         time.sleep(6)  # a few reconciles (every 2 s)
         assert d.status("dr")["history"] == history, "history intact"
         assert d.synced("dr")
+        own = [
+            line
+            for line in d.api("/metrics").text.splitlines()
+            if line.startswith("argocd_app_k8s_request_total{")
+            and any(f'verb="{v}"' in line for v in ("apply", "create", "delete", "patch"))
+        ]
+        assert not own, f"the daemon's own writes after the restore: {own}"
     after = api_writes(cluster)
     changed = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
     assert not {k: v for k, v in changed.items() if v}, changed
@@ -380,3 +394,66 @@ def test_a_damaged_or_foreign_archive_is_refused_and_nothing_is_written(tmp_path
         assert r.returncode == 2, (name, r.stdout)
         assert str(path) in r.stderr and expected[name] in r.stderr, (name, r.stderr)
         assert not dest.exists(), name
+
+
+def test_secrets_travel_sealed_and_come_back_only_with_the_key(tmp_path: Path) -> None:
+    """--include-secrets seals the credential files the config names with the key file; the
+    archive does not hold them in the clear; restore without the key leaves them out and says
+    so, with the key writes the missing ones back (0600) and keeps existing ones."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    password = creds / "git.password"
+    password.write_text("s3cret-value\n")
+    token = creds / "api.token"
+    token.write_text("token-value\n")
+    cfg = tmp_path / "gitopsd.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "applications": [],
+                "repositories": [
+                    {"url": "https://git.example/", "username": "u", "passwordFile": str(password)}
+                ],
+                "apiTokens": [{"name": "ops", "tokenFile": str(token), "role": "admin"}],
+                "settings": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "c")},
+            }
+        )
+    )
+    key = tmp_path / "backup.key"
+
+    def gitopsd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([GITOPSD, *args], capture_output=True, text=True, timeout=60)
+
+    assert gitopsd("backup", "--new-key", str(key)).returncode == 0
+    assert key.stat().st_mode & 0o777 == 0o600
+    out = tmp_path / "b.tar.gz"
+    r = gitopsd("backup", "-c", str(cfg), "-o", str(out), "--include-secrets")
+    assert r.returncode == 2 and "--include-secrets needs --key-file" in r.stderr
+    r = gitopsd(
+        "backup", "-c", str(cfg), "-o", str(out), "--include-secrets", "--key-file", str(key)
+    )
+    assert r.returncode == 0, r.stderr
+    assert "2 secrets" in r.stdout, r.stdout
+    raw = gzip_members(out)
+    assert not any(b"s3cret-value" in data for data in raw.values())
+
+    password.unlink()
+    r = gitopsd("restore", str(out), "--to", str(tmp_path / "r1"))
+    assert r.returncode == 0, r.stderr
+    assert "2 credential files in the archive not restored (no --key-file)" in r.stdout
+    assert not password.exists()
+    other = tmp_path / "other.key"
+    gitopsd("backup", "--new-key", str(other))
+    r = gitopsd("restore", str(out), "--to", str(tmp_path / "r2"), "--key-file", str(other))
+    assert r.returncode == 2 and "wrong key" in r.stderr
+    assert not (tmp_path / "r2").exists(), "a wrong key writes nothing"
+    r = gitopsd("restore", str(out), "--to", str(tmp_path / "r3"), "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    assert password.read_text() == "s3cret-value\n"
+    assert password.stat().st_mode & 0o777 == 0o600
+    assert f"credential file {token} exists: kept" in r.stdout
+
+
+def gzip_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path, mode="r:gz") as tar:
+        return {i.name: tar.extractfile(i).read() for i in tar if i.isfile()}  # type: ignore[union-attr]

@@ -92,3 +92,36 @@ def test_a_cluster_secret_without_a_server_names_the_file_and_secret() -> None:
     """The error names the file and the Secret; nothing is produced."""
     with pytest.raises(ConfigError, match=r"c\.yaml \(Secret/x\): a cluster Secret needs"):
         convert([("c.yaml", secret("x", "cluster", name="x"))])
+
+
+def test_argocd_admin_export_documents_are_sorted_by_kind() -> None:
+    """`argocd admin export` output (one stream of documents): Applications, AppProjects and
+    ApplicationSets are kept without status or server fields, each kind in its own file; a
+    pending operation is dropped and reported; other kinds are reported."""
+    app = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": "a", "namespace": "argocd", "uid": "1", "resourceVersion": "9"},
+        "spec": {"project": "default"},
+        "status": {"sync": {"status": "Synced"}},
+        "operation": {"sync": {}},
+    }
+    aset = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "ApplicationSet",
+        "metadata": {"name": "s", "namespace": "argocd"},
+        "spec": {"generators": []},
+    }
+    other = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "argocd-server"}}
+    out = convert([("export.yaml", app), ("export.yaml", aset), ("export.yaml", other)])
+    assert out.counts["Application"] == 1 and out.counts["ApplicationSet"] == 1
+    kept = yaml.safe_load(out.files["apps/applications.yaml"][0])
+    assert kept == {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "spec": {"project": "default"},
+        "metadata": {"name": "a", "namespace": "argocd"},
+    }
+    assert "apps/applicationsets.yaml" in out.files
+    assert any("pending operation" in line for line in out.report)
+    assert any("Deployment/argocd-server): not carried over" in line for line in out.report)
