@@ -8,6 +8,7 @@ half-understood render is ever applied or pruned.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -40,6 +41,12 @@ async def source_shas(app: Application, repos: RepoCache, *, max_age: float) -> 
     """The commit every source (ref sources first) resolves to now."""
     shas = []
     for src in [*(s for s in app.sources if s.ref), *app.manifest_sources]:
+        if src.chart:
+            ref = await repos.charts.resolve(
+                src.repo_url, src.chart, src.target_revision, max_age=max_age
+            )
+            shas.append(ref.revision)  # as render_desired records it
+            continue
         resolved = await repos.resolve(src.repo_url, src.target_revision, max_age=max_age)
         shas.append(resolved.sha)
     return shas
@@ -112,6 +119,24 @@ async def _render_sources(
             refs.append((src.ref, resolved.sha, str(checkout)))
     for src in app.manifest_sources:
         rev = revision if revision and len(app.manifest_sources) == 1 else src.target_revision
+        if src.chart:
+            # A chart from a Helm repository: the unpacked chart is the "checkout", its
+            # directory the source path, and the chart version the revision (as Argo CD).
+            ref = await repos.charts.resolve(src.repo_url, src.chart, rev, max_age=max_age)
+            chart_dir = await repos.charts.fetch(ref)
+            request = RenderRequest(
+                sha=f"{ref.chart}-{ref.version}@{ref.digest}",
+                source=dataclasses.replace(src, path=ref.chart, helm=src.helm or {}),
+                app_name=app.name,
+                namespace=app.destination.namespace,
+                kube_version=kube_version,
+                refs=tuple(refs),
+            )
+            rendered = await renderer.render(request, chart_dir.parent)
+            manifests.extend(rendered.manifests)
+            revisions.append(ref.revision)
+            tools.append(rendered.tool)
+            continue
         resolved = await repos.resolve(src.repo_url, rev, max_age=max_age)
         checkout = await repos.checkout(src.repo_url, resolved.sha)
         request = RenderRequest(

@@ -285,6 +285,11 @@ class Reconciler:
             return False
         src = app.manifest_sources[0]
         try:
+            if src.chart:
+                ref = await self.repos.charts.resolve(
+                    src.repo_url, src.chart, src.target_revision, max_age=max_age
+                )
+                return ref.revision != sync.revision
             current = await self.repos.resolve(src.repo_url, src.target_revision, max_age=max_age)
         except GitopsdError:
             return False  # the reconcile reports the source error

@@ -143,6 +143,10 @@ class RepositoryCredentials:
     ssh_private_key_file: str = ""
     known_hosts_file: str = ""
     insecure: bool = False
+    type: str = "git"  # git | helm (chart repositories; also recognised by `chart:` sources)
+    ca_file: str = ""  # helm: the CA bundle that signs the repository's certificate
+    tls_client_cert_file: str = ""  # helm: a client certificate (and its key) for mTLS
+    tls_client_key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,10 +447,10 @@ def _parse_source(data: Any, where: str, warnings: list[str]) -> Source:
         raise ConfigError(f"{where}.repoURL: must not be empty")
     if src.chart and src.path:
         raise ConfigError(f"{where}: set either chart (helm repository) or path (git), not both")
-    if src.chart:
+    if src.chart and not src.repo_url.startswith(("http://", "https://")):
         raise ConfigError(
-            f"{where}.chart: Helm chart repositories are not supported yet; "
-            "point repoURL at a git repository and set path to the chart directory"
+            f"{where}.chart: only HTTP(S) Helm chart repositories are supported so far "
+            f"(not {src.repo_url!r}); OCI registries are not yet"
         )
     if src.plugin:
         raise ConfigError(f"{where}.plugin: config management plugins are not supported")
@@ -821,8 +825,14 @@ def load(path: str | os.PathLike[str]) -> Config:
                 ssh_private_key_file=_resolve(base, r.text("sshPrivateKeyFile")),
                 known_hosts_file=_resolve(base, r.text("knownHostsFile")),
                 insecure=r.bool("insecure"),
+                type=r.text("type", "git") or "git",
+                ca_file=_resolve(base, r.text("caFile")),
+                tls_client_cert_file=_resolve(base, r.text("tlsClientCertFile")),
+                tls_client_key_file=_resolve(base, r.text("tlsClientKeyFile")),
             )
         )
+        if repos[-1].type not in ("git", "helm"):
+            raise ConfigError(f"{r.where}.type: must be git or helm, not {repos[-1].type!r}")
         r.done()
 
     tokens: list[ApiToken] = []

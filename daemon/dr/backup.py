@@ -44,7 +44,8 @@ def credential_files(config: Config) -> list[str]:
     for c in config.clusters:
         out += [c.kubeconfig, c.bearer_token_file, c.ca_file]
     for r in config.repositories:
-        out += [r.password_file, r.ssh_private_key_file, r.known_hosts_file]
+        out += [r.password_file, r.ssh_private_key_file, r.known_hosts_file, r.ca_file]
+        out += [r.tls_client_cert_file, r.tls_client_key_file]
     out += [t.token_file for t in config.api_tokens]
     out += [w.get("secretFile", "") for w in config.webhooks.values()]
     out.append(config.settings.metrics_token_file)

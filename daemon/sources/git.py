@@ -27,6 +27,7 @@ import anyio
 from daemon import proc
 from daemon.errors import SourceError, SourceUnreachable
 from daemon.settings import RepositoryCredentials
+from daemon.sources.helmrepo import ChartRepos
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _SHORT_SHA_RE = re.compile(r"^[0-9a-f]{7,39}$")
@@ -348,6 +349,9 @@ class RepoCache:
         self.counter = GitCounter()
         self._repos: dict[str, Repo] = {}
         self._checkout_locks: dict[str, anyio.Lock] = {}
+        # Helm chart repositories (`chart:` sources) share the cache and the credentials.
+        self.charts = ChartRepos(self.root.parent / "charts", credentials=self.credentials)
+        self.charts.timeout = timeout
         self.askpass = self.root / "askpass.sh"
         if not self.askpass.exists() or self.askpass.read_text() != _ASKPASS:
             self.askpass.write_text(_ASKPASS)

@@ -1,0 +1,230 @@
+"""Helm chart repositories (`repoURL` + `chart` + `targetRevision`): a real `helm package` /
+`helm repo index` repository served on loopback, real `helm template`, the real control
+plane. Exact versions and constraints, digests, basic auth, and a repository that went down
+after its chart was cached."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Cluster, wait_for, write_config
+from tests.integration.test_daemon import running
+from tests.integration.test_sync import get
+
+pytestmark = pytest.mark.cluster
+
+
+class ChartServer:
+    """A directory served over HTTP on 127.0.0.1, optionally behind basic auth."""
+
+    def __init__(self, root: Path, auth: tuple[str, str] | None = None) -> None:
+        self.root = root
+        self.hits: list[str] = []
+        expected = (
+            "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() if auth else ""
+        )
+        hits = self.hits
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if expected and self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="charts"')
+                    self.end_headers()
+                    return
+                hits.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+        )
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def publish(helm: str, repo: Path, work: Path, name: str, version: str, data: str) -> None:
+    """`helm package` a one-ConfigMap chart into `repo` and re-index it."""
+    chart = work / f"{name}-{version}" / name
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(f"apiVersion: v2\nname: {name}\nversion: {version}\n")
+    (chart / "values.yaml").write_text(f"greeting: {data}\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n  chart: {{ .Chart.Version | quote }}\n"
+    )
+    subprocess.run([helm, "package", str(chart), "-d", str(repo)], check=True, capture_output=True)
+    subprocess.run([helm, "repo", "index", str(repo)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def chart_repo(tmp_path: Path, helm_binary: str) -> Iterator[tuple[ChartServer, Path]]:
+    repo = tmp_path / "charts"
+    repo.mkdir()
+    for version, data in (("1.0.0", "one"), ("1.2.0", "one-two"), ("2.0.0", "two")):
+        publish(helm_binary, repo, tmp_path / "build", "hello", version, data)
+    server = ChartServer(repo)
+    yield server, repo
+    server.close()
+
+
+def chart_app(name: str, url: str, version: str, namespace: str, **helm: Any) -> dict[str, Any]:
+    source: dict[str, Any] = {"repoURL": url, "chart": "hello", "targetRevision": version}
+    if helm:
+        source["helm"] = helm
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": name, "namespace": "argocd"},
+        "spec": {
+            "project": "default",
+            "source": source,
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
+            "syncPolicy": {"automated": {"prune": True, "selfHeal": True}},
+        },
+    }
+
+
+def cm_data(cluster: Cluster, namespace: str, name: str) -> dict[str, str]:
+    return dict((get(cluster, namespace, f"configmap/{name}") or {}).get("data") or {})
+
+
+def test_a_chart_from_a_helm_repository_syncs_by_version_and_by_constraint(
+    cluster: Cluster, namespace: str, tmp_path: Path, chart_repo: tuple[ChartServer, Path]
+) -> None:
+    """An exact version and a constraint (`1.*` -> 1.2.0, the highest 1.x) each render with
+    real helm and sync; the status shows the chart version as the revision; helm values from
+    the Application apply; index.yaml is read once per poll, each chart file once."""
+    server, _ = chart_repo
+    apps = [
+        chart_app("exact", server.url, "1.0.0", namespace),
+        chart_app("ranged", server.url, "1.*", namespace, valuesObject={"greeting": "hi"}),
+    ]
+    cfg = write_config(tmp_path, cluster, apps, reconcileInterval="60s")
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("exact") and d.synced("ranged"), timeout=60, what="synced")
+        assert cm_data(cluster, namespace, "exact-cm") == {"greeting": "one", "chart": "1.0.0"}
+        assert cm_data(cluster, namespace, "ranged-cm") == {"greeting": "hi", "chart": "1.2.0"}
+        assert d.status("ranged")["sync"]["revision"] == "1.2.0"
+        assert d.status("exact")["sourceType"] == "Helm"
+    assert server.hits.count("/index.yaml") == 1, server.hits
+    assert server.hits.count("/hello-1.2.0.tgz") == 1 and "/hello-2.0.0.tgz" not in server.hits
+
+
+def test_bad_chart_references_fail_with_the_reason_and_apply_nothing(
+    cluster: Cluster, namespace: str, tmp_path: Path, chart_repo: tuple[ChartServer, Path]
+) -> None:
+    """A version the index does not have names the versions it has; a chart archive whose
+    digest differs from the index's is refused; nothing of either app is applied."""
+    server, repo = chart_repo
+    index = yaml.safe_load((repo / "index.yaml").read_text())
+    for entry in index["entries"]["hello"]:
+        if entry["version"] == "2.0.0":
+            entry["digest"] = "0" * 64
+    (repo / "index.yaml").write_text(yaml.safe_dump(index))
+    apps = [
+        chart_app("missing", server.url, "3.1.0", namespace),
+        chart_app("tampered", server.url, "2.0.0", namespace),
+    ]
+    cfg = write_config(tmp_path, cluster, apps)
+    with running(cfg) as d:
+
+        def error(app: str) -> str:
+            conds = d.status(app).get("conditions") or []
+            return " ".join(c.get("message", "") for c in conds if c["type"] == "ComparisonError")
+
+        wait_for(lambda: error("missing") and error("tampered"), timeout=30, what="errors")
+        assert "no version matches '3.1.0' (available: 2.0.0, 1.2.0, 1.0.0)" in error("missing")
+        assert "the index says sha256:" + "0" * 64 in error("tampered")
+    assert get(cluster, namespace, "configmap/missing-cm") is None
+    assert get(cluster, namespace, "configmap/tampered-cm") is None
+
+
+def test_credentials_and_a_repository_that_goes_down(
+    cluster: Cluster, namespace: str, tmp_path: Path, helm_binary: str
+) -> None:
+    """Basic auth from a `repositories` entry (type helm, passwordFile) opens the repository;
+    once the chart is cached, the repository going away does not stop the app from rendering
+    and self-healing."""
+    repo = tmp_path / "private"
+    repo.mkdir()
+    publish(helm_binary, repo, tmp_path / "build", "hello", "1.0.0", "private")
+    server = ChartServer(repo, auth=("reader", "s3cret"))
+    try:
+        (tmp_path / "pw").write_text("s3cret\n")
+        cfg = write_config(
+            tmp_path,
+            cluster,
+            [chart_app("private", server.url, "1.0.0", namespace)],
+            reconcileInterval="2s",
+        )
+        data = yaml.safe_load(cfg.read_text())
+        data["repositories"] = [
+            {
+                "url": server.url,
+                "type": "helm",
+                "username": "reader",
+                "passwordFile": str(tmp_path / "pw"),
+            }
+        ]
+        cfg.write_text(yaml.safe_dump(data))
+        with running(cfg) as d:
+            wait_for(lambda: d.synced("private"), timeout=60, what="synced with credentials")
+            assert cm_data(cluster, namespace, "private-cm")["greeting"] == "private"
+            server.close()
+            wait_for(
+                lambda: "chart repository unreachable; using its last index" in d.log.read_text(),
+                timeout=30,
+                what="a poll that finds the repository down",
+            )
+            cluster.kubectl(
+                "patch", "cm", "private-cm", "-n", namespace, "-p", '{"data":{"greeting":"x"}}'
+            )
+            wait_for(
+                lambda: cm_data(cluster, namespace, "private-cm").get("greeting") == "private",
+                timeout=30,
+                what="healed from the cached chart with the repository down",
+            )
+            assert d.synced("private")
+    finally:
+        server.close()
+
+
+def test_wrong_credentials_are_named(
+    cluster: Cluster, namespace: str, tmp_path: Path, helm_binary: str
+) -> None:
+    """Without the right password the error says the repository answered 401."""
+    repo = tmp_path / "private"
+    repo.mkdir()
+    publish(helm_binary, repo, tmp_path / "build", "hello", "1.0.0", "private")
+    server = ChartServer(repo, auth=("reader", "s3cret"))
+    try:
+        cfg = write_config(tmp_path, cluster, [chart_app("denied", server.url, "1.0.0", namespace)])
+        with running(cfg) as d:
+            wait_for(
+                lambda: (
+                    "answered 401 (credentials?)" in str(d.status("denied").get("conditions") or "")
+                ),
+                timeout=30,
+                what="the 401 error",
+            )
+        assert get(cluster, namespace, "configmap/denied-cm") is None
+    finally:
+        server.close()
