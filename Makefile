@@ -21,6 +21,7 @@ tools: venv
 	bash tests/testenv/build.sh >/dev/null
 	PYTHON=$(PY) bash tests/testenv/install-helm.sh >/dev/null
 	bash tests/testenv/install-prometheus.sh >/dev/null
+	bash tests/testenv/install-registry.sh >/dev/null
 
 cluster: tools
 	$(PY) tests/testenv/cluster.py up .cluster

@@ -147,6 +147,8 @@ class RepositoryCredentials:
     ca_file: str = ""  # helm: the CA bundle that signs the repository's certificate
     tls_client_cert_file: str = ""  # helm: a client certificate (and its key) for mTLS
     tls_client_key_file: str = ""
+    enable_oci: bool = False  # Argo CD's `enableOCI`: a scheme-less registry/path is OCI
+    force_http: bool = False  # Argo CD's `insecureOCIForceHttp`: the registry speaks plain HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,11 +449,6 @@ def _parse_source(data: Any, where: str, warnings: list[str]) -> Source:
         raise ConfigError(f"{where}.repoURL: must not be empty")
     if src.chart and src.path:
         raise ConfigError(f"{where}: set either chart (helm repository) or path (git), not both")
-    if src.chart and not src.repo_url.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"{where}.chart: only HTTP(S) Helm chart repositories are supported so far "
-            f"(not {src.repo_url!r}); OCI registries are not yet"
-        )
     if src.plugin:
         raise ConfigError(f"{where}.plugin: config management plugins are not supported")
     kinds = [k for k in ("helm", "kustomize", "directory") if getattr(src, k)]
@@ -829,6 +826,8 @@ def load(path: str | os.PathLike[str]) -> Config:
                 ca_file=_resolve(base, r.text("caFile")),
                 tls_client_cert_file=_resolve(base, r.text("tlsClientCertFile")),
                 tls_client_key_file=_resolve(base, r.text("tlsClientKeyFile")),
+                enable_oci=r.bool("enableOCI"),
+                force_http=r.bool("insecureOCIForceHttp"),
             )
         )
         if repos[-1].type not in ("git", "helm"):

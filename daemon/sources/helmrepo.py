@@ -55,8 +55,9 @@ class ChartRef:
     repo_url: str
     chart: str
     version: str
-    digest: str  # sha256 hex from the index ("" when the index has none)
+    digest: str  # sha256 hex from the index ("" when the index has none, or OCI)
     urls: tuple[str, ...]
+    oci: str = ""  # oci://registry/path/chart for an OCI chart
 
     @property
     def revision(self) -> str:
@@ -182,8 +183,30 @@ class ChartRepos:
             self._index[repo] = (time.monotonic(), index)
             return index
 
+    def oci_ref(self, repo_url: str, chart: str) -> str:
+        """`oci://registry/path/chart` for an OCI chart source ("" for a chart repository):
+        `oci://` URLs, and Argo CD's scheme-less `registry/path` whose `repositories` entry
+        has `enableOCI: true`."""
+        repo = repo_url.rstrip("/")
+        if repo.startswith("oci://"):
+            return f"{repo}/{chart}"
+        if repo.startswith(("http://", "https://")):
+            return ""
+        c = self._creds(repo)
+        if c is not None and c.enable_oci:
+            return f"oci://{repo}/{chart}"
+        raise SourceError(
+            f"chart {chart} from {repo!r}: not an HTTP(S) chart repository or an oci:// "
+            "registry (for Argo CD's registry/path form, give it a repositories entry with "
+            "enableOCI: true)"
+        )
+
     async def resolve(self, repo_url: str, chart: str, wanted: str, *, max_age: float) -> ChartRef:
-        """The chart version `wanted` selects, from the repository's index."""
+        """The chart version `wanted` selects: from the repository's index, or from the
+        registry's tags for an OCI chart."""
+        oci = self.oci_ref(repo_url, chart)
+        if oci:
+            return await self._resolve_oci(repo_url.rstrip("/"), chart, oci, wanted, max_age)
         repo = repo_url.rstrip("/")
         where = f"Helm repository {repo}, chart {chart}"
         index = await self.index(repo, max_age=max_age)
@@ -209,6 +232,9 @@ class ChartRepos:
         async with self._locks.setdefault(f"{ref.repo_url}#{ref.chart}", anyio.Lock()):
             if (chart_dir / "Chart.yaml").is_file():
                 return chart_dir
+            if ref.oci:
+                await self._pull_oci(ref, base, where)
+                return chart_dir
             url = urljoin(ref.repo_url + "/", ref.urls[0])
             data = await self._get(url, limit=MAX_CHART, what=where)
             got = hashlib.sha256(data).hexdigest()
@@ -226,6 +252,133 @@ class ChartRepos:
         if not (chart_dir / "Chart.yaml").is_file():
             raise SourceError(f"{where}: the archive has no {ref.chart}/Chart.yaml")
         return chart_dir
+
+    # --- OCI registries (through helm, which speaks the registry protocol and its auth) ---
+
+    def _helm_args(self, url: str) -> list[str]:
+        c = self._creds(url.removeprefix("oci://"))
+        args: list[str] = []
+        if c is None:
+            return args
+        if c.force_http:
+            args.append("--plain-http")
+        if c.insecure:
+            args.append("--insecure-skip-tls-verify")
+        if c.ca_file:
+            args += ["--ca-file", c.ca_file]
+        if c.tls_client_cert_file:
+            args += ["--cert-file", c.tls_client_cert_file, "--key-file", c.tls_client_key_file]
+        return args
+
+    async def _login(self, url: str, env: dict[str, str], cwd: Path, what: str) -> None:
+        """`helm registry login` into the call's own registry config, the password on stdin
+        (never in an argument another process could read)."""
+        from daemon import proc
+
+        c = self._creds(url.removeprefix("oci://"))
+        if c is None or not c.username:
+            return
+        try:
+            password = Path(c.password_file).read_text().strip() if c.password_file else ""
+        except OSError as e:
+            raise SourceError(
+                f"repository {url}: cannot read passwordFile {c.password_file}: {e.strerror}"
+            ) from e
+        host = url.removeprefix("oci://").split("/", 1)[0]
+        argv = [env["HELM"], "registry", "login", host, "--username", c.username]
+        argv.append("--password-stdin")
+        # login's flags: --insecure (not --insecure-skip-tls-verify); the rest as for pulls.
+        argv += [
+            "--insecure" if a == "--insecure-skip-tls-verify" else a for a in self._helm_args(url)
+        ]
+        done = await proc.run(
+            argv, timeout=self.timeout, cwd=cwd, env=env, stdin=password.encode() + b"\n"
+        )
+        if done.returncode != 0:
+            error = _failure(done.err_text)
+            raise error(f"{what}: registry login as {c.username} failed: {done.err_text}")
+
+    async def _helm(self, args: list[str], url: str, *, what: str, cwd: Path) -> str:
+        from daemon import proc
+
+        helm = os.environ.get("GITOPSD_HELM") or shutil.which("helm") or "helm"
+        env = {
+            "HELM": helm,
+            "HELM_CACHE_HOME": str(cwd / "cache"),
+            "HELM_CONFIG_HOME": str(cwd / "config"),
+            "HELM_DATA_HOME": str(cwd / "data"),
+            "HELM_REGISTRY_CONFIG": str(cwd / "registry.json"),
+        }
+        argv = [helm, *args, *self._helm_args(url)]
+        self.requests += 1
+        try:
+            await self._login(url, env, cwd, what)
+            done = await proc.run(argv, timeout=self.timeout, cwd=cwd, env=env)
+        except proc.CommandTimeout as e:
+            raise SourceUnreachable(f"{what}: helm timed out after {self.timeout:g}s") from e
+        if done.returncode != 0:
+            raise _failure(done.err_text)(f"{what}: {done.err_text}")
+        return done.stdout.decode(errors="replace")
+
+    async def _resolve_oci(
+        self, repo: str, chart: str, oci: str, wanted: str, max_age: float
+    ) -> ChartRef:
+        """The version `wanted` selects among the registry's tags (helm resolves constraints
+        against them); once per poll; the last answer when the registry is down."""
+        key = f"{oci}@{wanted}"
+        seen = self._index.get(key)
+        if seen is not None and time.monotonic() - seen[0] < max_age:
+            return ChartRef(repo, chart, str(seen[1]["version"]), "", (), oci)
+        where = f"OCI chart {oci}"
+        saved = self._dir(oci) / f"resolved-{hashlib.sha256(wanted.encode()).hexdigest()[:12]}"
+        args = ["show", "chart", oci]
+        if wanted not in ("", "HEAD", "*"):
+            args += ["--version", wanted]
+        work = self.root / ".work" / uuid.uuid4().hex
+        work.mkdir(parents=True)
+        try:
+            text = await self._helm(args, oci, what=where, cwd=work)
+            meta = yamlio.load(text) or {}
+            version = str(meta.get("version", "")) if isinstance(meta, dict) else ""
+            if not version:
+                raise SourceError(f"{where}: helm show chart printed no version")
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(version)
+        except SourceUnreachable:
+            cached = seen[1]["version"] if seen is not None else None
+            if cached is None and saved.exists():
+                cached = saved.read_text().strip()
+            if not cached:
+                raise
+            log.warning("OCI registry unreachable; using the version it last gave", chart=oci)
+            version = str(cached)
+        except yaml.YAMLError as e:
+            raise SourceError(f"{where}: helm show chart printed invalid YAML: {e}") from e
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        self._index[key] = (time.monotonic(), {"version": version})
+        return ChartRef(repo, chart, version, "", (), oci)
+
+    async def _pull_oci(self, ref: ChartRef, base: Path, where: str) -> None:
+        tmp = base.with_name(f".{base.name}.{uuid.uuid4().hex}")
+        work = self.root / ".work" / uuid.uuid4().hex
+        work.mkdir(parents=True)
+        try:
+            args = ["pull", ref.oci, "--version", ref.version, "--untar", "--untardir", str(tmp)]
+            await self._helm(args, ref.oci, what=where, cwd=work)
+            base.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, base)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _failure(text: str) -> type[SourceError]:
+    """SourceUnreachable when helm could not reach the registry at all (so cached charts may
+    stand in), SourceError when the registry answered no (auth, missing tag)."""
+    lowered = text.lower()
+    words = ("connection refused", "no such host", "i/o timeout", "unreachable", "eof")
+    return SourceUnreachable if any(w in lowered for w in words) else SourceError
 
 
 def _safe(part: str) -> str:

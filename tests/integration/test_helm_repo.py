@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -228,3 +229,186 @@ def test_wrong_credentials_are_named(
         assert get(cluster, namespace, "configmap/denied-cm") is None
     finally:
         server.close()
+
+
+class Registry:
+    """A real OCI registry (CNCF distribution, Debian's docker-registry) on 127.0.0.1 over
+    plain HTTP, optionally with htpasswd (bcrypt) basic auth."""
+
+    def __init__(self, work: Path, auth: tuple[str, str] | None = None) -> None:
+        import socket
+        import time
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # bcrypt through the system's libxcrypt, for the htpasswd file
+
+        binary = (
+            subprocess.run(
+                ["bash", str(Path(__file__).parents[1] / "testenv" / "install-registry.sh")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        config: dict[str, Any] = {
+            "version": 0.1,
+            "storage": {"filesystem": {"rootdirectory": str(work / "store")}},
+            "http": {"addr": f"127.0.0.1:{port}"},
+            "log": {"level": "error"},
+        }
+        if auth:
+            hashed = crypt.crypt(auth[1], crypt.mksalt(crypt.METHOD_BLOWFISH))
+            (work / "htpasswd").write_text(f"{auth[0]}:{hashed}\n")
+            config["auth"] = {"htpasswd": {"realm": "charts", "path": str(work / "htpasswd")}}
+        (work / "registry.yml").write_text(yaml.safe_dump(config))
+        self.proc = subprocess.Popen(
+            [binary, "serve", str(work / "registry.yml")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.host = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("registry did not start")
+
+    def push(
+        self, helm: str, work: Path, version: str, data: str, auth: tuple[str, str] | None = None
+    ) -> None:
+        repo = work / "pkg"
+        repo.mkdir(exist_ok=True)
+        publish(helm, repo, work / f"b-{version}", "hello", version, data)
+        env = {**os.environ, "HELM_REGISTRY_CONFIG": str(work / "reg.json")}
+        if auth:
+            subprocess.run(
+                [
+                    helm,
+                    "registry",
+                    "login",
+                    self.host,
+                    "--plain-http",
+                    "-u",
+                    auth[0],
+                    "--password-stdin",
+                ],
+                input=auth[1],
+                text=True,
+                check=True,
+                capture_output=True,
+                env=env,
+            )
+        subprocess.run(
+            [
+                helm,
+                "push",
+                str(repo / f"hello-{version}.tgz"),
+                f"oci://{self.host}/charts",
+                "--plain-http",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def test_oci_charts_sync_by_constraint_with_credentials_and_survive_the_registry_going_down(
+    cluster: Cluster, namespace: str, tmp_path: Path, helm_binary: str
+) -> None:
+    """A chart pushed with `helm push` to a real registry behind htpasswd: `oci://` with a
+    constraint, and Argo CD's scheme-less form with `enableOCI`, both sync with the
+    credentials of a repositories entry; the password never appears in a process argument
+    (login reads it on stdin); with the registry stopped, the cached chart keeps healing."""
+    auth = ("puller", "0ci-s3cret")
+    registry = Registry(tmp_path, auth)
+    try:
+        registry.push(helm_binary, tmp_path, "1.0.0", "oci-one", auth)
+        registry.push(helm_binary, tmp_path, "1.1.0", "oci-one-one", auth)
+        (tmp_path / "pw").write_text(auth[1] + "\n")
+        scheme = chart_app("oci-ranged", f"oci://{registry.host}/charts", "~1.0", namespace)
+        bare = chart_app("oci-bare", f"{registry.host}/charts", "1.1.0", namespace)
+        cfg = write_config(tmp_path, cluster, [scheme, bare], reconcileInterval="2s")
+        data = yaml.safe_load(cfg.read_text())
+        data["repositories"] = [
+            {
+                "url": f"{registry.host}/charts",
+                "type": "helm",
+                "enableOCI": True,
+                "insecureOCIForceHttp": True,
+                "username": auth[0],
+                "passwordFile": str(tmp_path / "pw"),
+            }
+        ]
+        cfg.write_text(yaml.safe_dump(data))
+        with running(cfg) as d:
+            wait_for(
+                lambda: d.synced("oci-ranged") and d.synced("oci-bare"), timeout=90, what="synced"
+            )
+            assert cm_data(cluster, namespace, "oci-ranged-cm")["chart"] == "1.0.0"
+            assert cm_data(cluster, namespace, "oci-bare-cm")["greeting"] == "oci-one-one"
+            assert d.status("oci-ranged")["sync"]["revision"] == "1.0.0"
+            registry.close()
+            wait_for(
+                lambda: "OCI registry unreachable" in d.log.read_text(),
+                timeout=30,
+                what="a poll that finds the registry down",
+            )
+            cluster.kubectl(
+                "patch", "cm", "oci-ranged-cm", "-n", namespace, "-p", '{"data":{"chart":"x"}}'
+            )
+            wait_for(
+                lambda: cm_data(cluster, namespace, "oci-ranged-cm").get("chart") == "1.0.0",
+                timeout=30,
+                what="healed from the cached OCI chart",
+            )
+            assert auth[1] not in d.log.read_text()
+    finally:
+        if registry.proc.poll() is None:
+            registry.close()
+
+
+def test_an_oci_chart_without_credentials_or_with_a_bad_reference_is_refused(
+    cluster: Cluster, namespace: str, tmp_path: Path, helm_binary: str
+) -> None:
+    """No credentials for a registry that wants them, or a scheme-less repoURL without
+    enableOCI: each fails with the reason, nothing applied."""
+    auth = ("puller", "0ci-s3cret")
+    registry = Registry(tmp_path, auth)
+    try:
+        registry.push(helm_binary, tmp_path, "1.0.0", "x", auth)
+        denied = chart_app("oci-denied", f"oci://{registry.host}/charts", "1.0.0", namespace)
+        bare = chart_app("oci-unknown", f"{registry.host}/other", "1.0.0", namespace)
+        cfg = write_config(tmp_path, cluster, [denied, bare])
+        data = yaml.safe_load(cfg.read_text())
+        data["repositories"] = [
+            {"url": f"{registry.host}/charts", "type": "helm", "insecureOCIForceHttp": True}
+        ]
+        cfg.write_text(yaml.safe_dump(data))
+        with running(cfg) as d:
+
+            def error(app: str) -> str:
+                return str(d.status(app).get("conditions") or "")
+
+            wait_for(
+                lambda: "OCI chart" in error("oci-denied") and "enableOCI" in error("oci-unknown"),
+                timeout=60,
+                what="both errors",
+            )
+            assert "credential" in error("oci-denied").lower(), error("oci-denied")
+        assert get(cluster, namespace, "configmap/oci-denied-cm") is None
+        assert get(cluster, namespace, "configmap/oci-unknown-cm") is None
+    finally:
+        registry.close()
