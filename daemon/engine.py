@@ -45,6 +45,8 @@ class Engine:
             max_nodes=s.max_yaml_nodes,
             concurrency=s.max_concurrent_renders,
         )
+        renderer.charts = repos.charts  # chart dependencies come through the chart cache
+        renderer.index_max_age = s.reconcile_interval
         clusters = Clusters(config.clusters)
         store: Store = StateStore(s.state_dir)
         follow = None

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import yaml
@@ -29,6 +29,9 @@ from daemon.model import Manifest, ResourceKey
 from daemon.render import jsonnet
 from daemon.settings import Source
 from daemon.sources.git import UNSAFE_LINKS_FILE, safe_path
+
+if TYPE_CHECKING:
+    from daemon.sources.helmrepo import ChartRepos
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 # Argo CD's directory apps read these; other files (README.md, *.libsonnet, ...) are skipped.
@@ -241,6 +244,9 @@ class Renderer:
         self.helm = helm or os.environ.get("GITOPSD_HELM") or shutil.which("helm") or "helm"
         self.kubectl = kubectl or os.environ.get("GITOPSD_KUBECTL") or shutil.which("kubectl")
         self.renders = 0  # renders actually executed (cache misses)
+        # Chart dependencies from chart repositories and OCI registries (set by Engine).
+        self.charts: ChartRepos | None = None
+        self.index_max_age = 60.0  # how stale a repository index may be for a dependency
 
     async def render(self, req: RenderRequest, checkout: Path) -> Rendered:
         """Render `req.source` from `checkout`, from cache when this exact input was seen."""
@@ -435,7 +441,7 @@ class Renderer:
         opts = dict(req.source.helm or {})
         if not (chart / "Chart.yaml").exists():
             raise RenderError(f"helm: {req.source.path!r} has no Chart.yaml")
-        self._check_chart_dependencies(chart, root)
+        missing = self._missing_dependencies(chart, root)
         release = str(opts.get("releaseName") or req.app_name)
         namespace = str(opts.get("namespace") or req.namespace or "default")
         argv = [self.helm, "template", release, str(chart), "--namespace", namespace]
@@ -449,6 +455,10 @@ class Renderer:
         for api in opts.get("apiVersions") or []:
             argv += ["--api-versions", str(api)]
         with tempfile.TemporaryDirectory(prefix="gitopsd-helm-") as tmp:
+            if missing:
+                # As `helm dependency build`: a copy of the chart with its dependencies in
+                # charts/ (the checkout is shared and stays untouched).
+                argv[3] = str(await self._with_dependencies(chart, root, missing, Path(tmp)))
             refs = {name: Path(checkout) for name, _, checkout in req.refs}
             for vf in opts.get("valueFiles") or []:
                 vf = str(vf)
@@ -513,12 +523,15 @@ class Renderer:
         where = req.source.path or "."
         return self._split_helm(decoded(out, source=f"helm template {where}"), where)
 
-    def _check_chart_dependencies(self, chart: Path, root: Path) -> None:
+    def _missing_dependencies(self, chart: Path, root: Path) -> list[dict[str, str]]:
+        """Chart.yaml's dependencies that charts/ does not hold (file:// ones confined to the
+        repository)."""
         try:
             meta = yamlio.load((chart / "Chart.yaml").read_text()) or {}
         except yaml.YAMLError as e:
             raise RenderError(f"{chart.relative_to(root.resolve())}/Chart.yaml: {e}") from e
         deps = meta.get("dependencies") if isinstance(meta, dict) else None
+        missing = []
         for dep in deps or []:
             if not isinstance(dep, dict):
                 continue
@@ -532,11 +545,42 @@ class Renderer:
             vendored = (
                 list((chart / "charts").glob(f"{name}*")) if (chart / "charts").is_dir() else []
             )
-            if not vendored and not repo.startswith("file://"):
-                raise RenderError(
-                    f"helm: chart dependency {name!r} from {repo!r} is not vendored in charts/ "
-                    "(run `helm dependency build` and commit charts/)"
+            if not vendored:
+                missing.append(
+                    {"name": name, "repository": repo, "version": str(dep.get("version") or "*")}
                 )
+        return missing
+
+    async def _with_dependencies(
+        self, chart: Path, root: Path, missing: list[dict[str, str]], tmp: Path
+    ) -> Path:
+        """A copy of `chart` under `tmp` whose charts/ holds every missing dependency: from
+        the repository (file://) or from a chart repository / OCI registry through the chart
+        cache (fetched once per version, as any chart)."""
+        work = tmp / "chart" / chart.name
+        await anyio.to_thread.run_sync(_copy_tree, chart, work)
+        (work / "charts").mkdir(exist_ok=True)
+        for dep in missing:
+            name, repo, version = dep["name"], dep["repository"], dep["version"]
+            target = work / "charts" / name
+            if repo.startswith("file://"):
+                rel = os.path.relpath(os.path.normpath(chart / repo[7:]), root.resolve())
+                try:
+                    source = safe_path(root, rel, what=f"chart dependency {name}")
+                except SourceError as e:
+                    raise RenderError(str(e)) from e
+            elif repo.startswith(("http://", "https://", "oci://")):
+                if self.charts is None:
+                    raise RenderError(f"helm: chart dependency {name!r}: no chart cache")
+                ref = await self.charts.resolve(repo, name, version, max_age=self.index_max_age)
+                source = await self.charts.fetch(ref)
+            else:
+                raise RenderError(
+                    f"helm: chart dependency {name!r} from {repo!r}: use the repository's URL "
+                    "(http(s):// or oci://) or file://; repository aliases are not supported"
+                )
+            await anyio.to_thread.run_sync(_copy_tree, source, target)
+        return work
 
     def _split_helm(self, text: str, path: str) -> list[Manifest]:
         budget = NodeBudget(self.max_nodes)
@@ -635,3 +679,9 @@ def _overlay(opts: dict[str, Any], base: str) -> dict[str, Any]:
     if opts.get("replicas"):
         k["replicas"] = [{"name": r["name"], "count": int(r["count"])} for r in opts["replicas"]]
     return k
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy a chart: links are followed only as copies (the checkout already refused links
+    leaving the repository)."""
+    shutil.copytree(source, target, symlinks=False)

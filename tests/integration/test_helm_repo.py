@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Cluster, wait_for, write_config
+from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
 from tests.integration.test_daemon import running
 from tests.integration.test_sync import get
 
@@ -412,3 +412,55 @@ def test_an_oci_chart_without_credentials_or_with_a_bad_reference_is_refused(
         assert get(cluster, namespace, "configmap/oci-unknown-cm") is None
     finally:
         registry.close()
+
+
+def test_a_chart_in_git_gets_its_dependencies_from_the_repository(
+    cluster: Cluster,
+    namespace: str,
+    tmp_path: Path,
+    git_repo: GitRepo,
+    chart_repo: tuple[ChartServer, Path],
+) -> None:
+    """A chart in git whose Chart.yaml depends on `hello` from a chart repository (constraint
+    `~1.2`) and on a file:// chart beside it, without charts/ committed: the dependencies are
+    fetched (cached like any chart) or copied, and rendered as subcharts with the parent's
+    values for them, as `helm dependency build` would;
+    a dependency version the repository lacks fails the app naming it, nothing applied."""
+    server, _ = chart_repo
+
+    def umbrella(version: str) -> dict[str, str]:
+        return {
+            "umbrella/Chart.yaml": (
+                "apiVersion: v2\nname: umbrella\nversion: 0.1.0\ndependencies:\n"
+                f'  - name: hello\n    version: "{version}"\n    repository: {server.url}\n'
+                "  - name: local\n    version: 0.1.0\n    repository: file://../local\n"
+            ),
+            "local/Chart.yaml": "apiVersion: v2\nname: local\nversion: 0.1.0\n",
+            "local/templates/cm.yaml": (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: local-dep\ndata:\n  a: b\n"
+            ),
+            "umbrella/values.yaml": "hello:\n  greeting: from-umbrella\n",
+            "umbrella/templates/own.yaml": (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: umbrella-own\ndata:\n  x: y\n"
+            ),
+        }
+
+    git_repo.write(umbrella("~1.2"))
+    app = application("umbrella", git_repo.url, "umbrella", namespace)
+    cfg = write_config(tmp_path, cluster, [app])
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("umbrella"), timeout=60, what="synced")
+        assert cm_data(cluster, namespace, "umbrella-cm") == {
+            "greeting": "from-umbrella",
+            "chart": "1.2.0",
+        }
+        assert get(cluster, namespace, "configmap/umbrella-own") is not None
+        assert get(cluster, namespace, "configmap/local-dep") is not None, "file:// dependency"
+        git_repo.write(umbrella("9.9.9"))
+        d.api("/api/v1/applications/umbrella/refresh", method="POST")
+        wait_for(
+            lambda: "no version matches '9.9.9'" in str(d.status("umbrella").get("conditions")),
+            timeout=30,
+            what="the missing dependency version named",
+        )
+        assert cm_data(cluster, namespace, "umbrella-cm")["chart"] == "1.2.0", "nothing applied"
