@@ -68,6 +68,8 @@ class Customizations:
     inclusions: tuple[ResourceFilter, ...] = ()
     ignore_aggregated_roles: bool = False
     tracking_method: str = ""  # application.resourceTrackingMethod, when set
+    kustomize_build_options: str = ""  # kustomize.buildOptions, when set
+    kustomize_paths: Mapping[str, str] = field(default_factory=dict)  # kustomize.path.<version>
     source: str = ""
 
     def excluded(self, group: str, kind: str, server: str) -> bool:
@@ -160,6 +162,12 @@ def parse(data: Mapping[str, Any], *, where: str, warnings: list[str]) -> Custom
         inclusions=_filters(data.get("resource.inclusions", "[]"), f"{where}.inclusions"),
         ignore_aggregated_roles=bool(options.get("ignoreAggregatedRoles", False)),
         tracking_method=tracking,
+        kustomize_build_options=str(data.get("kustomize.buildOptions") or ""),
+        kustomize_paths={
+            key.removeprefix("kustomize.path."): str(value)
+            for key, value in data.items()
+            if key.startswith("kustomize.path.")
+        },
         source=where,
     )
 

@@ -139,6 +139,8 @@ class Reconciler:
         self.tracking = TrackingMethod(
             config.settings.resource_tracking_method or custom.tracking_method or "annotation"
         )
+        self.renderer.kustomize_options = config.settings.kustomize_build_options
+        self.renderer.kustomize_paths = dict(custom.kustomize_paths)
 
     def project_for(self, app: Application) -> AppProject | None:
         """The project `app` is judged by. A project defined by a parent app (app of apps) only

@@ -7,6 +7,7 @@ collected as warnings. Pure apart from reading the files.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -206,6 +207,8 @@ class Settings:
     # Where app status and operation state live: files under stateDir (local) or one ConfigMap
     # per app in the control cluster (kubernetes), which several replicas need.
     state_store: str = "local"
+    # Flags added to every kustomize build (Argo CD's kustomize.buildOptions), checked at load.
+    kustomize_build_options: tuple[str, ...] = ()
     # settings.backup: a scheduled backup archive (cron, UTC), the newest `keep` kept in `dir`.
     backup_schedule: str = ""
     backup_dir: str = ""
@@ -696,6 +699,45 @@ def _backup(b: _Fields, d: Settings, base: Path) -> dict[str, Any]:
     return out
 
 
+KUSTOMIZE_FLAGS = {
+    "--enable-helm": False,  # flag -> takes a value
+    "--load-restrictor": True,
+    "--helm-api-versions": True,
+    "--helm-kube-version": True,
+    "--reorder": True,
+}
+
+
+def kustomize_options(text: str, where: str) -> tuple[str, ...]:
+    """Kustomize build flags, as Argo CD's `kustomize.buildOptions`: only flags that render;
+    the ones that run code or containers (exec and container plugins, mounts, network) or pick
+    the helm binary are refused, naming the flag."""
+    import shlex
+
+    try:
+        words = shlex.split(text or "")
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        flag, _, inline = words[i].partition("=")
+        if flag not in KUSTOMIZE_FLAGS:
+            raise ConfigError(
+                f"{where}: {flag!r} is not allowed (allowed: {', '.join(sorted(KUSTOMIZE_FLAGS))};"
+                " flags that run plugins, containers or other binaries are refused)"
+            )
+        if KUSTOMIZE_FLAGS[flag] and not inline:
+            if i + 1 >= len(words):
+                raise ConfigError(f"{where}: {flag} needs a value")
+            out += [flag, words[i + 1]]
+            i += 2
+            continue
+        out.append(words[i])
+        i += 1
+    return tuple(out)
+
+
 def _state_store(value: str, where: str) -> str:
     if value not in ("local", "kubernetes"):
         raise ConfigError(f"{where}.stateStore: must be local or kubernetes, not {value!r}")
@@ -784,6 +826,9 @@ def load(path: str | os.PathLike[str]) -> Config:
         **_rollouts(_Fields(s.raw("rollouts") or {}, f"{s.where}.rollouts", warnings), d),
         **_sharding(_Fields(s.raw("sharding") or {}, f"{s.where}.sharding", warnings), d),
         state_store=_state_store(s.text("stateStore", d.state_store), s.where),
+        kustomize_build_options=kustomize_options(
+            s.text("kustomizeBuildOptions"), f"{s.where}.kustomizeBuildOptions"
+        ),
         **_backup(_Fields(s.raw("backup") or {}, f"{s.where}.backup", warnings), d, base),
     )
     s.done()
@@ -899,6 +944,18 @@ def load(path: str | os.PathLike[str]) -> Config:
             errors.append(ConfigError(str(e), file=proj.file))
     if len(cms) > 1:
         errors.append(ConfigError(f"argocd-cm defined more than once ({cms[1].source})"))
+    if cms and cms[0].kustomize_build_options and not settings.kustomize_build_options:
+        # argocd-cm's kustomize.buildOptions, unless the settings file sets its own.
+        try:
+            settings = dataclasses.replace(
+                settings,
+                kustomize_build_options=kustomize_options(
+                    cms[0].kustomize_build_options,
+                    f"{cms[0].source}.data['kustomize.buildOptions']",
+                ),
+            )
+        except ConfigError as e:
+            errors.append(e)
     if len(errors) == 1:
         raise errors[0]
     if errors:

@@ -246,11 +246,16 @@ class Renderer:
         self.renders = 0  # renders actually executed (cache misses)
         # Chart dependencies from chart repositories and OCI registries (set by Engine).
         self.charts: ChartRepos | None = None
+        # settings.kustomizeBuildOptions (else argocd-cm's), and kustomize.path.<version>.
+        self.kustomize_options: tuple[str, ...] = ()
+        self.kustomize_paths: dict[str, str] = {}
         self.index_max_age = 60.0  # how stale a repository index may be for a dependency
 
     async def render(self, req: RenderRequest, checkout: Path) -> Rendered:
         """Render `req.source` from `checkout`, from cache when this exact input was seen."""
         key = req.cache_key()
+        if self.kustomize_options:
+            key += ":" + " ".join(self.kustomize_options)
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
@@ -413,19 +418,47 @@ class Renderer:
             raise RenderError("kustomize: kubectl is not installed")
         self._check_kustomize_paths(root, app_dir, set())
         opts = dict(req.source.kustomize or {})
+        flags = list(self.kustomize_options)
+        version = str(opts.get("version") or "")
+        binary = [self.kubectl, "kustomize"]
+        if version:
+            # Argo CD's kustomize.path.<version>: a kustomize binary of that version.
+            path = self.kustomize_paths.get(version)
+            if not path:
+                raise RenderError(
+                    f"kustomize.version {version!r}: argocd-cm has no kustomize.path.{version}"
+                )
+            binary = [path, "build"]
+        helm_charts = "--enable-helm" in flags
         with tempfile.TemporaryDirectory(prefix="gitopsd-kustomize-") as tmp:
             target = app_dir
+            env: dict[str, str] = {}
+            if helm_charts:
+                # helmCharts: kustomize pulls charts into the kustomization's charts/ (and helm
+                # keeps caches): work on a copy so the shared checkout stays as committed.
+                work = Path(tmp) / "repo"
+                await anyio.to_thread.run_sync(lambda: shutil.copytree(root, work, symlinks=True))
+                target = work / app_dir.relative_to(root.resolve())
+                flags += ["--helm-command", self.helm]
+                env = {
+                    "HELM_CACHE_HOME": f"{tmp}/helm/cache",
+                    "HELM_CONFIG_HOME": f"{tmp}/helm/config",
+                    "HELM_DATA_HOME": f"{tmp}/helm/data",
+                }
             if any(opts.get(k) for k in _KUSTOMIZE_OVERLAY_KEYS):
                 # Argo CD edits the kustomization in a scratch copy; we add an overlay instead.
                 work = Path(tmp) / "repo"
-                await anyio.to_thread.run_sync(lambda: shutil.copytree(root, work, symlinks=True))
+                if not work.exists():
+                    await anyio.to_thread.run_sync(
+                        lambda: shutil.copytree(root, work, symlinks=True)
+                    )
                 base = work / app_dir.relative_to(root.resolve())
                 target = Path(tmp) / "overlay"
                 target.mkdir()
                 rel = os.path.relpath(base, target)
                 (target / "kustomization.yaml").write_text(yamlio.dump(_overlay(opts, rel)))
             result = await self._exec(
-                [self.kubectl, "kustomize", str(target)], tool="kustomize", cwd=app_dir
+                [*binary, str(target), *flags], tool="kustomize", cwd=app_dir, env=env or None
             )
         text = decoded(result, source=f"kustomize build {req.source.path or '.'}")
         docs = parse_stream(

@@ -10,6 +10,7 @@ import functools
 import http.server
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -464,3 +465,52 @@ def test_a_chart_in_git_gets_its_dependencies_from_the_repository(
             what="the missing dependency version named",
         )
         assert cm_data(cluster, namespace, "umbrella-cm")["chart"] == "1.2.0", "nothing applied"
+
+
+def test_kustomize_helm_charts_with_build_options(
+    cluster: Cluster,
+    namespace: str,
+    tmp_path: Path,
+    git_repo: GitRepo,
+    chart_repo: tuple[ChartServer, Path],
+) -> None:
+    """A kustomization with `helmCharts:` renders with `kustomizeBuildOptions: --enable-helm`
+    (Argo CD's kustomize.buildOptions), pulling the chart from the repository and leaving the
+    checkout as committed; without the option kustomize's own error says what is missing; a
+    flag that would run plugins is refused when the config loads, naming it."""
+    server, _ = chart_repo
+    git_repo.write(
+        {
+            "kz/kustomization.yaml": (
+                "helmCharts:\n  - name: hello\n"
+                f"    repo: {server.url}\n    version: 1.2.0\n    releaseName: kz\n"
+                "    valuesInline:\n      greeting: kustomized\n"
+            )
+        }
+    )
+    app = application("kz", git_repo.url, "kz", namespace)
+    cfg = write_config(tmp_path, cluster, [app], kustomizeBuildOptions="--enable-helm")
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("kz"), timeout=60, what="synced")
+        assert cm_data(cluster, namespace, "kz-cm") == {"greeting": "kustomized", "chart": "1.2.0"}
+    checkouts = list((tmp_path / "cache").rglob("kz/charts"))
+    assert not checkouts, f"kustomize wrote into the shared checkout: {checkouts}"
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "bad").mkdir()
+    plain = write_config(tmp_path / "plain", cluster, [app])
+    with running(plain) as d:
+        wait_for(
+            lambda: "enable-helm" in str(d.status("kz").get("conditions") or ""),
+            timeout=30,
+            what="kustomize's error about --enable-helm",
+        )
+
+    bad = write_config(tmp_path / "bad", cluster, [app], kustomizeBuildOptions="--enable-exec")
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "gitopsd"), "check", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "'--enable-exec' is not allowed" in r.stderr, r.stderr
