@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from daemon.children import CONTROL_NAMESPACE, is_child_kind
-from daemon.errors import KubeNotFound, PlanError, SourceUnreachable
+from daemon.errors import KubeNotFound, PlanError, SourceError, SourceUnreachable
 from daemon.kube import KubeClient
 from daemon.model import ANN_SYNC_OPTIONS, Body, Manifest, ResourceKey, ResourceType
 from daemon.plan import tracking
@@ -25,6 +25,7 @@ from daemon.render import Renderer, RenderRequest
 from daemon.settings import DNS1123_LABEL, Application
 from daemon.sources.git import RepoCache
 from daemon.sources.lastgood import LastGood, Rendered
+from daemon.sources.signatures import Keyring
 from daemon.stages import Desired
 
 log = structlog.get_logger("gitopsd.desired")
@@ -63,6 +64,8 @@ async def render_desired(
     tracking_method: TrackingMethod = TrackingMethod.ANNOTATION,
     before_prepare: Callable[[Sequence[Manifest]], Awaitable[None]] | None = None,
     last_good: LastGood | None = None,
+    signature_keys: tuple[str, ...] = (),
+    keyring: Keyring | None = None,
 ) -> Desired:
     """Resolve, check out and render every source; prepare manifests for the cluster.
     `before_prepare` sees the rendered manifests before their kinds are resolved (it may
@@ -72,7 +75,9 @@ async def render_desired(
     kube_version = client.server_version.lstrip("v").split("-")[0].split("+")[0]
     offline = ""
     try:
-        rendered = await _render_sources(app, repos, renderer, revision, max_age, kube_version)
+        rendered = await _render_sources(
+            app, repos, renderer, revision, max_age, kube_version, signature_keys, keyring
+        )
     except SourceUnreachable as e:
         kept, why = last_good.load(app) if last_good is not None else (None, "")
         if kept is None or (revision and revision not in kept.revisions):
@@ -107,7 +112,19 @@ async def _render_sources(
     revision: str,
     max_age: float,
     kube_version: str,
+    signature_keys: tuple[str, ...] = (),
+    keyring: Keyring | None = None,
 ) -> Rendered:
+    async def verified(url: str, sha: str) -> None:
+        # AppProject signatureKeys: only commits signed by one of them are rendered.
+        if not signature_keys:
+            return
+        if keyring is None:
+            raise SourceError(f"{app.name}: the project requires signed commits; no keyring")
+        await keyring.verify(
+            repos.repo(url).dir, sha, signature_keys, where=f"Application/{app.name} {url}"
+        )
+
     manifests: list[Manifest] = []
     revisions: list[str] = []
     tools: list[str] = []
@@ -116,9 +133,15 @@ async def _render_sources(
         if src.ref:
             resolved = await repos.resolve(src.repo_url, src.target_revision, max_age=max_age)
             checkout = await repos.checkout(src.repo_url, resolved.sha)
+            await verified(src.repo_url, resolved.sha)
             refs.append((src.ref, resolved.sha, str(checkout)))
     for src in app.manifest_sources:
         rev = revision if revision and len(app.manifest_sources) == 1 else src.target_revision
+        if src.chart and signature_keys:
+            raise SourceError(
+                f"Application/{app.name}: chart {src.chart} from {src.repo_url}: its project "
+                "requires signed commits (signatureKeys), which a Helm chart cannot have"
+            )
         if src.chart:
             # A chart from a Helm repository: the unpacked chart is the "checkout", its
             # directory the source path, and the chart version the revision (as Argo CD).
@@ -139,6 +162,7 @@ async def _render_sources(
             continue
         resolved = await repos.resolve(src.repo_url, rev, max_age=max_age)
         checkout = await repos.checkout(src.repo_url, resolved.sha)
+        await verified(src.repo_url, resolved.sha)
         request = RenderRequest(
             sha=resolved.sha,
             source=src,

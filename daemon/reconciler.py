@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -41,6 +42,7 @@ from daemon.rollouts.controller import Rollouts
 from daemon.settings import Application, ClusterConfig, Config
 from daemon.sources.git import RepoCache
 from daemon.sources.lastgood import LastGood
+from daemon.sources.signatures import Keyring
 from daemon.stages import Comparison, Desired, Operation, SyncRequest
 from daemon.status import build
 from daemon.status.state import Store
@@ -89,6 +91,8 @@ class Reconciler:
     ) -> None:
         self.repos = repos
         self.renderer = renderer
+        # The settings' gpgKeys, for projects with signatureKeys (rebuilt when they change).
+        self.keyring: Keyring | None = None
         self.clusters = clusters
         self.store = store
         self.inventory = Inventory(config.settings.inventory_namespace)
@@ -140,6 +144,9 @@ class Reconciler:
             config.settings.resource_tracking_method or custom.tracking_method or "annotation"
         )
         self.renderer.kustomize_options = config.settings.kustomize_build_options
+        keys = config.settings.gpg_keys
+        if self.keyring is None or self.keyring.key_files != keys:
+            self.keyring = Keyring(Path(config.settings.cache_dir) / "gpg", keys)
         self.renderer.kustomize_paths = dict(custom.kustomize_paths)
 
     def project_for(self, app: Application) -> AppProject | None:
@@ -343,6 +350,8 @@ class Reconciler:
             # Only a reconcile falls back to the last good render; a diff or render asked
             # for by a person reports the unreachable source.
             last_good=self.last_good if prepare_kinds else None,
+            signature_keys=target.project.signature_keys,
+            keyring=self.keyring,
         )
         self._inputs[app.name] = desired.inputs
         violations = app_violations(app, target.project, target.cluster, desired)

@@ -207,6 +207,9 @@ class Settings:
     # Where app status and operation state live: files under stateDir (local) or one ConfigMap
     # per app in the control cluster (kubernetes), which several replicas need.
     state_store: str = "local"
+    # Files of ASCII-armored public keys that signed commits are verified against (projects
+    # with signatureKeys); Argo CD keeps them in argocd-gpg-keys-cm.
+    gpg_keys: tuple[str, ...] = ()
     # Flags added to every kustomize build (Argo CD's kustomize.buildOptions), checked at load.
     kustomize_build_options: tuple[str, ...] = ()
     # settings.backup: a scheduled backup archive (cron, UTC), the newest `keep` kept in `dir`.
@@ -606,6 +609,10 @@ def parse_project(doc: dict[str, Any], *, where: str, warnings: list[str]) -> Ap
             entries("namespaceResourceWhitelist") if ns_white_raw is not None else None
         ),
         namespace_resource_blacklist=entries("namespaceResourceBlacklist"),
+        signature_keys=tuple(
+            _key_id(k.get("keyID", ""), f"{where}.spec.signatureKeys[{i}]")
+            for i, k in enumerate(entries("signatureKeys"))
+        ),
         file=where.split(":", 1)[0],
         raw=doc,
     )
@@ -615,7 +622,6 @@ def parse_project(doc: dict[str, Any], *, where: str, warnings: list[str]) -> Ap
             "roles",
             "syncWindows",
             "orphanedResources",
-            "signatureKeys",
             "sourceNamespaces",
             "destinationServiceAccounts",
             "permitOnlyProjectScopedClusters",
@@ -738,6 +744,12 @@ def kustomize_options(text: str, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _key_id(value: str, where: str) -> str:
+    from daemon.sources.signatures import normalise_key_id
+
+    return normalise_key_id(value, where=where)
+
+
 def _state_store(value: str, where: str) -> str:
     if value not in ("local", "kubernetes"):
         raise ConfigError(f"{where}.stateStore: must be local or kubernetes, not {value!r}")
@@ -826,6 +838,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         **_rollouts(_Fields(s.raw("rollouts") or {}, f"{s.where}.rollouts", warnings), d),
         **_sharding(_Fields(s.raw("sharding") or {}, f"{s.where}.sharding", warnings), d),
         state_store=_state_store(s.text("stateStore", d.state_store), s.where),
+        gpg_keys=tuple(_resolve(base, str(f)) for f in s.list("gpgKeys")),
         kustomize_build_options=kustomize_options(
             s.text("kustomizeBuildOptions"), f"{s.where}.kustomizeBuildOptions"
         ),

@@ -22,6 +22,8 @@ class AppProject:
     cluster_resource_blacklist: tuple[dict[str, str], ...] = ()
     namespace_resource_whitelist: tuple[dict[str, str], ...] | None = None
     namespace_resource_blacklist: tuple[dict[str, str], ...] = ()
+    # spec.signatureKeys[].keyID: git revisions must be commits signed by one of these.
+    signature_keys: tuple[str, ...] = ()
     file: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
