@@ -745,7 +745,7 @@ def kustomize_options(text: str, where: str) -> tuple[str, ...]:
 
 
 def _key_id(value: str, where: str) -> str:
-    from daemon.sources.signatures import normalise_key_id
+    from daemon.appproject import normalise_key_id
 
     return normalise_key_id(value, where=where)
 

@@ -7,8 +7,11 @@ the project's rules to an app.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from daemon.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,3 +41,14 @@ def project_where(project: AppProject) -> str:
         if project.file
         else f"AppProject/{project.name}"
     )
+
+
+_KEY_ID = re.compile(r"^[0-9A-F]{8}$|^[0-9A-F]{16}$|^[0-9A-F]{40}$")
+
+
+def normalise_key_id(value: str, *, where: str) -> str:
+    """A `signatureKeys` keyID in upper case; ConfigError unless 8, 16 or 40 hex digits."""
+    key = value.strip().upper().removeprefix("0X")
+    if not _KEY_ID.match(key):
+        raise ConfigError(f"{where}: keyID {value!r} is not a GnuPG key ID (16 hex digits)")
+    return key

@@ -27,19 +27,9 @@ import anyio
 import structlog
 
 from daemon import proc
-from daemon.errors import ConfigError, SourceError
+from daemon.errors import SourceError
 
 log = structlog.get_logger("gitopsd.signatures")
-
-KEY_ID = re.compile(r"^[0-9A-F]{8}$|^[0-9A-F]{16}$|^[0-9A-F]{40}$")
-
-
-def normalise_key_id(value: str, *, where: str) -> str:
-    """A signatureKeys keyID in upper case; ConfigError unless 8, 16 or 40 hex digits."""
-    key = value.strip().upper().removeprefix("0X")
-    if not KEY_ID.match(key):
-        raise ConfigError(f"{where}: keyID {value!r} is not a GnuPG key ID (16 hex digits)")
-    return key
 
 
 def signer(status: str) -> tuple[str, str]:

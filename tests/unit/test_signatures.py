@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from daemon.appproject import normalise_key_id
 from daemon.errors import ConfigError
-from daemon.sources.signatures import allowed, normalise_key_id, signer
+from daemon.sources.signatures import allowed, signer
 
 FPR = "0123456789ABCDEF0123456789ABCDEF01234567"
 
