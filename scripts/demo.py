@@ -327,6 +327,20 @@ def stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
         daemon.kill()
 
 
+def scaled_back_by_hand(replicas: int, seconds: float = 30) -> bool:
+    """Scale demo-db's webapp by hand to `replicas`; True once the daemon has it back at 1."""
+    kubectl("scale", "deploy/webapp", "-n", "demo-db", f"--replicas={replicas}")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        reps = kubectl(
+            "get", "deploy", "webapp", "-n", "demo-db", "-o", "jsonpath={.spec.replicas}"
+        )
+        if reps.strip() == "1":
+            return True
+        time.sleep(0.3)
+    return False
+
+
 def offline_self_heal() -> None:
     """Git goes away: self-heal goes on from the last good render; git comes back."""
     say("Offline edge: the git repository disappears; self-heal goes on from the last good render")
@@ -343,16 +357,8 @@ def offline_self_heal() -> None:
             )
             time.sleep(0.5)
         print(f"  condition: {(cond or {}).get('message', 'none')[:150]}")
-        kubectl("scale", "deploy/webapp", "-n", "demo-db", "--replicas=3")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            reps = kubectl(
-                "get", "deploy", "webapp", "-n", "demo-db", "-o", "jsonpath={.spec.replicas}"
-            )
-            if reps.strip() == "1":
-                print("  scaled by hand to 3 while offline: back to 1 from the last good render")
-                break
-            time.sleep(0.3)
+        if scaled_back_by_hand(3):
+            print("  scaled by hand to 3 while offline: back to 1 from the last good render")
     finally:
         away.rename(repo)
     print("  git is back: the next poll clears the condition")
@@ -473,16 +479,8 @@ def main() -> int:
         print(app_table())
 
         say("Self-heal: someone scales webapp by hand; the daemon puts it back")
-        kubectl("scale", "deploy/webapp", "-n", "demo-db", "--replicas=4")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            reps = kubectl(
-                "get", "deploy", "webapp", "-n", "demo-db", "-o", "jsonpath={.spec.replicas}"
-            )
-            if reps.strip() == "1":
-                print("  webapp back to 1 replica (watch-based self-heal)")
-                break
-            time.sleep(0.3)
+        if scaled_back_by_hand(4):
+            print("  webapp back to 1 replica (watch-based self-heal)")
 
         canary_step_through(exporter)
         ab_test()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
-from tests.integration.test_daemon import running
+from tests.integration.test_daemon import Daemon, running
 from tests.integration.test_sync import get
 
 pytestmark = pytest.mark.cluster
@@ -108,6 +109,22 @@ def cm_data(cluster: Cluster, namespace: str, name: str) -> dict[str, str]:
     return dict((get(cluster, namespace, f"configmap/{name}") or {}).get("data") or {})
 
 
+def healed_while_down(
+    d: Daemon, cluster: Cluster, namespace: str, cm: str, want: tuple[str, str], warning: str
+) -> None:
+    """Once a poll has found the source down (`warning` logged), a hand edit of ConfigMap `cm`
+    is still healed back to `want` (key, value) from what is cached."""
+    wait_for(lambda: warning in d.log.read_text(), timeout=30, what="a poll finding it down")
+    key, value = want
+    patch = json.dumps({"data": {key: "changed by hand"}})
+    cluster.kubectl("patch", "cm", cm, "-n", namespace, "-p", patch)
+    wait_for(
+        lambda: cm_data(cluster, namespace, cm).get(key) == value,
+        timeout=30,
+        what=f"{cm} healed with the source down",
+    )
+
+
 def test_a_chart_from_a_helm_repository_syncs_by_version_and_by_constraint(
     cluster: Cluster, namespace: str, tmp_path: Path, chart_repo: tuple[ChartServer, Path]
 ) -> None:
@@ -191,18 +208,13 @@ def test_credentials_and_a_repository_that_goes_down(
             wait_for(lambda: d.synced("private"), timeout=60, what="synced with credentials")
             assert cm_data(cluster, namespace, "private-cm")["greeting"] == "private"
             server.close()
-            wait_for(
-                lambda: "chart repository unreachable; using its last index" in d.log.read_text(),
-                timeout=30,
-                what="a poll that finds the repository down",
-            )
-            cluster.kubectl(
-                "patch", "cm", "private-cm", "-n", namespace, "-p", '{"data":{"greeting":"x"}}'
-            )
-            wait_for(
-                lambda: cm_data(cluster, namespace, "private-cm").get("greeting") == "private",
-                timeout=30,
-                what="healed from the cached chart with the repository down",
+            healed_while_down(
+                d,
+                cluster,
+                namespace,
+                "private-cm",
+                ("greeting", "private"),
+                "chart repository unreachable; using its last index",
             )
             assert d.synced("private")
     finally:
@@ -362,18 +374,13 @@ def test_oci_charts_sync_by_constraint_with_credentials_and_survive_the_registry
             assert cm_data(cluster, namespace, "oci-bare-cm")["greeting"] == "oci-one-one"
             assert d.status("oci-ranged")["sync"]["revision"] == "1.0.0"
             registry.close()
-            wait_for(
-                lambda: "OCI registry unreachable" in d.log.read_text(),
-                timeout=30,
-                what="a poll that finds the registry down",
-            )
-            cluster.kubectl(
-                "patch", "cm", "oci-ranged-cm", "-n", namespace, "-p", '{"data":{"chart":"x"}}'
-            )
-            wait_for(
-                lambda: cm_data(cluster, namespace, "oci-ranged-cm").get("chart") == "1.0.0",
-                timeout=30,
-                what="healed from the cached OCI chart",
+            healed_while_down(
+                d,
+                cluster,
+                namespace,
+                "oci-ranged-cm",
+                ("chart", "1.0.0"),
+                "OCI registry unreachable",
             )
             assert auth[1] not in d.log.read_text()
     finally:
