@@ -293,7 +293,21 @@ def _repository(secret: str, data: dict[str, str], out: Imported, at: str) -> di
         entry["sshPrivateKeyFile"] = path
     if data.get("insecure", "").lower() == "true":
         entry["insecure"] = True
-    for key in ("githubAppPrivateKey", "tlsClientCertData", "gcpServiceAccountKey", "proxy"):
+    if data.get("type") == "helm":
+        entry["type"] = "helm"
+    if data.get("enableOCI", "").lower() == "true":
+        entry["enableOCI"] = True
+    if data.get("insecureOCIForceHttp", "").lower() == "true":
+        entry["insecureOCIForceHttp"] = True
+    if data.get("tlsClientCertData") and data.get("tlsClientCertKey"):
+        for key, suffix, field_name in (
+            ("tlsClientCertData", "crt", "tlsClientCertFile"),
+            ("tlsClientCertKey", "key", "tlsClientKeyFile"),
+        ):
+            path = f"credentials/repo-{slug}.{suffix}"
+            out.files[path] = (data[key].encode(), 0o600)
+            entry[field_name] = path
+    for key in ("githubAppPrivateKey", "gcpServiceAccountKey", "proxy"):
         if data.get(key):
             out.report.append(f"{at}: {key} not carried over (not supported by gitopsd)")
     return entry

@@ -125,3 +125,24 @@ def test_argocd_admin_export_documents_are_sorted_by_kind() -> None:
     assert "apps/applicationsets.yaml" in out.files
     assert any("pending operation" in line for line in out.report)
     assert any("Deployment/argocd-server): not carried over" in line for line in out.report)
+
+
+def test_helm_and_oci_repository_secrets_keep_their_kind_and_client_certificates() -> None:
+    """A repository Secret of type helm with enableOCI, plain HTTP and a client certificate
+    becomes an entry gitopsd's chart cache uses as Argo CD would, the certificate and key in
+    0600 files."""
+    repo = secret(
+        "oci",
+        "repository",
+        url="registry.example.com/charts",
+        type="helm",
+        enableOCI="true",
+        insecureOCIForceHttp="true",
+        tlsClientCertData="CERT",
+        tlsClientCertKey="KEY",
+    )
+    out = convert([("r.yaml", repo)])
+    entry = yaml.safe_load(out.files["gitopsd.yaml"][0])["repositories"][0]
+    assert entry["type"] == "helm" and entry["enableOCI"] and entry["insecureOCIForceHttp"]
+    assert out.files[entry["tlsClientCertFile"]] == (b"CERT", 0o600)
+    assert out.files[entry["tlsClientKeyFile"]] == (b"KEY", 0o600)
