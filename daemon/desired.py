@@ -146,34 +146,25 @@ async def _render_sources(
             # A chart from a Helm repository: the unpacked chart is the "checkout", its
             # directory the source path, and the chart version the revision (as Argo CD).
             ref = await repos.charts.resolve(src.repo_url, src.chart, rev, max_age=max_age)
-            chart_dir = await repos.charts.fetch(ref)
-            request = RenderRequest(
-                sha=f"{ref.chart}-{ref.version}@{ref.digest}",
-                source=dataclasses.replace(src, path=ref.chart, helm=src.helm or {}),
-                app_name=app.name,
-                namespace=app.destination.namespace,
-                kube_version=kube_version,
-                refs=tuple(refs),
-            )
-            rendered = await renderer.render(request, chart_dir.parent)
-            manifests.extend(rendered.manifests)
-            revisions.append(ref.revision)
-            tools.append(rendered.tool)
-            continue
-        resolved = await repos.resolve(src.repo_url, rev, max_age=max_age)
-        checkout = await repos.checkout(src.repo_url, resolved.sha)
-        await verified(src.repo_url, resolved.sha)
+            root = (await repos.charts.fetch(ref)).parent
+            key, revision_of_source = f"{ref.chart}-{ref.version}@{ref.digest}", ref.revision
+            src = dataclasses.replace(src, path=ref.chart, helm=src.helm or {})
+        else:
+            resolved = await repos.resolve(src.repo_url, rev, max_age=max_age)
+            root = await repos.checkout(src.repo_url, resolved.sha)
+            await verified(src.repo_url, resolved.sha)
+            key = revision_of_source = resolved.sha
         request = RenderRequest(
-            sha=resolved.sha,
+            sha=key,
             source=src,
             app_name=app.name,
             namespace=app.destination.namespace,
             kube_version=kube_version,
             refs=tuple(refs),
         )
-        rendered = await renderer.render(request, checkout)
+        rendered = await renderer.render(request, root)
         manifests.extend(rendered.manifests)
-        revisions.append(resolved.sha)
+        revisions.append(revision_of_source)
         tools.append(rendered.tool)
     return Rendered(manifests, revisions, [sha for _, sha, _ in refs], tools)
 

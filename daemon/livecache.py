@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
-Body = dict[str, Any]
+from daemon.model import ANN_TRACKING_ID, Body
+from daemon.plan.tracking import LABEL_INSTANCE
+
 Scope = tuple[str, str, str]  # (group, kind, namespace or "" for cluster-scoped types)
-
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-ANN_TRACKING_ID = "argocd.argoproj.io/tracking-id"
 
 
 @dataclass(frozen=True)

@@ -68,21 +68,17 @@ async def _read_group(
     if cached is not None:
         # The drift watch holds this scope: no LIST. What gitopsd wrote after the watch last
         # saw it is read from the API server, so a compare right after an apply sees it.
-        for name, item in cached.objects.items():
-            if name in names or tracking.is_owned_by(
-                item, owner, namespaced=rt.namespaced, method=method
-            ):
-                found[ResourceKey(rt.group, rt.kind, ns, name)] = item
+        bodies: dict[str, Body | None] = dict(cached.objects)
         for name in cached.stale:
-            body = await client.get(rt, ns, name)
-            key = ResourceKey(rt.group, rt.kind, ns, name)
+            bodies[name] = await client.get(rt, ns, name)
+        for name, body in bodies.items():
             if body is not None and (
                 name in names
                 or tracking.is_owned_by(body, owner, namespaced=rt.namespaced, method=method)
             ):
                 body.setdefault("apiVersion", rt.api_version)
                 body.setdefault("kind", rt.kind)
-                found[key] = body
+                found[ResourceKey(rt.group, rt.kind, ns, name)] = body
         return found
     if "list" in rt.verbs:
         # Shared with other compares of the same type and namespace running now (never older
