@@ -76,7 +76,15 @@ async def render_desired(
     offline = ""
     try:
         rendered = await _render_sources(
-            app, repos, renderer, revision, max_age, kube_version, signature_keys, keyring
+            app,
+            repos,
+            renderer,
+            revision,
+            max_age,
+            kube_version,
+            signature_keys,
+            keyring,
+            client.api_versions,
         )
     except SourceUnreachable as e:
         kept, why = last_good.load(app) if last_good is not None else (None, "")
@@ -114,6 +122,7 @@ async def _render_sources(
     kube_version: str,
     signature_keys: tuple[str, ...] = (),
     keyring: Keyring | None = None,
+    api_versions: tuple[str, ...] = (),
 ) -> Rendered:
     async def verified(url: str, sha: str) -> None:
         # AppProject signatureKeys: only commits signed by one of them are rendered.
@@ -161,6 +170,8 @@ async def _render_sources(
             namespace=app.destination.namespace,
             kube_version=kube_version,
             refs=tuple(refs),
+            project=app.project,
+            api_versions=api_versions,
         )
         rendered = await renderer.render(request, root)
         manifests.extend(rendered.manifests)

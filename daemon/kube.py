@@ -364,6 +364,11 @@ class KubeClient:
             self._types, self._by_gvk = types, by_gvk
             self._discovered_at = time.monotonic()
 
+    @property
+    def api_versions(self) -> tuple[str, ...]:
+        """Every served group/version (`v1`, `apps/v1`, ...), sorted, from the last discovery."""
+        return tuple(sorted({f"{g}/{v}" if g else v for g, v, _ in self._by_gvk}))
+
     async def _group_version(self, group: str, version: str) -> list[ResourceType]:
         """The resource types one group version serves (subresources left out)."""
         path = f"/apis/{group}/{version}" if group else f"/api/{version}"

@@ -52,9 +52,11 @@ async def run(
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
     max_output: int = 64 * 1024 * 1024,
+    inherit_env: bool = True,
 ) -> Completed:
-    """Run `argv`; kill it on timeout (CommandTimeout) or when output passes `max_output`."""
-    full_env = dict(os.environ)
+    """Run `argv`; kill it on timeout (CommandTimeout) or when output passes `max_output`.
+    With `inherit_env=False` the command sees only `env`, not the daemon's environment."""
+    full_env = dict(os.environ) if inherit_env else {}
     if env:
         full_env.update(env)
     out, err = bytearray(), bytearray()

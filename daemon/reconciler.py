@@ -148,6 +148,7 @@ class Reconciler:
         if self.keyring is None or self.keyring.key_files != keys:
             self.keyring = Keyring(Path(config.settings.cache_dir) / "gpg", keys)
         self.renderer.kustomize_paths = dict(custom.kustomize_paths)
+        self.renderer.plugins = config.plugins
 
     def project_for(self, app: Application) -> AppProject | None:
         """The project `app` is judged by. A project defined by a parent app (app of apps) only

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from daemon import customizations, yamlio
+from daemon import cmp, customizations, yamlio
 from daemon.appproject import DEFAULT_PROJECT, AppProject
 from daemon.appproject.roles import parse_roles
 from daemon.appproject.windows import project_sync_windows
@@ -150,6 +150,7 @@ class RepositoryCredentials:
     tls_client_key_file: str = ""
     enable_oci: bool = False  # Argo CD's `enableOCI`: a scheme-less registry/path is OCI
     force_http: bool = False  # Argo CD's `insecureOCIForceHttp`: the registry speaks plain HTTP
+    name: str = ""  # Argo CD's repository name: chart dependencies may say `@name`/`alias:name`
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +237,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     customizations: Customizations = field(default_factory=Customizations)  # from argocd-cm
+    plugins: tuple[cmp.Plugin, ...] = ()  # ConfigManagementPlugin documents
 
     def app(self, name: str) -> Application:
         """The application called `name`."""
@@ -448,16 +450,19 @@ def _parse_source(data: Any, where: str, warnings: list[str]) -> Source:
         helm=f.map("helm") or None,
         kustomize=f.map("kustomize") or None,
         directory=f.map("directory") or None,
-        plugin=f.map("plugin") or None,
+        plugin=f.map("plugin") if f.data.get("plugin") is not None else None,
     )
     f.done()
     if not src.repo_url.strip():
         raise ConfigError(f"{where}.repoURL: must not be empty")
     if src.chart and src.path:
         raise ConfigError(f"{where}: set either chart (helm repository) or path (git), not both")
-    if src.plugin:
-        raise ConfigError(f"{where}.plugin: config management plugins are not supported")
+    if src.plugin is not None:
+        cmp.check_source_plugin(src.plugin, f"{where}.plugin")
+        if src.chart:
+            raise ConfigError(f"{where}.plugin: a plugin renders a path in git, not a chart")
     kinds = [k for k in ("helm", "kustomize", "directory") if getattr(src, k)]
+    kinds += ["plugin"] if src.plugin is not None else []
     if len(kinds) > 1:
         raise ConfigError(f"{where}: multiple source types {kinds} set; choose one")
     return src
@@ -886,6 +891,7 @@ def load(path: str | os.PathLike[str]) -> Config:
                 tls_client_key_file=_resolve(base, r.text("tlsClientKeyFile")),
                 enable_oci=r.bool("enableOCI"),
                 force_http=r.bool("insecureOCIForceHttp"),
+                name=r.text("name"),
             )
         )
         if repos[-1].type not in ("git", "helm"):
@@ -932,6 +938,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     projects: list[AppProject] = []
     appsets: list[ApplicationSetDoc] = []
     cms: list[Customizations] = []
+    plugins: list[cmp.Plugin] = []
     errors: list[ConfigError] = []  # every bad document is reported, not only the first
     for f in files:
         try:
@@ -942,7 +949,14 @@ def load(path: str | os.PathLike[str]) -> Config:
         for i, doc in documents:
             try:
                 where = f"{f}: document {i}"
+                if doc.get("kind") == "ConfigManagementPlugin":
+                    plugins.append(cmp.parse_plugin(doc, where, warnings))
+                    continue
                 if doc.get("kind") == "ConfigMap" and doc.get("apiVersion") == "v1":
+                    data = doc.get("data")
+                    if isinstance(data, dict) and "plugin.yaml" in data:
+                        plugins.append(_plugin_cm(doc, where, warnings))
+                        continue
                     cms.append(_argocd_cm(doc, where, warnings))
                     continue
                 _add_document(doc, where, apps, projects, appsets, warnings)
@@ -957,6 +971,10 @@ def load(path: str | os.PathLike[str]) -> Config:
             errors.append(ConfigError(str(e), file=proj.file))
     if len(cms) > 1:
         errors.append(ConfigError(f"argocd-cm defined more than once ({cms[1].source})"))
+    try:
+        cmp.check_plugins(plugins)
+    except ConfigError as e:
+        errors.append(e)
     if cms and cms[0].kustomize_build_options and not settings.kustomize_build_options:
         # argocd-cm's kustomize.buildOptions, unless the settings file sets its own.
         try:
@@ -989,6 +1007,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         warnings=tuple(warnings),
         files=(str(cfg_path), *(str(f) for f in files)),
         customizations=cms[0] if cms else Customizations(),
+        plugins=tuple(plugins),
     )
 
 
@@ -1013,6 +1032,24 @@ def _argocd_cm(doc: dict[str, Any], where: str, warnings: list[str]) -> Customiz
     if not isinstance(data, dict):
         raise ConfigError(f"{where} (ConfigMap/argocd-cm).data: expected a mapping")
     return customizations.parse(data, where=f"{where} (ConfigMap/argocd-cm)", warnings=warnings)
+
+
+def _plugin_cm(doc: dict[str, Any], where: str, warnings: list[str]) -> cmp.Plugin:
+    """A ConfigMap holding a plugin's `plugin.yaml`, as mounted into an Argo CD sidecar."""
+    meta = doc.get("metadata") or {}
+    name = meta.get("name") if isinstance(meta, dict) else None
+    where = f"{where} (ConfigMap/{name}).data['plugin.yaml']"
+    try:
+        inner = yamlio.load_all(str(doc["data"]["plugin.yaml"]))
+        docs = [d for d in inner if d is not None]
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from e
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise ConfigError(f"{where}: expected one ConfigManagementPlugin document")
+    if docs[0].get("kind") != "ConfigManagementPlugin":
+        kind = docs[0].get("kind")
+        raise ConfigError(f"{where}: expected kind ConfigManagementPlugin, got {kind!r}")
+    return cmp.parse_plugin(docs[0], where, warnings)
 
 
 def _add_document(

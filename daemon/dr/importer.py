@@ -295,6 +295,8 @@ def _repository(secret: str, data: dict[str, str], out: Imported, at: str) -> di
         entry["insecure"] = True
     if data.get("type") == "helm":
         entry["type"] = "helm"
+    if data.get("name"):
+        entry["name"] = data["name"]  # what charts' dependencies call it (@name, alias:name)
     if data.get("enableOCI", "").lower() == "true":
         entry["enableOCI"] = True
     if data.get("insecureOCIForceHttp", "").lower() == "true":

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import yaml
 
-from daemon import proc, yamlio
+from daemon import cmp, proc, yamlio
 from daemon.errors import RenderError, SourceError
 from daemon.model import Manifest, ResourceKey
-from daemon.render import jsonnet
+from daemon.render import jsonnet, plugins
 from daemon.settings import Source
 from daemon.sources.git import UNSAFE_LINKS_FILE, safe_path
 
@@ -51,6 +51,9 @@ class RenderRequest:
     kube_version: str = ""
     # Multi-source `ref` sources: name -> (commit SHA, checkout root), for `$name/...` paths.
     refs: tuple[tuple[str, str, str], ...] = ()
+    # For config management plugins' build environment.
+    project: str = ""
+    api_versions: tuple[str, ...] = ()
 
     def cache_key(self) -> str:
         opts = {
@@ -59,6 +62,8 @@ class RenderRequest:
             "helm": self.source.helm,
             "kustomize": self.source.kustomize,
             "directory": self.source.directory,
+            "plugin": self.source.plugin,
+            "project": self.project,
             "app": self.app_name,
             "ns": self.namespace,
             "kv": self.kube_version,
@@ -250,12 +255,17 @@ class Renderer:
         self.kustomize_options: tuple[str, ...] = ()
         self.kustomize_paths: dict[str, str] = {}
         self.index_max_age = 60.0  # how stale a repository index may be for a dependency
+        self.plugins: tuple[cmp.Plugin, ...] = ()  # ConfigManagementPlugin documents
 
     async def render(self, req: RenderRequest, checkout: Path) -> Rendered:
         """Render `req.source` from `checkout`, from cache when this exact input was seen."""
         key = req.cache_key()
         if self.kustomize_options:
             key += ":" + " ".join(self.kustomize_options)
+        if self.plugins:
+            # A plugin's output depends on its definition and the cluster's API versions.
+            blob = repr((self.plugins, req.api_versions)).encode()
+            key += ":" + hashlib.sha256(blob).hexdigest()
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
@@ -280,7 +290,14 @@ class Renderer:
         _refuse_out_of_bounds_links(root, src.path or ".")
         has_kustomization = any((app_dir / f).exists() for f in KUSTOMIZATION_FILES)
         has_chart = (app_dir / "Chart.yaml").exists()
-        # Explicit settings decide; else Argo CD's discovery, where Kustomize wins over Helm.
+        explicit = src.helm is not None or src.kustomize is not None or src.directory is not None
+        discovering = any(p.discovers for p in self.plugins)
+        # Explicit settings decide; else Argo CD's discovery: a plugin whose discover rule
+        # matches first, then Kustomize, then Helm, then a directory.
+        if src.plugin is not None or (not explicit and discovering):
+            generated = await self._plugin(req, root, src.plugin is not None)
+            if generated is not None:
+                return Rendered(tuple(generated), "Plugin")
         if src.helm is not None and src.kustomize is None:
             return Rendered(tuple(await self._helm(req, root, app_dir)), "Helm")
         if src.kustomize is not None or (has_kustomization and src.directory is None):
@@ -468,6 +485,66 @@ class Renderer:
         )
         return to_manifests((f"{req.source.path or '.'} (kustomize)", d) for d in docs)
 
+    # --- config management plugins -----------------------------------------------------------
+
+    async def _plugin(
+        self, req: RenderRequest, root: Path, explicit: bool
+    ) -> list[Manifest] | None:
+        """Render with the plugin the source names or discovers; None when the source set
+        no `plugin` block and no plugin's discover rule matched."""
+        block = req.source.plugin or {}
+        name = str(block.get("name") or "")
+        where = f"plugin {name}" if name else "plugin"
+        path = req.source.path or "."
+        # The whole repository reaches the plugin, so no link may leave it anywhere.
+        _refuse_out_of_bounds_links(root, ".")
+        build = cmp.build_env(
+            app_name=req.app_name,
+            namespace=req.namespace,
+            project=req.project,
+            revision=req.sha,
+            repo_url=req.source.repo_url,
+            path=req.source.path,
+            target_revision=req.source.target_revision,
+            kube_version=req.kube_version,
+            api_versions=req.api_versions,
+        )
+
+        async def run(argv: list[str], cwd: Path, env: dict[str, str], what: str) -> bytes:
+            return await plugins.run_command(
+                argv, cwd, env, what, timeout=self.timeout, max_bytes=self.max_bytes
+            )
+
+        async with plugins.Scratch() as scratch:
+            env = {**plugins.base_env(scratch.path), **build, **cmp.plugin_env(block, build)}
+            named = next((p for p in self.plugins if p.full_name == name), None)
+            preserve = named.preserve_file_mode if named is not None else False
+            work = scratch.path / "repo"
+            await anyio.to_thread.run_sync(
+                lambda: plugins.copy_checkout(root, work, preserve_modes=preserve)
+            )
+            app_dir = work / path
+            candidates = [named] if named is not None else list(self.plugins)
+            matches = await plugins.discover(
+                [p for p in candidates if p.discovers], app_dir, env, run
+            )
+            chosen = cmp.select(self.plugins, name, matches)
+            if chosen is None:
+                if not explicit:
+                    return None
+                raise RenderError(_no_plugin(name, self.plugins, path))
+            if not name and chosen.preserve_file_mode:
+                # Discovered: copy again with the modes this plugin asked for.
+                await anyio.to_thread.run_sync(shutil.rmtree, work)
+                await anyio.to_thread.run_sync(
+                    lambda: plugins.copy_checkout(root, work, preserve_modes=True)
+                )
+            output = await plugins.generate(chosen, app_dir, env, run)
+        source = f"{path} ({where if name else f'plugin {chosen.full_name}'})"
+        text = decoded(output, source=source)
+        docs = parse_stream(text, source=source, budget=NodeBudget(self.max_nodes))
+        return to_manifests((source, d) for d in docs)
+
     # --- helm -------------------------------------------------------------------------------
 
     async def _helm(self, req: RenderRequest, root: Path, chart: Path) -> list[Manifest]:
@@ -596,6 +673,15 @@ class Renderer:
         for dep in missing:
             name, repo, version = dep["name"], dep["repository"], dep["version"]
             target = work / "charts" / name
+            if repo.startswith(("@", "alias:")):
+                alias = repo[1:] if repo.startswith("@") else repo[len("alias:") :]
+                url = self.charts.aliased(alias) if self.charts is not None else ""
+                if not url:
+                    raise RenderError(
+                        f"helm: chart dependency {name!r} from {repo!r}: no repositories entry "
+                        f"is named {alias!r}"
+                    )
+                repo = url
             if repo.startswith("file://"):
                 rel = os.path.relpath(os.path.normpath(chart / repo[7:]), root.resolve())
                 try:
@@ -610,7 +696,7 @@ class Renderer:
             else:
                 raise RenderError(
                     f"helm: chart dependency {name!r} from {repo!r}: use the repository's URL "
-                    "(http(s):// or oci://) or file://; repository aliases are not supported"
+                    "(http(s):// or oci://), file://, or @name of a repositories entry"
                 )
             await anyio.to_thread.run_sync(_copy_tree, source, target)
         return work
@@ -649,6 +735,19 @@ class Renderer:
         if result.returncode != 0:
             raise RenderError(f"{tool} failed: {result.err_text}")
         return result.stdout
+
+
+def _no_plugin(name: str, available: tuple[cmp.Plugin, ...], path: str) -> str:
+    names = ", ".join(sorted(p.full_name for p in available)) or "none"
+    if not name:
+        return (
+            f"plugin: no configured plugin's discover rule matches {path!r} "
+            f"(configured plugins: {names})"
+        )
+    found = next((p for p in available if p.full_name == name), None)
+    if found is None:
+        return f"plugin {name!r} is not configured (configured plugins: {names})"
+    return f"plugin {name!r}: its discover rule does not match {path!r}"
 
 
 _KUSTOMIZE_OVERLAY_KEYS = (

@@ -103,6 +103,16 @@ class ChartRepos:
     def _dir(self, repo_url: str) -> Path:
         return self.root / hashlib.sha256(repo_url.rstrip("/").encode()).hexdigest()[:16]
 
+    def aliased(self, alias: str) -> str:
+        """The URL of the `repositories` entry named `alias` (a chart dependency's `@name` or
+        `alias:name`, as `helm repo add name url` would register it); "" when none is."""
+        for c in self.credentials:
+            if c.name and c.name == alias:
+                if c.enable_oci and "://" not in c.url:
+                    return f"oci://{c.url}"
+                return c.url
+        return ""
+
     def _creds(self, url: str) -> RepositoryCredentials | None:
         best = None
         for c in self.credentials:

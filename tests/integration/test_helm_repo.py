@@ -432,15 +432,16 @@ def test_a_chart_in_git_gets_its_dependencies_from_the_repository(
     """A chart in git whose Chart.yaml depends on `hello` from a chart repository (constraint
     `~1.2`) and on a file:// chart beside it, without charts/ committed: the dependencies are
     fetched (cached like any chart) or copied, and rendered as subcharts with the parent's
-    values for them, as `helm dependency build` would;
-    a dependency version the repository lacks fails the app naming it, nothing applied."""
+    values for them, as `helm dependency build` would (the repository named by URL, or as
+    `@name` of a `repositories` entry); a dependency version the repository lacks fails the
+    app naming it, nothing applied."""
     server, _ = chart_repo
 
-    def umbrella(version: str) -> dict[str, str]:
+    def umbrella(version: str, repository: str) -> dict[str, str]:
         return {
             "umbrella/Chart.yaml": (
                 "apiVersion: v2\nname: umbrella\nversion: 0.1.0\ndependencies:\n"
-                f'  - name: hello\n    version: "{version}"\n    repository: {server.url}\n'
+                f'  - name: hello\n    version: "{version}"\n    repository: "{repository}"\n'
                 "  - name: local\n    version: 0.1.0\n    repository: file://../local\n"
             ),
             "local/Chart.yaml": "apiVersion: v2\nname: local\nversion: 0.1.0\n",
@@ -453,9 +454,12 @@ def test_a_chart_in_git_gets_its_dependencies_from_the_repository(
             ),
         }
 
-    git_repo.write(umbrella("~1.2"))
+    git_repo.write(umbrella("~1.2", "@charts"))
     app = application("umbrella", git_repo.url, "umbrella", namespace)
     cfg = write_config(tmp_path, cluster, [app])
+    data = yaml.safe_load(cfg.read_text())
+    data["repositories"] = [{"url": server.url, "type": "helm", "name": "charts"}]
+    cfg.write_text(yaml.safe_dump(data))
     with running(cfg) as d:
         wait_for(lambda: d.synced("umbrella"), timeout=60, what="synced")
         assert cm_data(cluster, namespace, "umbrella-cm") == {
@@ -464,7 +468,7 @@ def test_a_chart_in_git_gets_its_dependencies_from_the_repository(
         }
         assert get(cluster, namespace, "configmap/umbrella-own") is not None
         assert get(cluster, namespace, "configmap/local-dep") is not None, "file:// dependency"
-        git_repo.write(umbrella("9.9.9"))
+        git_repo.write(umbrella("9.9.9", server.url))
         d.api("/api/v1/applications/umbrella/refresh", method="POST")
         wait_for(
             lambda: "no version matches '9.9.9'" in str(d.status("umbrella").get("conditions")),
