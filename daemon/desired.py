@@ -88,6 +88,11 @@ async def render_desired(
         )
     except SourceUnreachable as e:
         kept, why = last_good.load(app) if last_good is not None else (None, "")
+        if kept is not None and signature_keys:
+            # Keys added to (or removed from) the project since: the kept commits must pass
+            # the project's keys as they are now, as a fresh render would have to.
+            why = kept.signed_for(signature_keys)
+            kept = None if why else kept
         if kept is None or (revision and revision not in kept.revisions):
             raise SourceUnreachable(f"{e}; {why or 'nothing else to apply'}") from e
         rendered = kept
@@ -124,13 +129,15 @@ async def _render_sources(
     keyring: Keyring | None = None,
     api_versions: tuple[str, ...] = (),
 ) -> Rendered:
+    signers: dict[str, str] = {}
+
     async def verified(url: str, sha: str) -> None:
         # AppProject signatureKeys: only commits signed by one of them are rendered.
         if not signature_keys:
             return
         if keyring is None:
             raise SourceError(f"{app.name}: the project requires signed commits; no keyring")
-        await keyring.verify(
+        signers[sha] = await keyring.verify(
             repos.repo(url).dir, sha, signature_keys, where=f"Application/{app.name} {url}"
         )
 
@@ -177,7 +184,7 @@ async def _render_sources(
         manifests.extend(rendered.manifests)
         revisions.append(revision_of_source)
         tools.append(rendered.tool)
-    return Rendered(manifests, revisions, [sha for _, sha, _ in refs], tools)
+    return Rendered(manifests, revisions, [sha for _, sha, _ in refs], tools, signers=signers)
 
 
 ARGO_ROLLOUTS_KINDS = {"Rollout", "AnalysisTemplate", "ClusterAnalysisTemplate", "AnalysisRun"}

@@ -22,7 +22,7 @@ import os
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiofiles
@@ -31,6 +31,7 @@ import structlog
 
 from daemon.model import Manifest, ResourceKey
 from daemon.settings import Application
+from daemon.sources.signatures import allowed
 
 log = structlog.get_logger("gitopsd.lastgood")
 
@@ -48,6 +49,22 @@ class Rendered:
     ref_shas: list[str]  # the `ref` sources' commits (multi-source value files)
     tools: list[str]
     rendered_at: str = ""  # when this render was kept (for the offline condition)
+    # Commit -> the fingerprint that signed it, for commits checked against signatureKeys.
+    signers: dict[str, str] = field(default_factory=dict)
+
+    def signed_for(self, keys: Sequence[str]) -> str:
+        """Why this render may not stand in under a project requiring `keys` ("" when every
+        commit it came from was verified as signed by one of them)."""
+        for sha in [*self.revisions, *self.ref_shas]:
+            fingerprint = self.signers.get(sha, "")
+            if not fingerprint:
+                return f"commit {sha[:12]} of the last good render was not signature-checked"
+            if not allowed(fingerprint, keys):
+                return (
+                    f"commit {sha[:12]} of the last good render is signed by "
+                    f"{fingerprint[-16:]}, which is no longer among the project's signatureKeys"
+                )
+        return ""
 
 
 def _spec_digest(app: Application) -> str:
@@ -80,6 +97,7 @@ class LastGood:
             "revisions": rendered.revisions,
             "refShas": rendered.ref_shas,
             "tools": rendered.tools,
+            "signers": rendered.signers,
             "manifests": [{"source": m.source, "body": m.body} for m in rendered.manifests],
         }
         data = json.dumps(body, separators=(",", ":"), sort_keys=True, default=str).encode()
@@ -137,6 +155,7 @@ class LastGood:
                 [str(r) for r in raw.get("refShas") or []],
                 [str(t) for t in raw.get("tools") or []],
                 str(raw.get("renderedAt", "")),
+                {str(k): str(v) for k, v in (raw.get("signers") or {}).items()},
             ),
             "",
         )

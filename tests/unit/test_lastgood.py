@@ -80,3 +80,18 @@ def test_the_backup_schedule_fires_at_the_next_matching_minute() -> None:
     assert next_run("0 2 * * *", now) == dt.datetime(2026, 12, 2, 2, 0)
     assert next_run("0 2 * * *", dt.datetime(2026, 12, 2, 2, 0)) == dt.datetime(2026, 12, 3, 2, 0)
     assert next_run("*/15 * * * *", now) == dt.datetime(2026, 12, 2, 2, 0)
+
+
+async def test_a_kept_render_stands_in_only_under_the_keys_that_signed_it(tmp_path: Path) -> None:
+    """The signer of each kept commit survives a restart; under signatureKeys a kept render is
+    usable only when every commit was verified and its signer is still among the keys (an
+    unchecked render, or one signed by a key since removed, is refused with the reason)."""
+    fpr = "0123456789ABCDEF0123456789ABCDEF01234567"
+    store = LastGood(tmp_path, max_bytes=1 << 20)
+    signed = Rendered(**{**rendered().__dict__, "signers": {"a" * 40: fpr}})
+    await store.keep(app(), signed)
+    kept, _ = LastGood(tmp_path, max_bytes=1 << 20).load(app())
+    assert kept is not None and kept.signers == {"a" * 40: fpr}
+    assert kept.signed_for(["89ABCDEF01234567"]) == ""
+    assert "no longer among the project's signatureKeys" in kept.signed_for(["FFFFFFFFFFFFFFFF"])
+    assert "was not signature-checked" in rendered().signed_for(["89ABCDEF01234567"])
