@@ -9,8 +9,10 @@ and verb, and never leak upward.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -32,6 +34,26 @@ UNGATED = "gitopsd-ungated"  # a params key: this write is the fence's own (a Le
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
 _JSON_PATCH = "application/json-patch+json"
+_NAMESPACE_IN_PATH = re.compile(r"/namespaces/([^/]+)/")
+_METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+# The Application a request is made for (name, namespace, project), set by the worker that
+# reconciles it: `argocd_app_k8s_request_total` carries it, as Argo CD's does.
+acting_for: contextvars.ContextVar[tuple[str, str, str]] = contextvars.ContextVar(
+    "acting_for", default=("", "", "")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent:
+    """One answered API request, for the listeners (metrics)."""
+
+    verb: str  # the Kubernetes verb: get, list, watch, create, update, patch, delete
+    kind: str
+    namespace: str  # the resource's namespace ("" for cluster-scoped or unknown)
+    status: int
+    dry_run: bool
+    app: tuple[str, str, str]  # acting_for at the time of the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +175,9 @@ class KubeClient:
         self._discovered_at = 0.0
         self._discovery_lock = anyio.Lock()
         self.requests: Counter[str] = Counter()  # verb -> count, read by benchmarks and metrics
-        self.listeners: list[Callable[[str, str, int], None]] = []  # (verb, kind, status)
+        self.listeners: list[Callable[[RequestEvent], None]] = []
+        # (group, kind) -> watch events received, for argocd_cluster_events_total.
+        self.events: Counter[tuple[str, str]] = Counter()
         self.server_version = ""
         self.reachability = Reachability()
         # Called before every write that is not a dry run; raises to refuse it. Several replicas
@@ -280,8 +304,8 @@ class KubeClient:
                 self.reachability.failed(f"HTTP {r.status} from the API server")
             else:
                 self.reachability.answered()
-            for fn in self.listeners:
-                fn(verb, kind, r.status)
+            if self.listeners:
+                self._tell(method, path, verb, kind, r.status, bool((params or {}).get("dryRun")))
             if r.status == 401 and self.credentials.refresh is not None and attempt == 0:
                 refresh = True
                 continue
@@ -297,6 +321,19 @@ class KubeClient:
                 raise exc(subject, verb, r.message(), status=r.status)
             return r
         raise KubeError(subject, verb, "retries exhausted")  # pragma: no cover
+
+    def _tell(
+        self, method: str, path: str, verb: str, kind: str, status: int, dry_run: bool
+    ) -> None:
+        k8s_verb = _METHOD_VERBS.get(method) or ("list" if verb == "list" else verb)
+        if k8s_verb not in ("list", "watch") and method == "GET":
+            k8s_verb = "get"
+        m = _NAMESPACE_IN_PATH.search(path)
+        event = RequestEvent(
+            k8s_verb, kind, m.group(1) if m else "", status, dry_run, acting_for.get()
+        )
+        for fn in self.listeners:
+            fn(event)
 
     async def probe(self, *, timeout: float = 5.0) -> bool:
         """Ask the API server for its version with a short timeout; feeds `reachability` so a
@@ -788,9 +825,12 @@ class KubeClient:
                 ),
                 **self._request_kwargs(),
             ) as resp:
+                if self.listeners:
+                    self._tell("GET", rt.path(namespace), "watch", rt.kind, resp.status, False)
                 if resp.status >= 400:
                     r = Response(resp.status, dict(resp.headers), await resp.read())
                     raise KubeError(subject, "watch", r.message(), status=r.status)
+                counted = (rt.group, rt.kind)
                 # Split lines ourselves: an event is one line of any length (the stream
                 # reader's readline would refuse a large object).
                 buffer = b""
@@ -800,6 +840,8 @@ class KubeClient:
                     for line in lines:
                         if line.strip():
                             ev = json.loads(line)
+                            if ev.get("type") != "BOOKMARK":
+                                self.events[counted] += 1
                             yield WatchEvent(str(ev.get("type")), dict(ev.get("object") or {}))
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise KubeError(subject, "watch", f"{type(e).__name__}: {e}".rstrip(": ")) from e

@@ -103,6 +103,13 @@ class LiveCache:
         self.hits = 0  # objects answered from the cache (read by benchmarks and tests)
         self.misses = 0  # objects the caller had to read itself (stale)
 
+    def sizes(self) -> tuple[int, int]:
+        """(API resource types with a readable scope, objects held): Argo CD's
+        argocd_cluster_api_resources and argocd_cluster_api_resource_objects."""
+        readable = [(scope, s) for scope, s in self._scopes.items() if s.readable]
+        types = {(g, k) for (g, k, _), _ in readable}
+        return len(types), sum(len(s.entries) for _, s in readable)
+
     # --- fed by the watches -------------------------------------------------------------------
 
     def open(self, scope: Scope, api_version: str) -> object:

@@ -16,6 +16,7 @@ import random
 import signal
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from daemon import appsets
+from daemon import appsets, kube
 from daemon import settings as settings_mod
 from daemon.appproject import AppProject
 from daemon.clusterwatch import ClusterMonitor
@@ -310,6 +311,7 @@ class Daemon:
         self.config_error = ""
         self.ready = False
         self.clusters_ok: set[str] = set()
+        self._metered: weakref.WeakSet[KubeClient] = weakref.WeakSet()  # clients with listeners
         self.notifier = Notifier()
         self.watches = DriftWatches(self)
         self.tg: TaskGroup | None = None
@@ -357,9 +359,20 @@ class Daemon:
         self.metrics.git_requests.labels(repo, kind).inc()
         self.metrics.git_duration.labels(repo, kind).observe(seconds)
 
-    def _k8s_metric(self, server: str) -> Callable[[str, str, int], None]:
-        def record(verb: str, kind: str, code: int) -> None:
-            self.metrics.k8s_requests.labels(server, verb, kind, str(code)).inc()
+    def _k8s_metric(self, server: str) -> Callable[[kube.RequestEvent], None]:
+        def record(e: kube.RequestEvent) -> None:
+            name, namespace, project = e.app
+            self.metrics.k8s_requests.labels(
+                namespace,
+                name,
+                project,
+                server,
+                str(e.status),
+                e.verb,
+                e.kind,
+                e.namespace,
+                "true" if e.dry_run else "false",
+            ).inc()
 
         return record
 
@@ -455,8 +468,10 @@ class Daemon:
                     continue
                 seen.add(cluster.name)
                 client = await self.engine.clusters.client(cluster)
-                if self._k8s_metric(cluster.server) not in client.listeners:
+                if client not in self._metered:
+                    self._metered.add(client)
                     client.listeners.append(self._k8s_metric(cluster.server or cluster.name))
+                    self.metrics.cluster_events.sources[cluster.server or cluster.name] = client
                 with anyio.fail_after(10):
                     await client.discover()
                 self.clusters_ok.add(cluster.name)
@@ -506,6 +521,8 @@ class Daemon:
 
     async def _reconcile(self, worker: AppWorker, sync: SyncRequest | None, reason: str) -> None:
         app = worker.app
+        # Requests this task (and those it starts) makes are counted for this app.
+        kube.acting_for.set((app.name, app.namespace, app.project))
         seq_before = self.watches.seq.get(app.name, 0)
         queued = time.monotonic()
         self.waiting += 1
@@ -806,7 +823,15 @@ class Daemon:
             new_op = True
             self._last_op[app.name] = finished
             phase = op.get("phase", "")
-            self.metrics.sync_total.labels(app.name, app.namespace, app.project, dest, phase).inc()
+            sync = (op.get("operation") or {}).get("sync") or {}
+            dry_run = "true" if sync.get("dryRun") else "false"
+            self.metrics.sync_total.labels(
+                app.name, app.namespace, app.project, dest, phase, dry_run
+            ).inc()
+            took = _seconds_between(op.get("startedAt"), finished)
+            if took is not None:
+                labels = (app.name, app.namespace, app.project, dest)
+                self.metrics.sync_duration.labels(*labels).inc(took)
             if phase == "Succeeded":
                 self.metrics.last_sync.labels(app.name).set(time.time())
         return new_op
@@ -1226,3 +1251,13 @@ async def run_daemon(config_path: str) -> int:
         daemon = Daemon(config_path, config, engine)
         await daemon.run()
     return 0
+
+
+def _seconds_between(start: Any, end: Any) -> float | None:
+    """Seconds from one RFC 3339 status timestamp to another (None when either is missing)."""
+    try:
+        a = dt.datetime.fromisoformat(str(start).replace("Z", "+00:00"))
+        b = dt.datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (b - a).total_seconds())

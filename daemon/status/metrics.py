@@ -6,11 +6,22 @@ is `gitopsd_*`. One registry per daemon so tests can run several.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import (
+    CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     UnknownMetricFamily,
@@ -70,6 +81,58 @@ class AppInfoCollector:
                 condition.add_metric([name, a["namespace"], a["project"], cond], 1)
         yield info
         yield condition
+
+
+class _Cache(Protocol):
+    def sizes(self) -> tuple[int, int]: ...
+
+
+class _Watched(Protocol):
+    """What the collector reads of a cluster client (daemon.kube.KubeClient)."""
+
+    @property
+    def cache(self) -> _Cache: ...
+
+    @property
+    def events(self) -> Tally[tuple[str, str]]: ...
+
+
+class ClusterCacheCollector:
+    """Argo CD's cluster cache metrics from each cluster's live cache, at scrape time:
+    `argocd_cluster_api_resources`, `argocd_cluster_api_resource_objects` and
+    `argocd_cluster_events_total`."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, _Watched] = {}  # server -> client
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        types = GaugeMetricFamily(
+            "argocd_cluster_api_resources",
+            "Number of monitored kubernetes API resources.",
+            labels=["server"],
+        )
+        objects = GaugeMetricFamily(
+            "argocd_cluster_api_resource_objects",
+            "Number of k8s resource objects in the cache.",
+            labels=["server"],
+        )
+        events = CounterMetricFamily(
+            "argocd_cluster_events",
+            "Number of processes k8s resource events.",
+            labels=["server", "group", "kind"],
+        )
+        for server, client in sorted(self.sources.items()):
+            n_types, n_objects = client.cache.sizes()
+            types.add_metric([server], n_types)
+            objects.add_metric([server], n_objects)
+            for (group, kind), n in sorted(client.events.items()):
+                events.add_metric([server, group, kind], n)
+        yield types
+        yield objects
+        yield events
 
 
 RolloutRows = tuple[list[dict[str, str]], list[dict[str, Any]]]
@@ -170,10 +233,21 @@ class Metrics:
         r.register(self.app_info)
         self.rollouts = RolloutCollector()
         r.register(self.rollouts)
+        self.cluster_events = ClusterCacheCollector()
+        r.register(self.cluster_events)
+        # The standard process_* and python_* families, as the default registry has them.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.sync_total = Counter(
             "argocd_app_sync",
             "Number of application syncs.",
-            ["name", "namespace", "project", "dest_server", "phase"],
+            ["name", "namespace", "project", "dest_server", "phase", "dry_run"],
+            registry=r,
+        )
+        self.sync_duration = Counter(
+            "argocd_app_sync_duration_seconds",
+            "Application sync performance in seconds total.",
+            ["name", "namespace", "project", "dest_server"],
             registry=r,
         )
         self.reconcile = Histogram(
@@ -186,7 +260,17 @@ class Metrics:
         self.k8s_requests = Counter(
             "argocd_app_k8s_request",
             "Number of Kubernetes requests executed.",
-            ["server", "verb", "resource_kind", "response_code"],
+            [
+                "namespace",
+                "name",
+                "project",
+                "server",
+                "response_code",
+                "verb",
+                "resource_kind",
+                "resource_namespace",
+                "dry_run",
+            ],
             registry=r,
         )
         self.git_requests = Counter(

@@ -342,7 +342,8 @@ def test_backup_wipe_restore_converges_without_a_write(
             line
             for line in d.api("/metrics").text.splitlines()
             if line.startswith("argocd_app_k8s_request_total{")
-            and any(f'verb="{v}"' in line for v in ("apply", "create", "delete", "patch"))
+            and 'dry_run="false"' in line
+            and any(f'verb="{v}"' in line for v in ("update", "create", "delete", "patch"))
         ]
         assert not own, f"the daemon's own writes after the restore: {own}"
     after = api_writes(cluster)

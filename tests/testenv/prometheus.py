@@ -13,6 +13,7 @@ import http.server
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,18 +79,30 @@ def prometheus_binary() -> str:
 
 
 @contextlib.contextmanager
-def running_prometheus(work: Path, exporter: Exporter) -> Iterator[str]:
-    """Prometheus scraping `exporter` every second; yields its URL once it is ready and has
-    scraped twice."""
+def running_prometheus(
+    work: Path,
+    exporter: Exporter | None = None,
+    *,
+    jobs: dict[str, str] | None = None,
+    rule_files: tuple[Path, ...] = (),
+    ready: str = "count_over_time(http_requests_total[10s])",
+) -> Iterator[str]:
+    """Prometheus scraping `exporter` (job webapp) and the `jobs` (name -> host:port) every
+    second, evaluating `rule_files`; yields its URL once `ready` returns data (by default:
+    the exporter was scraped twice)."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = work / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: webapp\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]\n"
-    )
+    targets = dict(jobs or {})
+    if exporter is not None:
+        targets["webapp"] = f"127.0.0.1:{exporter.port}"
+    lines = ["global: {scrape_interval: 1s, evaluation_interval: 1s}"]
+    if rule_files:
+        lines += ["rule_files:"] + [f"  - '{f}'" for f in rule_files]
+    lines.append("scrape_configs:")
+    for job, target in targets.items():
+        lines += [f"  - job_name: {job}", f"    static_configs: [{{targets: ['{target}']}}]"]
+    config.write_text("\n".join(lines) + "\n")
     log = work / "prometheus.log"
     proc = subprocess.Popen(
         [
@@ -104,7 +117,7 @@ def running_prometheus(work: Path, exporter: Exporter) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        query = url + "/api/v1/query?query=count_over_time(http_requests_total[10s])"
+        query = url + "/api/v1/query?" + urllib.parse.urlencode({"query": ready})
         while True:
             try:
                 with urllib.request.urlopen(query, timeout=2) as r:
