@@ -239,15 +239,56 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--token-file", help=argparse.SUPPRESS)
     app.add_argument("-o", "--output", default="table", choices=["table", "json", "yaml"])
     verbs = app.add_subparsers(dest="verb", metavar="VERB", required=True)
-    verbs.add_parser("list", help="list applications", parents=[common])
+    v = verbs.add_parser("list", help="list applications", parents=[common])
+    v.add_argument("-l", "--selector", default="", help="label selector (app=web,tier!=db)")
+    v.add_argument("-p", "--project", action="append", default=[], help="only this project")
     for verb, text in (
-        ("get", "show one application"),
-        ("diff", "live vs desired"),
         ("history", "deployment history"),
         ("refresh", "refresh now"),
+        ("resources", "the app's resources and their status"),
+        ("terminate-op", "stop the running sync at its next step (it ends Failed)"),
     ):
         v = verbs.add_parser(verb, help=text, parents=[common])
         v.add_argument("name")
+    v = verbs.add_parser("get", help="show one application", parents=[common])
+    v.add_argument("name")
+    v.add_argument("--refresh", action="store_true", help="compare with git and live first")
+    v = verbs.add_parser(
+        "diff", help="live vs desired (exit 1 when they differ, 2 on error)", parents=[common]
+    )
+    v.add_argument("name")
+    v.add_argument("--local", metavar="DIR", help="render DIR instead of git, compare to live")
+    v = verbs.add_parser("manifests", help="the app's manifests", parents=[common])
+    v.add_argument("name")
+    v.add_argument("--source", choices=["git", "live"], default="git")
+    v = verbs.add_parser("wait", help="wait until the app is healthy/synced", parents=[common])
+    v.add_argument("name")
+    v.add_argument("--health", action="store_true", help="wait for health Healthy")
+    v.add_argument("--sync", action="store_true", help="wait for sync Synced")
+    v.add_argument("--operation", action="store_true", help="wait for no running operation")
+    v.add_argument("--degraded", action="store_true", help="wait for health Degraded")
+    v.add_argument("--suspended", action="store_true", help="wait for health Suspended")
+    v.add_argument("--timeout", type=int, default=0, help="seconds (0: no limit)")
+    v = verbs.add_parser("delete", help="delete an application", parents=[common])
+    v.add_argument("name")
+    v.add_argument(
+        "--cascade",
+        default="true",
+        choices=["true", "false"],
+        help="also delete its resources (default true)",
+    )
+    v.add_argument("-y", "--yes", action="store_true", help="do not ask (always: no prompt)")
+    for verb, text in (("set", "set Helm parameter overrides"), ("unset", "drop overrides")):
+        v = verbs.add_parser(verb, help=text, parents=[common])
+        v.add_argument("name")
+        v.add_argument(
+            "-p",
+            "--parameter",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE" if verb == "set" else "KEY",
+            required=True,
+        )
     v = verbs.add_parser("sync", help="sync an application", parents=[common])
     v.add_argument("name")
     v.add_argument("--revision", help="sync to this revision instead of targetRevision")
@@ -442,6 +483,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `gitopsd app list -o json | head`: the reader left; no traceback, and nothing more
+        # written to the closed pipe at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -450,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except GitopsdError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return int(getattr(e, "exit_code", 1))  # the app verbs' errors carry argocd's codes
     except KeyboardInterrupt:
         return 130
     return code

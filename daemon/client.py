@@ -6,18 +6,31 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
 from daemon import yamlio
 from daemon.errors import GitopsdError
 
+# Exit codes as the argocd CLI's (util/errors): 1 is kept for a command's own meaning (a diff
+# found, a sync that failed), 2 for a diff that could not be made.
+EXIT_CONNECTION = 11
+EXIT_API = 12
+EXIT_NOT_FOUND = 13
+EXIT_GENERIC = 20
+
 
 class ApiError(GitopsdError):
-    """The API answered with an error."""
+    """The API answered with an error (or could not be reached); `exit_code` as argocd's."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_API) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +56,19 @@ class ApiClient:
                 method, self.server + path, json=body, headers=headers, timeout=self.timeout
             )
         except httpx.HTTPError as e:
-            raise ApiError(f"cannot reach gitopsd at {self.server}: {e}") from e
+            raise ApiError(
+                f"cannot reach gitopsd at {self.server}: {e}", exit_code=EXIT_CONNECTION
+            ) from e
         try:
             data = r.json()
         except ValueError:
             data = {"error": r.text}
         if r.status_code >= 400:
             msg = data.get("error") if isinstance(data, dict) else None
-            raise ApiError(f"{method} {path}: HTTP {r.status_code}: {msg or r.text[:300]}")
+            raise ApiError(
+                f"{method} {path}: HTTP {r.status_code}: {msg or r.text[:300]}",
+                exit_code=EXIT_NOT_FOUND if r.status_code == 404 else EXIT_API,
+            )
         return data
 
 
@@ -89,7 +107,11 @@ def cmd_app(args: Any) -> int:
     fmt = args.output
     verb = args.verb
     if verb == "list":
-        items = api.call("GET", "/api/v1/applications")["items"]
+        query = urlencode(
+            [("selector", args.selector)] * bool(args.selector)
+            + [("projects", p) for p in args.project]
+        )
+        items = api.call("GET", "/api/v1/applications" + (f"?{query}" if query else ""))["items"]
         if fmt != "table":
             _out(items, fmt)
             return 0
@@ -99,8 +121,15 @@ def cmd_app(args: Any) -> int:
         )
         return 0
     name = args.name
+    handler = _VERBS.get(verb)
+    if handler is not None:
+        return handler(api, args, fmt)
     if verb == "get":
-        app = api.call("GET", f"/api/v1/applications/{name}")
+        app = (
+            _refreshed(api, name)
+            if args.refresh
+            else api.call("GET", f"/api/v1/applications/{name}")
+        )
         if fmt != "table":
             _out(app, fmt)
             return 0
@@ -129,7 +158,15 @@ def cmd_app(args: Any) -> int:
         _table(rows, ["WAVE", "KIND", "NAMESPACE", "NAME", "STATUS", "HEALTH", "MESSAGE"])
         return 0
     if verb == "diff":
-        items = api.call("GET", f"/api/v1/applications/{name}/diff")["items"]
+        try:
+            if args.local:
+                local = {"manifests": _render_local(api, name, args.local)}
+                items = api.call("POST", f"/api/v1/applications/{name}/diff", local)["items"]
+            else:
+                items = api.call("GET", f"/api/v1/applications/{name}/diff")["items"]
+        except GitopsdError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2  # argocd app diff: 2 when no diff could be made
         if fmt != "table":
             _out(items, fmt)
             return 1 if items else 0
@@ -226,8 +263,6 @@ def _wait(
 
 def cmd_rollout(args: Any) -> int:
     """Dispatch `gitopsd rollout <verb> NAME` (Argo Rollouts' kubectl plugin verbs)."""
-    from urllib.parse import urlencode
-
     api = ApiClient.from_args(args.server, args.token_file)
     query = {k: v for k, v in (("namespace", args.namespace), ("app", args.app)) if v}
     suffix = f"?{urlencode(query)}" if query else ""
@@ -270,3 +305,165 @@ def cmd_rollout(args: Any) -> int:
 def _images(ro: dict[str, Any]) -> list[str]:
     pod = ((ro.get("spec") or {}).get("template") or {}).get("spec") or {}
     return [str(c.get("image")) for c in pod.get("containers") or []]
+
+
+def _refreshed(api: ApiClient, name: str, timeout: float = 60.0) -> dict[str, Any]:
+    """`app get --refresh`: ask for a compare, then the app once it has reconciled since."""
+    before = (api.call("GET", f"/api/v1/applications/{name}").get("status") or {}).get(
+        "reconciledAt"
+    )
+    api.call("POST", f"/api/v1/applications/{name}/refresh")
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(0.5)
+        app: dict[str, Any] = api.call("GET", f"/api/v1/applications/{name}")
+        if (app.get("status") or {}).get("reconciledAt") != before:
+            return app
+        if time.monotonic() > deadline:
+            raise ApiError(
+                f"timed out ({timeout:g}s) waiting for {name} to refresh", exit_code=EXIT_GENERIC
+            )
+
+
+def _resources(api: ApiClient, args: Any, fmt: str) -> int:
+    """`app resources NAME`: group, kind, namespace, name, status, health of each resource."""
+    st = api.call("GET", f"/api/v1/applications/{args.name}").get("status") or {}
+    resources = st.get("resources") or []
+    if fmt != "table":
+        _out(resources, fmt)
+        return 0
+    _table(
+        [
+            [
+                r.get("group", ""),
+                r.get("kind", ""),
+                r.get("namespace", ""),
+                r.get("name", ""),
+                r.get("status", ""),
+                (r.get("health") or {}).get("status", ""),
+            ]
+            for r in resources
+        ],
+        ["GROUP", "KIND", "NAMESPACE", "NAME", "STATUS", "HEALTH"],
+    )
+    return 0
+
+
+def _manifests(api: ApiClient, args: Any, fmt: str) -> int:
+    """`app manifests NAME [--source git|live]`: a YAML stream (or JSON list)."""
+    found = api.call("GET", f"/api/v1/applications/{args.name}/manifests?source={args.source}")
+    docs = found["manifests"]
+    if fmt == "json":
+        _out(docs, fmt)
+        return 0
+    for doc in docs:
+        sys.stdout.write("---\n" + yamlio.dump(doc))
+    return 0
+
+
+def _wait_for(api: ApiClient, args: Any, fmt: str) -> int:
+    """`app wait NAME`: until every asked-for condition holds (all of health, sync and no
+    running operation when none is named), as argocd app wait; exit 20 on timeout."""
+    want_health = "Degraded" if args.degraded else "Suspended" if args.suspended else "Healthy"
+    checks = {
+        "health": args.health or args.degraded or args.suspended,
+        "sync": args.sync,
+        "operation": args.operation,
+    }
+    if not any(checks.values()):
+        checks = dict.fromkeys(checks, True)
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    while True:
+        app = api.call("GET", f"/api/v1/applications/{args.name}")
+        st = app.get("status") or {}
+        health = (st.get("health") or {}).get("status", "Unknown")
+        sync = (st.get("sync") or {}).get("status", "Unknown")
+        running = (st.get("operationState") or {}).get("phase") in ("Running", "Terminating")
+        done = (
+            (not checks["health"] or health == want_health)
+            and (not checks["sync"] or sync == "Synced")
+            and (not checks["operation"] or not running)
+        )
+        if done:
+            if fmt != "table":
+                _out(app, fmt)
+            else:
+                print(f"app {args.name}: sync {sync}, health {health}")
+            return 0
+        if deadline is not None and time.monotonic() > deadline:
+            raise ApiError(
+                f"timed out ({args.timeout}s) waiting for app {args.name!r}: sync {sync}, "
+                f"health {health}" + (", an operation is running" if running else ""),
+                exit_code=EXIT_GENERIC,
+            )
+        time.sleep(1.0)
+
+
+def _terminate(api: ApiClient, args: Any, fmt: str) -> int:
+    api.call("DELETE", f"/api/v1/applications/{args.name}/operation")
+    print(f"Application '{args.name}' operation terminating")
+    return 0
+
+
+def _delete(api: ApiClient, args: Any, fmt: str) -> int:
+    api.call("DELETE", f"/api/v1/applications/{args.name}?cascade={args.cascade}")
+    print(f"application '{args.name}' deleted" + (" (resources kept)" * (args.cascade != "true")))
+    return 0
+
+
+def _set(api: ApiClient, args: Any, fmt: str) -> int:
+    from daemon import overrides
+
+    if args.verb == "set":
+        body: dict[str, Any] = {"set": overrides.parse(args.parameter)}
+    else:
+        body = {"unset": list(args.parameter)}
+    result = api.call("POST", f"/api/v1/applications/{args.name}/parameters", body)
+    if fmt != "table":
+        _out(result, fmt)
+        return 0
+    params = result["parameters"]
+    print(f"{args.name}: " + (", ".join(f"{k}={v}" for k, v in params.items()) or "no overrides"))
+    return 0
+
+
+def _render_local(api: ApiClient, name: str, directory: str) -> list[dict[str, Any]]:
+    """Render `directory` the way the app's source would be rendered (its helm, kustomize,
+    directory or plugin options), here, for `app diff --local`."""
+    import dataclasses
+
+    import anyio
+
+    from daemon import settings
+    from daemon.render import Renderer, RenderRequest
+
+    doc = api.call("GET", f"/api/v1/applications/{name}")
+    app = settings.parse_application(
+        {**doc, "status": None}, where=f"Application/{name}", warnings=[]
+    )
+    (src,) = app.manifest_sources[:1] or (None,)
+    if src is None or src.chart:
+        raise GitopsdError(f"Application/{name}: --local needs a git source with a path")
+    root = Path(directory).resolve()
+    if not root.is_dir():
+        raise GitopsdError(f"--local {directory}: not a directory")
+    request = RenderRequest(
+        sha="local",
+        source=dataclasses.replace(src, path="."),
+        app_name=app.name,
+        namespace=app.destination.namespace,
+        project=app.project,
+    )
+    rendered = anyio.run(Renderer().render, request, root)
+    return [m.body for m in rendered.manifests]
+
+
+_VERBS: dict[str, Callable[[ApiClient, Any, str], int]] = {
+    "resources": _resources,
+    "manifests": _manifests,
+    "wait": _wait_for,
+    "terminate-op": _terminate,
+    "delete": _delete,
+    "set": _set,
+    "unset": _set,
+}

@@ -21,14 +21,14 @@ from typing import Any
 import anyio
 import structlog
 
-from daemon import decide
+from daemon import decide, overrides
 from daemon.appproject import AppProject
 from daemon.children import ChildRegistry, is_child_kind
 from daemon.compare import compare
 from daemon.compare.inventory import Inventory
 from daemon.customizations import aggregated_roles_rule
 from daemon.deletion import delete_hooks, delete_resources, run_delete_hooks
-from daemon.desired import inputs_key, render_desired, source_shas, uses_rollouts
+from daemon.desired import inputs_key, prepare, render_desired, source_shas, uses_rollouts
 from daemon.errors import ConfigError, GitopsdError, PlanError, ProjectViolation, SyncFailed
 from daemon.health import lua
 from daemon.health.checks import set_custom_checks
@@ -98,6 +98,8 @@ class Reconciler:
         self.inventory = Inventory(config.settings.inventory_namespace)
         self.config = config
         self.stopping = False  # set on shutdown: running syncs stop at the next wave boundary
+        self.operating: set[str] = set()  # apps whose sync operation is running now
+        self.terminating: set[str] = set()  # of those, the ones asked to terminate
         self._states: dict[str, dict[str, Any]] = {}  # last record per app, as saved
         self._digests: dict[str, str] = {}  # build.meaningful() of that record
         self._inputs: dict[str, str] = {}  # app -> desired.inputs last compared
@@ -208,6 +210,8 @@ class Reconciler:
             bound.info("retry dropped: the desired revision moved", revision=sync.revision[:12])
             sync = None
         try:
+            # `app set -p` overrides; inapplicable ones (the app was edited) fail the run.
+            app = overrides.apply(app, previous.get("overrides") or {})
             run.status = await self._run(app, run, sync, auto, poll_max_age, bound)
         except* GitopsdError as group:
             error = _first(group)
@@ -269,16 +273,21 @@ class Reconciler:
             bound.info(
                 "sync starting", initiated_by=request.initiated_by, self_heal=request.self_heal
             )
-            operation = await run_operation(
-                self._sync_context(run),
-                app,
-                target.client,
-                desired,
-                comparison,
-                request,
-                run.fingerprints,
-                bound,
-            )
+            self.operating.add(app.name)
+            try:
+                operation = await run_operation(
+                    self._sync_context(run, app.name),
+                    app,
+                    target.client,
+                    desired,
+                    comparison,
+                    request,
+                    run.fingerprints,
+                    bound,
+                )
+            finally:
+                self.operating.discard(app.name)
+                self.terminating.discard(app.name)
             bound.info("sync finished", phase=str(operation.phase), message=operation.message)
             if not request.dry_run:
                 comparison = await self.compare(app, target.client, desired, run.fingerprints)
@@ -410,9 +419,22 @@ class Reconciler:
         keep = [m for m in desired.manifests if m not in excluded]
         return replace(desired, manifests=keep)
 
-    async def diff(self, app: Application) -> tuple[Desired, Comparison]:
-        """Desired and live state of `app` now, for the diff views (no state is touched)."""
-        target, desired = await self.checked_desired(app)
+    async def diff(
+        self, app: Application, local: Sequence[Manifest] | None = None
+    ) -> tuple[Desired, Comparison]:
+        """Desired and live state of `app` now, for the diff views (no state is touched).
+        With `local`, those manifests (rendered from a local directory by the CLI) stand for
+        the desired state instead of git; the project still judges every one."""
+        app = self.effective(app)
+        if local is None:
+            target, desired = await self.checked_desired(app)
+        else:
+            target = await self._target(app, PlanError, "nothing can be compared")
+            prepared, types, warnings = await prepare(app, target.client, local, self.tracking)
+            desired = Desired("local", ["local"], prepared, types, "Local", warnings=warnings)
+            violations = app_violations(app, target.project, target.cluster, desired)
+            if violations:
+                raise ProjectViolation("; ".join(violations))
         return desired, await self.compare(app, target.client, desired, {})
 
     def _child_status(self, name: str) -> dict[str, Any] | None:
@@ -471,7 +493,57 @@ class Reconciler:
             return None
         return request
 
-    def _sync_context(self, run: RunState) -> SyncContext:
+    def _saved_record(self, name: str) -> dict[str, Any]:
+        return self._states.get(name) or self.store.load(name)
+
+    def effective(self, app: Application) -> Application:
+        """`app` with its parameter overrides (as written when they no longer apply)."""
+        try:
+            return overrides.apply(app, self._saved_record(app.name).get("overrides") or {})
+        except ConfigError:
+            return app
+
+    async def set_overrides(
+        self, app: Application, changes: dict[str, str], removed: list[str]
+    ) -> dict[str, str]:
+        """Add `changes` to and drop `removed` from the app's parameter overrides; persisted
+        in its state record before this returns. The new overrides."""
+        overrides.check(app)
+        async with self._locks.setdefault(app.name, anyio.Lock()):
+            record = dict(self._saved_record(app.name))
+            params = {**(record.get("overrides") or {}), **changes}
+            for key in removed:
+                params.pop(key, None)
+            record["overrides"] = params
+            if not params:
+                record.pop("overrides")
+            await self.store.save(app.name, record)
+            self._states[app.name] = record
+            self._saved.add(app.name)
+            return params
+
+    async def forget_app(self, app: Application) -> None:
+        """Stop owning what `app` deployed without deleting it (a non-cascading delete): its
+        inventory and state go; its resources stay, still carrying its tracking."""
+        async with self._locks.setdefault(app.name, anyio.Lock()):
+            target = await self._target(app, SyncFailed, "its inventory stays")
+            await self.inventory.delete(app.name, target.client)
+            await self.store.delete(app.name)
+            if self.last_good is not None:
+                self.last_good.forget(app.name)
+            self._states.pop(app.name, None)
+            self._digests.pop(app.name, None)
+            self._saved.discard(app.name)
+
+    def terminate(self, name: str) -> bool:
+        """Ask the running operation of `name` to stop at its next step (`terminate-op`);
+        False when none is running."""
+        if name not in self.operating:
+            return False
+        self.terminating.add(name)
+        return True
+
+    def _sync_context(self, run: RunState, name: str = "") -> SyncContext:
         async def checkpoint(name: str, operation_state: dict[str, Any]) -> None:
             """Persist the Running operation before its first write."""
             status = {**run.status, "operationState": operation_state}
@@ -489,6 +561,7 @@ class Reconciler:
             stopping=self.stop_requested,
             progress=self.progress,
             system_rules=self.system_rules,
+            terminated=lambda: name in self.terminating,
         )
 
     async def _record(
@@ -502,6 +575,8 @@ class Reconciler:
             "hookPlaces": run.hook_places,
             "deleteHooks": run.delete_hooks,
         }
+        if previous.get("overrides"):
+            record["overrides"] = previous["overrides"]
         digest = build.meaningful(record)
         changed = digest != self._digests.get(app.name, build.meaningful(previous))
         self._digests[app.name] = digest

@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,7 @@ from daemon.engine import Engine
 from daemon.errors import ConfigError, GitopsdError, KubeError
 from daemon.health.checks import assess
 from daemon.kube import KubeClient
-from daemon.model import HealthStatus, ResourceType
+from daemon.model import HealthStatus, Manifest, ResourceType
 from daemon.reconciler import system_rules
 from daemon.settings import Application, Config, Retry
 from daemon.stages import Comparison, Desired, SyncRequest
@@ -311,6 +311,7 @@ class Daemon:
         self.config_error = ""
         self.ready = False
         self.clusters_ok: set[str] = set()
+        self.deleted: set[str] = set()  # apps deleted through the API (kept out until edited)
         self._metered: weakref.WeakSet[KubeClient] = weakref.WeakSet()  # clients with listeners
         self.notifier = Notifier()
         self.watches = DriftWatches(self)
@@ -484,8 +485,22 @@ class Daemon:
     # --- workers ----------------------------------------------------------------------------
 
     def _start_worker(self, app: Application) -> None:
+        saved = self.engine.store.load(app.name)
+        if saved.get("deletedSpec"):
+            if saved["deletedSpec"] == _spec_digest(app):
+                # Deleted through the API: not managed again until its document changes.
+                if app.name not in self.deleted:
+                    log.warning(
+                        "app was deleted through the API; edit or remove its document to "
+                        "manage it again",
+                        app=app.name,
+                    )
+                self.deleted.add(app.name)
+                return
+            self.deleted.discard(app.name)
+            saved = {}
         worker = AppWorker(app)
-        worker.last_status = self.engine.store.load(app.name).get("status") or {}
+        worker.last_status = saved.get("status") or {}
         finished = (worker.last_status.get("operationState") or {}).get("finishedAt")
         if finished:
             self._last_op[app.name] = finished
@@ -1068,6 +1083,8 @@ class Daemon:
             if name not in old_apps:
                 log.info("app added", app=name)
                 self._start_worker(app)
+            elif name not in self.workers:
+                self._start_worker(app)  # deleted through the API: back only if it changed
             elif app != old_apps[name] or app.raw != old_apps[name].raw:
                 log.info("app changed", app=name)
                 self.workers[name].app = app
@@ -1158,8 +1175,10 @@ class Daemon:
     def project_for(self, app: Application) -> AppProject | None:
         return self.engine.reconciler.project_for(app)
 
-    async def diff(self, app: Application) -> tuple[Desired, Comparison]:
-        return await self.engine.reconciler.diff(app)
+    async def diff(
+        self, app: Application, local: Sequence[Manifest] | None = None
+    ) -> tuple[Desired, Comparison]:
+        return await self.engine.reconciler.diff(app, local)
 
     async def rollout_get(self, app_name: str, namespace: str, name: str) -> dict[str, Any]:
         client = await self.engine.client_for(self.workers[app_name].app)
@@ -1178,6 +1197,45 @@ class Daemon:
         rollouts = self.engine.reconciler.rollouts
         assert rollouts is not None
         return await rollouts.act(client, namespace, name, action, to_revision=to_revision)
+
+    def effective_app(self, name: str) -> Application:
+        """The app as reconciled: its document plus `app set` parameter overrides."""
+        return self.engine.reconciler.effective(self.workers[name].app)
+
+    async def set_overrides(
+        self, name: str, changes: dict[str, str], removed: list[str]
+    ) -> dict[str, str]:
+        params = await self.engine.reconciler.set_overrides(
+            self.workers[name].app, changes, removed
+        )
+        self.workers[name].trigger("parameters changed")
+        return params
+
+    def terminate(self, name: str) -> bool:
+        return self.engine.reconciler.terminate(name)
+
+    async def delete(self, name: str, *, cascade: bool) -> None:
+        """`app delete`: stop managing the app; with `cascade`, delete its resources (hooks
+        and all, as a removed app with the resources finalizer) first. The app stays deleted
+        until its document changes (a tombstone in its state record)."""
+        worker = self._stop_worker(name)
+        if worker is None:
+            raise KeyError(name)
+        app = worker.app
+        try:
+            with anyio.fail_after(60):
+                await worker.done.wait()
+            if cascade:
+                await self.engine.reconciler.delete_app(app)
+            else:
+                await self.engine.reconciler.forget_app(app)
+            await self.engine.store.save(name, {"deletedSpec": _spec_digest(app)})
+        except BaseException:
+            self._start_worker(app)  # nothing was deleted for good: keep managing it
+            raise
+        self.deleted.add(name)
+        log.info("app deleted through the API", app=name, cascade=cascade)
+        self._reshard()
 
     def hard_refresh(self, name: str) -> None:
         worker = self.workers.get(name)
@@ -1261,3 +1319,9 @@ def _seconds_between(start: Any, end: Any) -> float | None:
     except ValueError:
         return None
     return max(0.0, (b - a).total_seconds())
+
+
+def _spec_digest(app: Application) -> str:
+    """What an app's document says (a changed document brings a deleted app back)."""
+    blob = json.dumps([app.raw.get("spec"), app.finalizers], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

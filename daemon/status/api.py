@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,9 @@ from daemon.appproject import AppProject
 from daemon.appproject.roles import authorize
 from daemon.appsets import Expansion
 from daemon.errors import GitopsdError, KubeError
+from daemon.labels import parse_selector
+from daemon.model import Manifest, ResourceKey
+from daemon.plan.diff import redact_secret
 from daemon.settings import Application, Config
 from daemon.stages import Comparison, Desired, SyncRequest
 from daemon.status.metrics import Metrics
@@ -60,7 +63,9 @@ class Control(Protocol):
     def project_for(self, app: Application) -> AppProject | None:
         """The project `app` is judged by (None when it does not exist)."""
 
-    async def diff(self, app: Application) -> tuple[Desired, Comparison]:
+    async def diff(
+        self, app: Application, local: Sequence[Manifest] | None = None
+    ) -> tuple[Desired, Comparison]:
         """Desired and live state of `app` now."""
 
     def request(self, name: str, sync: SyncRequest | None, reason: str) -> bool:
@@ -80,6 +85,21 @@ class Control(Protocol):
 
     def hard_refresh(self, name: str) -> None:
         """Re-resolve app `name`'s revisions (ignoring the poll cache) and compare now."""
+
+    def effective_app(self, name: str) -> Application:
+        """App `name` as reconciled (its document plus parameter overrides)."""
+
+    async def set_overrides(
+        self, name: str, changes: dict[str, str], removed: list[str]
+    ) -> dict[str, str]:
+        """Change app `name`'s parameter overrides (persisted); the new overrides."""
+
+    def terminate(self, name: str) -> bool:
+        """Stop app `name`'s running operation; False when none runs."""
+
+    async def delete(self, name: str, *, cascade: bool) -> None:
+        """Delete app `name` (its resources too with `cascade`); it stays deleted until
+        its document changes."""
 
     def refresh_matching(self, urls: set[str], branch: str, *, reason: str) -> list[str]:
         """Refresh the apps following one of `urls` at `branch`; their names."""
@@ -249,7 +269,7 @@ class Auth:
 
 def app_json(daemon: Control, name: str) -> dict[str, Any]:
     worker = daemon.workers[name]
-    app = worker.app
+    app = daemon.effective_app(name)
     raw = app.raw
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -293,7 +313,9 @@ def build_app(daemon: Control) -> web.Application:
                 timeout = aiohttp.ClientTimeout(total=10)
                 async with (
                     aiohttp.ClientSession(timeout=timeout) as session,
-                    session.post(address + request.path_qs, data=body, headers=headers) as r,
+                    session.request(
+                        request.method, address + request.path_qs, data=body, headers=headers
+                    ) as r,
                 ):
                     return web.Response(
                         status=r.status, body=await r.read(), content_type="application/json"
@@ -415,7 +437,21 @@ def build_app(daemon: Control) -> web.Application:
         if auth.principal(request) is None and not auth.open_access(mutating=False):
             auth.check(request, mutating=False)
         names = [n for n in sorted(daemon.workers) if auth.may(request, "get", n)]
-        return web.json_response({"items": [app_json(daemon, n) for n in names]})
+        # Argo CD's list filters: ?selector=<label selector>&projects=<name> (repeatable).
+        projects = set(request.query.getall("projects", [])) | set(
+            request.query.getall("project", [])
+        )
+        try:
+            selector = parse_selector(request.query.get("selector", ""))
+        except ValueError as e:
+            return web.json_response({"error": f"selector: {e}"}, status=400)
+        items = [
+            app_json(daemon, n)
+            for n in names
+            if (not projects or daemon.workers[n].app.project in projects)
+            and selector.matches(dict(daemon.workers[n].app.labels))
+        ]
+        return web.json_response({"items": items})
 
     @routes.get("/api/v1/applications/{name}")
     async def get_app(request: web.Request) -> web.Response:
@@ -489,18 +525,9 @@ def build_app(daemon: Control) -> web.Application:
         daemon.request(name, req, f"rollback to {wanted}")
         return web.json_response({"accepted": True, "revision": entry["revision"]}, status=202)
 
-    @routes.get("/api/v1/applications/{name}/diff")
-    async def diff(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "get", name)
+    def diff_items(desired: Desired, cmp: Comparison) -> list[dict[str, Any]]:
         from daemon.plan import diff as diffing
 
-        app = daemon.workers[name].app
-        try:
-            desired, cmp = await daemon.diff(app)
-        except GitopsdError as e:
-            return web.json_response({"error": str(e)}, status=502)
         items = []
         for m in desired.manifests:
             st = cmp.status.get(m.key)
@@ -534,7 +561,116 @@ def build_app(daemon: Control) -> web.Application:
                     ),
                 }
             )
-        return web.json_response({"items": items})
+        return items
+
+    @routes.delete("/api/v1/applications/{name}")
+    async def delete_app(request: web.Request) -> web.Response:
+        """Argo CD's `app delete`: `?cascade=false` leaves the resources in place."""
+        name = request.match_info["name"]
+        need(name)
+        auth.check_app(request, "delete", name)
+        cascade = request.query.get("cascade", "true").lower() != "false"
+        forwarded = await forward(request, name)
+        if forwarded is not None:
+            return forwarded
+        try:
+            await daemon.delete(name, cascade=cascade)
+        except GitopsdError as e:
+            return web.json_response({"error": f"delete failed: {e}"}, status=502)
+        return web.json_response({"deleted": name, "cascade": cascade})
+
+    @routes.delete("/api/v1/applications/{name}/operation")
+    async def terminate_op(request: web.Request) -> web.Response:
+        """Argo CD's `app terminate-op`: the running sync stops at its next step, Failed."""
+        name = request.match_info["name"]
+        need(name)
+        auth.check_app(request, "sync", name)
+        forwarded = await forward(request, name)
+        if forwarded is not None:
+            return forwarded
+        if not daemon.terminate(name):
+            return web.json_response(
+                {"error": "Unable to terminate operation. No operation is in progress"},
+                status=400,
+            )
+        return web.json_response({"terminating": name})
+
+    @routes.post("/api/v1/applications/{name}/parameters")
+    async def parameters(request: web.Request) -> web.Response:
+        """`app set -p` / `app unset -p`: {"set": {key: value}, "unset": [key]}."""
+        name = request.match_info["name"]
+        need(name)
+        auth.check_app(request, "update", name)
+        forwarded = await forward(request, name)
+        if forwarded is not None:
+            return forwarded
+        data = await body_json(request)
+        changes, removed = data.get("set") or {}, data.get("unset") or []
+        if not isinstance(changes, dict) or not isinstance(removed, list):
+            return web.json_response(
+                {"error": "expected {set: {key: value}, unset: [key]}"}, status=400
+            )
+        try:
+            params = await daemon.set_overrides(
+                name, {str(k): str(v) for k, v in changes.items()}, [str(k) for k in removed]
+            )
+        except GitopsdError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response({"application": name, "parameters": params})
+
+    @routes.get("/api/v1/applications/{name}/diff")
+    async def diff(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        need(name)
+        auth.check_app(request, "get", name)
+        try:
+            desired, cmp = await daemon.diff(daemon.workers[name].app)
+        except GitopsdError as e:
+            return web.json_response({"error": str(e)}, status=502)
+        return web.json_response({"items": diff_items(desired, cmp)})
+
+    @routes.post("/api/v1/applications/{name}/diff")
+    async def diff_local(request: web.Request) -> web.Response:
+        """Live vs manifests the caller rendered from a local directory (`app diff --local`)."""
+        name = request.match_info["name"]
+        need(name)
+        auth.check_app(request, "get", name)
+        data = await body_json(request)
+        bodies = data.get("manifests")
+        if not isinstance(bodies, list) or not all(
+            isinstance(b, dict) and b.get("kind") and isinstance(b.get("metadata"), dict)
+            for b in bodies
+        ):
+            return web.json_response(
+                {"error": "manifests: expected a list of Kubernetes objects"}, status=400
+            )
+        local = [Manifest(ResourceKey.of(b), b, "local") for b in bodies]
+        try:
+            desired, cmp = await daemon.diff(daemon.workers[name].app, local)
+        except GitopsdError as e:
+            return web.json_response({"error": str(e)}, status=502)
+        return web.json_response({"items": diff_items(desired, cmp)})
+
+    @routes.get("/api/v1/applications/{name}/manifests")
+    async def manifests(request: web.Request) -> web.Response:
+        """The app's manifests as rendered from git (`?source=git`, the default) or the live
+        objects of its resources (`?source=live`), secrets' data redacted."""
+        name = request.match_info["name"]
+        need(name)
+        auth.check_app(request, "get", name)
+        source = request.query.get("source", "git")
+        if source not in ("git", "live"):
+            return web.json_response({"error": "source must be git or live"}, status=400)
+        try:
+            desired, cmp = await daemon.diff(daemon.workers[name].app)
+        except GitopsdError as e:
+            return web.json_response({"error": str(e)}, status=502)
+        if source == "git":
+            bodies = [m.body for m in desired.manifests]
+        else:
+            bodies = [cmp.live[m.key] for m in desired.manifests if m.key in cmp.live]
+            bodies += list(cmp.owned_extra.values())
+        return web.json_response({"manifests": [redact_secret(b) for b in bodies]})
 
     def find_rollout(request: web.Request, name: str) -> tuple[str, str]:
         """(app, namespace) of the Rollout `name` among the apps the caller may read, narrowed

@@ -63,6 +63,8 @@ class SyncContext:
     # resumes this very operation (and adopts its hooks) after a restart.
     checkpoint: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
     system_rules: Sequence[diffing.IgnoreRule] = ()  # argocd-cm ignoreDifferences
+    # `app terminate-op`: the operation stops at the next step and ends Failed.
+    terminated: Callable[[], bool] = lambda: False
 
 
 def preflight(
@@ -241,7 +243,7 @@ async def run_operation(
         parallelism=ctx.settings.kube_parallelism,
         health_timeout=ctx.settings.health_timeout,
         wave_delay=ctx.settings.sync_wave_delay,
-        stopping=ctx.stopping,
+        stopping=lambda: ctx.stopping() or ctx.terminated(),
         report=report,
         log=bound,
         run_stamp=request.operation_id[:8] or str(int(time.time())),
@@ -261,6 +263,9 @@ async def run_operation(
     record_fingerprints(run.results, desired, fingerprints)
     owned = owned_after(run.results, desired, comparison, failed=bool(outcome.failure))
     await ctx.inventory.save(app.name, client, owned)
+    if ctx.terminated():
+        # Argo CD's terminate-op: the operation ends Failed and is not resumed.
+        return done(OperationPhase.FAILED, "Operation terminated", run.results)
     if outcome.interrupted:
         return done(OperationPhase.TERMINATING, outcome.failure, run.results)
     if outcome.failure:
