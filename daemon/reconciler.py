@@ -522,6 +522,18 @@ class Reconciler:
             self._saved.add(app.name)
             return params
 
+    def notified(self, name: str) -> dict[str, float]:
+        """The notification records of app `name` (what was sent, see daemon.notify)."""
+        return dict(self._saved_record(name).get("notified") or {})
+
+    async def save_notified(self, name: str, records: dict[str, float]) -> None:
+        """Persist the notification records before the notifications go out."""
+        async with self._locks.setdefault(name, anyio.Lock()):
+            record = {**self._saved_record(name), "notified": records}
+            await self.store.save(name, record)
+            self._states[name] = record
+            self._saved.add(name)
+
     async def forget_app(self, app: Application) -> None:
         """Stop owning what `app` deployed without deleting it (a non-cascading delete): its
         inventory and state go; its resources stay, still carrying its tracking."""
@@ -575,8 +587,9 @@ class Reconciler:
             "hookPlaces": run.hook_places,
             "deleteHooks": run.delete_hooks,
         }
-        if previous.get("overrides"):
-            record["overrides"] = previous["overrides"]
+        for kept in ("overrides", "notified"):
+            if previous.get(kept):
+                record[kept] = previous[kept]
         digest = build.meaningful(record)
         changed = digest != self._digests.get(app.name, build.meaningful(previous))
         self._digests[app.name] = digest

@@ -35,6 +35,9 @@ from daemon.errors import ConfigError, GitopsdError, KubeError
 from daemon.health.checks import assess
 from daemon.kube import KubeClient
 from daemon.model import HealthStatus, Manifest, ResourceType
+from daemon.notify import config as notify_config
+from daemon.notify import engine as notify_engine
+from daemon.notify import send as notify_send
 from daemon.reconciler import system_rules
 from daemon.settings import Application, Config, Retry
 from daemon.stages import Comparison, Desired, SyncRequest
@@ -49,6 +52,10 @@ SHUTDOWN_GRACE = 60.0
 
 WEBHOOK_QUIET = 0.25  # seconds without a push before the apps are refreshed
 WEBHOOK_MAX_DELAY = 1.0  # ... but never later than this after the first push
+
+
+NOTIFY_QUEUE = 1000  # notifications waiting for delivery before new ones are dropped
+NOTIFY_CONCURRENCY = 4
 
 
 class Notifier:
@@ -312,6 +319,11 @@ class Daemon:
         self.ready = False
         self.clusters_ok: set[str] = set()
         self.deleted: set[str] = set()  # apps deleted through the API (kept out until edited)
+        # Notifications wait here for the deliverers, so a slow service never holds a sync.
+        self._notes_in, self._notes_out = anyio.create_memory_object_stream[
+            tuple[notify_config.Service, notify_engine.Notification]
+        ](NOTIFY_QUEUE)
+        self._notify_locks: dict[str, anyio.Lock] = {}
         self._metered: weakref.WeakSet[KubeClient] = weakref.WeakSet()  # clients with listeners
         self.notifier = Notifier()
         self.watches = DriftWatches(self)
@@ -407,6 +419,7 @@ class Daemon:
             await self._check_clusters()
             tg.start_soon(self.monitor.run)
             tg.start_soon(self._webhook_flusher)
+            tg.start_soon(self._deliver_notifications)
             self.ready = True
             self.notifier.send("READY=1\nSTATUS=serving")
             log.info("gitopsd started", apps=len(self.workers), listen=self.config.settings.listen)
@@ -578,6 +591,8 @@ class Daemon:
                 structlog.contextvars.unbind_contextvars("app", "trigger")
                 self.metrics.syncs_in_use.set(self.sync_limiter.borrowed_tokens - 1)
         worker.last_status = status
+        if self.config.notifications is not None:
+            await self._notify(app, status)
         quiet = self.watches.seq.get(app.name, 0) == seq_before  # no event during the run
         if (
             quiet
@@ -1005,6 +1020,93 @@ class Daemon:
         worker = self.workers.get(app_name)
         if worker is not None:
             worker.last_status = {**worker.last_status, "operationState": operation}
+            if self.config.notifications is not None and self.tg is not None:
+                self.tg.start_soon(self._notify, worker.app, worker.last_status)
+
+    # --- notifications ----------------------------------------------------------------------
+
+    def _app_doc(
+        self, app: Application, status: dict[str, Any], *, deleted: bool = False
+    ) -> dict[str, Any]:
+        """The Application as Argo CD's notification triggers and templates see it."""
+        effective = self.engine.reconciler.effective(app)
+        meta: dict[str, Any] = {
+            "name": app.name,
+            "namespace": app.namespace,
+            "labels": dict(app.labels),
+            "annotations": dict(app.annotations),
+        }
+        if deleted:
+            meta["deletionTimestamp"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Argo CD's status always has these (before the first compare: Unknown).
+        status = {
+            "sync": {"status": "Unknown"},
+            "health": {"status": "Unknown"},
+            **status,
+        }
+        return {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Application",
+            "metadata": meta,
+            "spec": effective.raw.get("spec", {}),
+            "status": status,
+        }
+
+    async def _notify(
+        self, app: Application, status: dict[str, Any], *, deleted: bool = False
+    ) -> None:
+        """Queue what the app's subscriptions call for now; the records that say what was
+        sent are saved first, so a restart never sends the same notification again."""
+        cfg = self.config.notifications
+        if cfg is None:
+            return
+        async with self._notify_locks.setdefault(app.name, anyio.Lock()):
+            records = self.engine.reconciler.notified(app.name)
+            decision = notify_engine.decide(
+                cfg, self._app_doc(app, status, deleted=deleted), records
+            )
+            for trigger, fired in decision.evaluated:
+                self.metrics.notify_evals.labels(trigger, "true" if fired else "false").inc()
+            for error in decision.errors:
+                log.warning("notification not evaluated", app=app.name, error=error)
+            if decision.notified != records and not deleted:
+                await self.engine.reconciler.save_notified(app.name, decision.notified)
+            for note in decision.send:
+                service = cfg.services[note.destination.service]
+                try:
+                    self._notes_in.send_nowait((service, note))
+                except anyio.WouldBlock:
+                    self.metrics.notify_deliveries.labels(service.name, "false", note.trigger).inc()
+                    log.error(
+                        "notification dropped: queue full", app=app.name, trigger=note.trigger
+                    )
+
+    async def _deliver_notifications(self) -> None:
+        """Deliver queued notifications, a few at a time; outcomes are metrics and logs."""
+        limiter = anyio.CapacityLimiter(NOTIFY_CONCURRENCY)
+
+        async def one(service: notify_config.Service, note: notify_engine.Notification) -> None:
+            async with limiter:
+                try:
+                    await notify_send.deliver(service, note)
+                except notify_send.DeliveryError as e:
+                    self.metrics.notify_deliveries.labels(service.name, "false", note.trigger).inc()
+                    log.error(
+                        "notification failed", app=note.app, trigger=note.trigger, error=str(e)
+                    )
+                    return
+                self.metrics.notify_deliveries.labels(service.name, "true", note.trigger).inc()
+                log.info(
+                    "notification sent",
+                    app=note.app,
+                    trigger=note.trigger,
+                    service=service.name,
+                    recipient=note.destination.recipient,
+                )
+
+        async with anyio.create_task_group() as tg, self._notes_out:
+            async for service, note in self._notes_out:
+                tg.start_soon(one, service, note)
 
     def app_health(self, app_name: str) -> str:
         worker = self.workers.get(app_name)
@@ -1235,6 +1337,7 @@ class Daemon:
             raise
         self.deleted.add(name)
         log.info("app deleted through the API", app=name, cascade=cascade)
+        await self._notify(app, worker.last_status, deleted=True)
         self._reshard()
 
     def hard_refresh(self, name: str) -> None:

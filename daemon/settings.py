@@ -24,6 +24,7 @@ from daemon.appproject.windows import project_sync_windows
 from daemon.customizations import Customizations
 from daemon.durations import parse_go_duration
 from daemon.errors import ConfigError
+from daemon.notify import config as notify_config
 
 IN_CLUSTER_SERVER = "https://kubernetes.default.svc"
 IN_CLUSTER_NAME = "in-cluster"
@@ -238,6 +239,7 @@ class Config:
     files: tuple[str, ...] = ()
     customizations: Customizations = field(default_factory=Customizations)  # from argocd-cm
     plugins: tuple[cmp.Plugin, ...] = ()  # ConfigManagementPlugin documents
+    notifications: notify_config.Notifications | None = None  # argocd-notifications-cm
 
     def app(self, name: str) -> Application:
         """The application called `name`."""
@@ -939,6 +941,8 @@ def load(path: str | os.PathLike[str]) -> Config:
     appsets: list[ApplicationSetDoc] = []
     cms: list[Customizations] = []
     plugins: list[cmp.Plugin] = []
+    notify_cms: list[tuple[str, Any]] = []
+    notify_secrets: list[tuple[str, dict[str, str]]] = []
     errors: list[ConfigError] = []  # every bad document is reported, not only the first
     for f in files:
         try:
@@ -951,6 +955,12 @@ def load(path: str | os.PathLike[str]) -> Config:
                 where = f"{f}: document {i}"
                 if doc.get("kind") == "ConfigManagementPlugin":
                     plugins.append(cmp.parse_plugin(doc, where, warnings))
+                    continue
+                if doc.get("kind") == "Secret" and _name_of(doc) == notify_config.SECRET_NAME:
+                    notify_secrets.append((where, _secret_data(doc, where)))
+                    continue
+                if doc.get("kind") == "ConfigMap" and _name_of(doc) == notify_config.CM_NAME:
+                    notify_cms.append((where, doc.get("data") or {}))
                     continue
                 if doc.get("kind") == "ConfigMap" and doc.get("apiVersion") == "v1":
                     data = doc.get("data")
@@ -975,6 +985,23 @@ def load(path: str | os.PathLike[str]) -> Config:
         cmp.check_plugins(plugins)
     except ConfigError as e:
         errors.append(e)
+    notifications = None
+    for what, found in (("ConfigMap", notify_cms), ("Secret", notify_secrets)):
+        if len(found) > 1:
+            errors.append(
+                ConfigError(f"{what} argocd-notifications-* defined twice ({found[1][0]})")
+            )
+    if notify_cms:
+        where, data = notify_cms[0]
+        try:
+            if not isinstance(data, dict):
+                raise ConfigError(
+                    f"{where} (ConfigMap/{notify_config.CM_NAME}).data: expected a mapping"
+                )
+            secret = notify_secrets[0][1] if notify_secrets else {}
+            notifications = notify_config.parse(data, secret, where=where, warnings=warnings)
+        except ConfigError as e:
+            errors.append(e)
     if cms and cms[0].kustomize_build_options and not settings.kustomize_build_options:
         # argocd-cm's kustomize.buildOptions, unless the settings file sets its own.
         try:
@@ -1008,6 +1035,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         files=(str(cfg_path), *(str(f) for f in files)),
         customizations=cms[0] if cms else Customizations(),
         plugins=tuple(plugins),
+        notifications=notifications,
     )
 
 
@@ -1032,6 +1060,26 @@ def _argocd_cm(doc: dict[str, Any], where: str, warnings: list[str]) -> Customiz
     if not isinstance(data, dict):
         raise ConfigError(f"{where} (ConfigMap/argocd-cm).data: expected a mapping")
     return customizations.parse(data, where=f"{where} (ConfigMap/argocd-cm)", warnings=warnings)
+
+
+def _name_of(doc: dict[str, Any]) -> str:
+    meta = doc.get("metadata")
+    return str(meta.get("name") or "") if isinstance(meta, dict) else ""
+
+
+def _secret_data(doc: dict[str, Any], where: str) -> dict[str, str]:
+    """A Secret's `data` (base64) and `stringData`, decoded."""
+    import base64
+    import binascii
+
+    out: dict[str, str] = {}
+    for key, value in (doc.get("data") or {}).items():
+        try:
+            out[str(key)] = base64.b64decode(str(value), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where} (Secret/{_name_of(doc)}).data.{key}: {e}") from None
+    out.update({str(k): str(v) for k, v in (doc.get("stringData") or {}).items()})
+    return out
 
 
 def _plugin_cm(doc: dict[str, Any], where: str, warnings: list[str]) -> cmp.Plugin:

@@ -11,9 +11,10 @@ Where Argo CD would silently produce a broken Application, gitopsd refuses inste
 
 The Go-template engine implements what ApplicationSet templates use: field chains (`.a.b`, `$`,
 `$.a`), string / number / bool / nil literals, parenthesised sub-pipelines, `|` pipelines,
-`{{- ... -}}` whitespace trimming, comments, `if` / `else if` / `else` / `end`, and the functions
-in `FUNCTIONS`. Anything else (`range`, `with`, `define`, variables, methods, ...) raises
-`TemplateError` naming the construct.
+`{{- ... -}}` whitespace trimming, comments, `if` / `else if` / `else` / `end`, `range` and
+`with` (with `$k, $v :=` / `$v :=` declarations and `else`), and the functions in `FUNCTIONS`.
+Anything else (`define`, free-standing variable declarations, methods, ...) raises
+`TemplateError` naming the construct. Notification templates use the same engine.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ _TOKEN = re.compile(
   | (?P<raw>`[^`]*`)
   | (?P<char>'(?:\\.|[^'\\])+')
   | (?P<decl>:=|=)
+  | (?P<comma>,)
   | (?P<pipe>\|)
   | (?P<lp>\()
   | (?P<rp>\))
@@ -215,7 +217,18 @@ class _If:
     otherwise: tuple[_Node, ...]
 
 
-_Node = str | _Action | _If
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """`range [$k, ]$v := PIPE` (or `range PIPE`) ... [else ...] end; `with` when `is_with`."""
+
+    names: tuple[str, ...]
+    pipeline: _Pipeline
+    body: tuple[_Node, ...]
+    otherwise: tuple[_Node, ...]
+    is_with: bool = False
+
+
+_Node = str | _Action | _If | _Range
 
 
 def _split_actions(text: str) -> list[tuple[str, str]]:
@@ -320,11 +333,41 @@ class _Parser:
                 return tuple(nodes), (head.text, toks[1:])
             if head.kind == "ident" and head.text == "if":
                 nodes.append(self._if(toks[1:]))
+            elif head.kind == "ident" and head.text in ("range", "with"):
+                nodes.append(self._range(toks[1:], is_with=head.text == "with"))
             elif head.kind == "ident" and head.text in _KEYWORDS:
                 raise _Syntax(f"{{{{{head.text}}}}} is not supported by gitopsd's Go templates")
             else:
                 nodes.append(_Action(_pipeline(toks)))
         return tuple(nodes), None
+
+    def _range(self, toks: list[_Tok], *, is_with: bool) -> _Range:
+        word = "with" if is_with else "range"
+        names: tuple[str, ...] = ()
+        decl = next((i for i, t in enumerate(toks) if t.kind == "decl"), -1)
+        if decl >= 0:
+            head = [t for t in toks[:decl] if t.kind != "comma"]
+            if (
+                not head
+                or len(head) > (1 if is_with else 2)
+                or any(t.kind != "var" or "." in t.text or t.text == "$" for t in head)
+            ):
+                raise _Syntax(f"bad variable declaration in {{{{{word}}}}}")
+            names, toks = tuple(t.text for t in head), toks[decl + 1 :]
+        pipe = _pipeline(toks)
+        body, stop = self._nodes()
+        if stop is None:
+            raise _Syntax(f"{{{{{word}}}}} without {{{{end}}}}")
+        otherwise: tuple[_Node, ...] = ()
+        if stop[0] == "else":
+            if stop[1]:
+                raise _Syntax(f"{{{{else {stop[1][0].text}}}}} is not supported in {word}")
+            otherwise, stop = self._nodes()
+            if stop is None or stop[0] != "end":
+                raise _Syntax(f"{{{{else}}}} without {{{{end}}}} in {word}")
+        if stop[1]:
+            raise _Syntax("unexpected tokens after {{end}}")
+        return _Range(names, pipe, body, otherwise, is_with)
 
     def _if(self, cond: list[_Tok]) -> _If:
         branches: list[tuple[_Pipeline, tuple[_Node, ...]]] = []
@@ -409,9 +452,7 @@ def _operand(item: _Tok | list[_Tok]) -> _Operand:
         return _Operand("field", path=tuple(p for p in text.split(".") if p))
     if kind == "var":
         name, *path = text.split(".")
-        if name != "$":
-            raise _Syntax(f"variable {name} is not supported (only $)")
-        return _Operand("var", path=tuple(path))
+        return _Operand("var", path=tuple(path), value=name)
     if kind == "str":
         try:
             return _Operand("lit", value=json.loads(text))
@@ -469,6 +510,8 @@ class _Exec:
     def __init__(self, data: Mapping[str, Any], strict: bool) -> None:
         self.data = data
         self.strict = strict
+        self.dot: Any = data  # `.`: the data, or the element a range / with is on
+        self.vars: dict[str, Any] = {}  # $name -> value, declared by range / with
 
     def run(self, nodes: tuple[_Node, ...]) -> str:
         out: list[str] = []
@@ -480,6 +523,8 @@ class _Exec:
                 if value is None and self.strict:
                     raise _Fail("the action produced no value (nil); use default or if")
                 out.append("<no value>" if value is None else go_print(value))
+            elif isinstance(node, _Range):
+                out.append(self.range(node))
             else:
                 for cond, body in node.branches:
                     if truth(self.pipeline(cond)):
@@ -487,6 +532,37 @@ class _Exec:
                         break
                 else:
                     out.append(self.run(node.otherwise))
+        return "".join(out)
+
+    def range(self, node: _Range) -> str:
+        """`range` over a list (index, element) or a map (key, value, in key order), or
+        `with` a value; the body sees the element as `.`, the `else` runs when empty."""
+        value = self.pipeline(node.pipeline)
+        items: list[tuple[Any, Any]]
+        if node.is_with:
+            items = [(None, value)] if truth(value) else []
+        elif isinstance(value, Mapping):
+            items = [(k, value[k]) for k in sorted(value)]
+        elif isinstance(value, list | tuple):
+            items = list(enumerate(value))
+        elif value is None:
+            items = []
+        else:
+            raise _Fail(f"range can't iterate over {go_print(value)}")
+        if not items:
+            return self.run(node.otherwise)
+        saved_dot, saved_vars = self.dot, dict(self.vars)
+        out: list[str] = []
+        try:
+            for key, item in items:
+                self.dot = item
+                if len(node.names) == 1:
+                    self.vars[node.names[0]] = item
+                elif len(node.names) == 2:
+                    self.vars[node.names[0]], self.vars[node.names[1]] = key, item
+                out.append(self.run(node.body))
+        finally:
+            self.dot, self.vars = saved_dot, saved_vars
         return "".join(out)
 
     def pipeline(self, pipe: _Pipeline) -> Any:
@@ -534,7 +610,14 @@ class _Exec:
             return self.pipeline(op.sub)
         if op.kind == "func":
             return self.command((op,), piped=False, value=None)
-        return self.field(self.data, op.path, "$" if op.kind == "var" else "")
+        if op.kind == "var":
+            name = str(op.value or "$")
+            if name == "$":
+                return self.field(self.data, op.path, "$")
+            if name not in self.vars:
+                raise _Fail(f"undefined variable {name}")
+            return self.field(self.vars[name], op.path, name)
+        return self.field(self.dot, op.path, "")
 
     def field(self, base: Any, path: tuple[str, ...], shown: str) -> Any:
         value = base

@@ -470,3 +470,25 @@ def evaluate(condition: str | Node, result: Any) -> bool:
     if not isinstance(value, bool):
         raise ExprError(f"expected bool, but got {_type(value)}")
     return value
+
+
+def evaluate_in(condition: str | Node, env: dict[str, Any]) -> bool:
+    """The boolean value of `condition` with the names of `env` (notification triggers see
+    `app`, as Argo CD's notifications engine gives them)."""
+    node = compile_condition(condition) if isinstance(condition, str) else condition
+    try:
+        value = _Eval(env).run(node)
+    except RecursionError as e:
+        raise ExprError("condition nested too deeply") from e
+    if not isinstance(value, bool):
+        raise ExprError(f"expected bool, but got {_type(value)}")
+    return value
+
+
+def value_in(expression: str | Node, env: dict[str, Any]) -> Any:
+    """The value of `expression` with the names of `env` (a trigger's `oncePer`)."""
+    node = compile_condition(expression) if isinstance(expression, str) else expression
+    try:
+        return _Eval(env).run(node)
+    except RecursionError as e:
+        raise ExprError("expression nested too deeply") from e

@@ -335,6 +335,18 @@ class Metrics:
             ["name"],
             registry=r,
         )
+        self.notify_deliveries = Counter(
+            "argocd_notifications_deliveries",
+            "Number of delivered notifications.",
+            ["notifier", "succeeded", "trigger"],
+            registry=r,
+        )
+        self.notify_evals = Counter(
+            "argocd_notifications_trigger_eval",
+            "Number of trigger evaluations.",
+            ["name", "triggered"],
+            registry=r,
+        )
         self.webhooks = Counter(
             "gitopsd_webhook_requests",
             "Webhook deliveries.",

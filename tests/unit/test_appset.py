@@ -593,15 +593,39 @@ def test_go_template_missingkey_default_prints_no_value() -> None:
 
 
 def test_go_template_unsupported_construct_is_named() -> None:
-    """An unsupported Go-template action such as range is refused by name."""
-    with pytest.raises(TemplateError, match=r"\{\{range\}\} is not supported"):
+    """An unsupported Go-template action such as define is refused by name."""
+    with pytest.raises(TemplateError, match=r"\{\{define\}\} is not supported"):
         render_template(
-            {"x": "{{ range .items }}{{ . }}{{ end }}"},
+            {"x": '{{ define "x" }}{{ end }}'},
             {"items": []},
             go_template=True,
             options=[],
             where="w",
         )
+
+
+def test_go_template_range_and_with() -> None:
+    """range over lists (index and element variables) and maps (in key order), with `.` the
+    element and $ the root; else when empty; with narrows `.` when the value is set."""
+    data = {"items": ["a", "b"], "env": {"z": 1, "y": 2}, "name": "app", "none": []}
+    out = render_template(
+        {
+            "list": "{{range $i, $v := .items}}{{$i}}={{$v}}/{{.}}-{{$.name}};{{end}}",
+            "map": "{{range $k, $v := .env}}{{$k}}:{{$v}} {{end}}",
+            "empty": "{{range .none}}x{{else}}none{{end}}",
+            "with": "{{with .env}}{{.y}}{{end}}|{{with .none}}x{{else}}unset{{end}}",
+        },
+        data,
+        go_template=True,
+        options=[],
+        where="w",
+    )
+    assert out == {
+        "list": "0=a/a-app;1=b/b-app;",
+        "map": "y:2 z:1 ",
+        "empty": "none",
+        "with": "2|unset",
+    }
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Argo CD notifications: triggers, templates, subscriptions, and the services that deliver."""

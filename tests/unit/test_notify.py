@@ -1,0 +1,90 @@
+"""The notifications engine without a daemon: argocd-notifications-cm parsing, subscriptions
+from annotations and the ConfigMap, send-once records, oncePer, and template rendering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from daemon.errors import ConfigError
+from daemon.notify import config, engine
+
+
+def cfg(**data: str) -> config.Notifications:
+    """A parsed ConfigMap with a slack service and `data`."""
+    return config.parse(
+        {"service.slack": "token: $tok", **data}, {"tok": "xoxb"}, where="n.yaml", warnings=[]
+    )
+
+
+def app(phase: str = "", revision: str = "abc", **annotations: str) -> dict[str, Any]:
+    """An Argo CD-shaped app whose last operation ended in `phase`."""
+    status: dict[str, Any] = {"sync": {"status": "Synced", "revision": revision}}
+    status["health"] = {"status": "Healthy"}
+    if phase:
+        status["operationState"] = {"phase": phase, "message": "done"}
+    return {
+        "metadata": {
+            "name": "web",
+            "labels": {"team": "a"},
+            "annotations": {
+                f"notifications.argoproj.io/subscribe.{k}": v for k, v in annotations.items()
+            },
+        },
+        "status": status,
+    }
+
+
+def test_a_trigger_sends_once_until_its_condition_turns_false() -> None:
+    """True then true again: one notification; false drops the record; true again sends."""
+    c = cfg()
+    subscribed = {"on-sync-succeeded.slack": "ch1;ch2"}
+    first = engine.decide(c, app("Succeeded", **subscribed), {}, now=1)
+    assert [n.destination.recipient for n in first.send] == ["ch1", "ch2"]
+    assert "web synced revision abc" in first.send[0].templates[0]["message"]
+    again = engine.decide(c, app("Succeeded", **subscribed), first.notified, now=2)
+    assert again.send == ()
+    off = engine.decide(c, app("Running", **subscribed), again.notified, now=3)
+    assert off.send == () and off.notified == {}
+    assert len(engine.decide(c, app("Succeeded", **subscribed), off.notified).send) == 2
+
+
+def test_once_per_sends_once_per_value_and_keeps_the_record() -> None:
+    """on-deployed (oncePer revision): once per revision, also after the condition flips."""
+    c = cfg()
+    sub = {"on-deployed.slack": "ch"}
+    first = engine.decide(c, app("Succeeded", "r1", **sub), {})
+    flipped = engine.decide(c, app("Running", "r1", **sub), first.notified)
+    assert flipped.notified == first.notified
+    assert engine.decide(c, app("Succeeded", "r1", **sub), flipped.notified).send == ()
+    assert len(engine.decide(c, app("Succeeded", "r2", **sub), flipped.notified).send) == 1
+
+
+def test_default_subscriptions_and_triggers_and_errors() -> None:
+    """ConfigMap subscriptions with a selector and defaultTriggers; `subscribe.<service>`
+    uses the default triggers; an unknown trigger is reported, not raised."""
+    c = cfg(
+        defaultTriggers="[on-sync-failed]",
+        subscriptions="- recipients: [slack:ops]\n  selector: team=a\n"
+        "- recipients: [slack:nobody]\n  selector: team=b\n",
+    )
+    got = engine.decide(c, app("Failed", **{"slack": "dev", "on-nope.slack": "x"}), {})
+    assert sorted(n.destination.recipient for n in got.send) == ["dev", "ops"]
+    assert got.errors == ("trigger 'on-nope' is not defined",)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"service.pager": "x: 1"}, r"service type 'pager' is not supported"),
+        ({"service.webhook.h": "url: $missing"}, r"\$missing is not a key of"),
+        ({"trigger.t": "- when: app.x ==\n  send: [app-deployed]"}, r"trigger.t'\]\[0\].when"),
+        ({"trigger.t": "- when: 'true'\n  send: [nope]"}, r"template 'nope' is not defined"),
+        ({"subscriptions": "- recipients: [teams:x]"}, r"'teams:x' names no configured"),
+    ],
+)
+def test_bad_notification_config_is_refused(data: dict[str, str], message: str) -> None:
+    """Every broken key is a ConfigError naming the ConfigMap key."""
+    with pytest.raises(ConfigError, match=message):
+        cfg(**data)
