@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv tools cluster cluster-down test unit lint demo bench soak dist clean
+.PHONY: all venv tools cluster cluster-down test unit lint demo bench soak dist clean screenshots
 
 all: test
 
@@ -22,6 +22,7 @@ tools: venv
 	PYTHON=$(PY) bash tests/testenv/install-helm.sh >/dev/null
 	bash tests/testenv/install-prometheus.sh >/dev/null
 	bash tests/testenv/install-registry.sh >/dev/null
+	bash tests/testenv/install-chromium.sh >/dev/null
 
 cluster: tools
 	$(PY) tests/testenv/cluster.py up .cluster
@@ -31,6 +32,10 @@ cluster-down: venv
 
 test: tools
 	$(PY) -m pytest
+
+# The README's status-page screenshots, taken by the browser test.
+screenshots: tools
+	GITOPSD_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/integration/test_status_page.py
 
 unit: venv
 	$(PY) -m pytest tests/unit

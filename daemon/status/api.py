@@ -29,6 +29,7 @@ from daemon.model import Manifest, ResourceKey
 from daemon.plan.diff import redact_secret
 from daemon.settings import Application, Config
 from daemon.stages import Comparison, Desired, SyncRequest
+from daemon.status import ui
 from daemon.status.metrics import Metrics
 
 log = structlog.get_logger("gitopsd.api")
@@ -153,10 +154,13 @@ class Auth:
             return False
 
     def principal(self, request: web.Request) -> tuple[str, tuple[str, ...]] | None:
-        """(role, groups) of the request's token, or None (no or bad token)."""
+        """(role, groups) of the request's token, or None (no or bad token). The status
+        page's cookie counts only on its own routes (never for the JSON API, which a
+        cross-site form could otherwise reach with the browser's cookie)."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
-            return None
+            cookie = request.cookies.get(ui.COOKIE, "") if request.get(ui.UI_FLAG) else ""
+            return self.tokens().get(_hash(cookie.strip())) if cookie.strip() else None
         value = header[7:].strip(" \t")  # ASCII only: no Unicode whitespace games
         if not value:
             return None
@@ -284,6 +288,46 @@ def app_json(daemon: Control, name: str) -> dict[str, Any]:
         "spec": raw.get("spec", {}),
         "status": worker.last_status,
     }
+
+
+def diff_items(desired: Desired, cmp: Comparison) -> list[dict[str, Any]]:
+    """What is out of sync, per resource, as unified diffs (Secret values masked)."""
+    from daemon.plan import diff as diffing
+
+    items = []
+    for m in desired.manifests:
+        st = cmp.status.get(m.key)
+        if st is None or str(st) == "Synced":
+            continue
+        d = cmp.diffs.get(m.key)
+        items.append(
+            {
+                "resource": str(m.key),
+                "status": "modified" if m.key in cmp.live else "missing",
+                "error": cmp.errors.get(m.key, ""),
+                "diff": diffing.unified_diff(
+                    d.normalized_live if d else None,
+                    d.normalized_desired if d else redact_secret(m.body),
+                    from_name="live",
+                    to_name="desired",
+                ),
+            }
+        )
+    for key, body in cmp.owned_extra.items():
+        items.append(
+            {
+                "resource": str(key),
+                "status": "requires pruning",
+                "error": "",
+                "diff": diffing.unified_diff(
+                    redact_secret(diffing.normalize(body, rules=[], key=key)),
+                    None,
+                    from_name="live",
+                    to_name="desired",
+                ),
+            }
+        )
+    return items
 
 
 def build_app(daemon: Control) -> web.Application:
@@ -525,44 +569,6 @@ def build_app(daemon: Control) -> web.Application:
         daemon.request(name, req, f"rollback to {wanted}")
         return web.json_response({"accepted": True, "revision": entry["revision"]}, status=202)
 
-    def diff_items(desired: Desired, cmp: Comparison) -> list[dict[str, Any]]:
-        from daemon.plan import diff as diffing
-
-        items = []
-        for m in desired.manifests:
-            st = cmp.status.get(m.key)
-            if st is None or str(st) == "Synced":
-                continue
-            d = cmp.diffs.get(m.key)
-            items.append(
-                {
-                    "resource": str(m.key),
-                    "status": "modified" if m.key in cmp.live else "missing",
-                    "error": cmp.errors.get(m.key, ""),
-                    "diff": diffing.unified_diff(
-                        d.normalized_live if d else None,
-                        d.normalized_desired if d else m.body,
-                        from_name="live",
-                        to_name="desired",
-                    ),
-                }
-            )
-        for key, body in cmp.owned_extra.items():
-            items.append(
-                {
-                    "resource": str(key),
-                    "status": "requires pruning",
-                    "error": "",
-                    "diff": diffing.unified_diff(
-                        diffing.normalize(body, rules=[], key=key),
-                        None,
-                        from_name="live",
-                        to_name="desired",
-                    ),
-                }
-            )
-        return items
-
     @routes.delete("/api/v1/applications/{name}")
     async def delete_app(request: web.Request) -> web.Response:
         """Argo CD's `app delete`: `?cascade=false` leaves the resources in place."""
@@ -781,6 +787,7 @@ def build_app(daemon: Control) -> web.Application:
         return web.json_response({"refreshed": names})
 
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES + 1024)
+    ui.add_routes(routes, daemon, auth, diff_items)
     app.add_routes(routes)
     return app
 
