@@ -110,6 +110,25 @@ class LiveCache:
         types = {(g, k) for (g, k, _), _ in readable}
         return len(types), sum(len(s.entries) for _, s in readable)
 
+    def untracked(self, namespace: str) -> list[tuple[str, str, Body]] | None:
+        """Objects in `namespace` (of the watched types) that carry no app's tracking label
+        or annotation and have no owner: Argo CD's orphaned-resource candidates. None when
+        no scope of that namespace is readable."""
+        scopes = [
+            (g, k, s) for (g, k, ns), s in self._scopes.items() if ns == namespace and s.readable
+        ]
+        if not scopes:
+            return None
+        out = []
+        for group, kind, s in scopes:
+            for entry in s.entries.values():
+                if entry.hints:
+                    continue
+                obj = json.loads(entry.raw)
+                if not (obj.get("metadata") or {}).get("ownerReferences"):
+                    out.append((group, kind, obj))
+        return out
+
     # --- fed by the watches -------------------------------------------------------------------
 
     def open(self, scope: Scope, api_version: str) -> object:

@@ -99,6 +99,7 @@ class Reconciler:
         self.config = config
         self.stopping = False  # set on shutdown: running syncs stop at the next wave boundary
         self.operating: set[str] = set()  # apps whose sync operation is running now
+        self.orphaned: dict[str, int] = {}  # app -> orphaned resources (projects that monitor)
         self.terminating: set[str] = set()  # of those, the ones asked to terminate
         self._states: dict[str, dict[str, Any]] = {}  # last record per app, as saved
         self._digests: dict[str, str] = {}  # build.meaningful() of that record
@@ -258,6 +259,7 @@ class Reconciler:
         if comparison.shared:
             message = "; ".join(comparison.shared.values())
             run.conditions.append(build.condition("SharedResourceWarning", message))
+        self._orphans(app, target, run)
         request = sync or (self._auto_request(app, run, desired, comparison) if auto else None)
         request = self._admit(app, target, request, run, bound)
         if request is not None and not request.dry_run and not request.operation_id:
@@ -546,6 +548,34 @@ class Reconciler:
             self._states.pop(app.name, None)
             self._digests.pop(app.name, None)
             self._saved.discard(app.name)
+
+    def _orphans(self, app: Application, target: Target, run: RunState) -> None:
+        """AppProject orphanedResources: count objects in the app's namespace that no app
+        tracks and nothing owns (among the types gitopsd watches there), and warn."""
+        settings = target.project.orphaned_resources
+        namespace = app.destination.namespace
+        if settings is None or not namespace:
+            self.orphaned.pop(app.name, None)
+            return
+        found = target.client.cache.untracked(namespace)
+        if found is None:
+            return  # the namespace's watches are not established yet: no count to give
+        names = sorted(
+            f"{kind}/{(body.get('metadata') or {}).get('name', '')}"
+            for group, kind, body in found
+            if not settings.ignores(group, kind, str((body.get("metadata") or {}).get("name", "")))
+        )
+        self.orphaned[app.name] = len(names)
+        if names and settings.warn:
+            shown = ", ".join(names[:10]) + (
+                f" and {len(names) - 10} more" if len(names) > 10 else ""
+            )
+            run.conditions.append(
+                build.condition(
+                    "OrphanedResourceWarning",
+                    f"Application has {len(names)} orphaned resources: {shown}",
+                )
+            )
 
     def terminate(self, name: str) -> bool:
         """Ask the running operation of `name` to stop at its next step (`terminate-op`);

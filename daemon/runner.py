@@ -574,6 +574,7 @@ class Daemon:
                             and reason == "interval"
                             and app.name in self.watches.clean
                             and self.watches.covers(app.name)
+                            and not self._watches_orphans(app)
                         ):
                             # Argo CD-style: the watches vouch for the live side, so an
                             # unchanged revision needs no API reads at all.
@@ -848,6 +849,9 @@ class Daemon:
             "autosync": "true" if app.sync_policy.automated else "false",
             "conditions": [c.get("type", "") for c in status.get("conditions", [])],
         }
+        orphans = self.engine.reconciler.orphaned.get(app.name)
+        if orphans is not None:
+            self.metrics.orphaned.labels(app.name, app.namespace, app.project).set(orphans)
         finished = op.get("finishedAt")
         if finished and finished != self._last_op.get(app.name):
             new_op = True
@@ -1024,6 +1028,12 @@ class Daemon:
                 self.tg.start_soon(self._notify, worker.app, worker.last_status)
 
     # --- notifications ----------------------------------------------------------------------
+
+    def _watches_orphans(self, app: Application) -> bool:
+        """Its project reports orphaned resources: objects no watch ties to the app may
+        appear, so every poll compares in full."""
+        project = self.engine.reconciler.project_for(app)
+        return project is not None and project.orphaned_resources is not None
 
     def _app_doc(
         self, app: Application, status: dict[str, Any], *, deleted: bool = False

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from daemon import cmp, customizations, yamlio
-from daemon.appproject import DEFAULT_PROJECT, AppProject
+from daemon.appproject import DEFAULT_PROJECT, AppProject, OrphanedResources
 from daemon.appproject.roles import parse_roles
 from daemon.appproject.windows import project_sync_windows
 from daemon.customizations import Customizations
@@ -620,6 +620,7 @@ def parse_project(doc: dict[str, Any], *, where: str, warnings: list[str]) -> Ap
             _key_id(k.get("keyID", ""), f"{where}.spec.signatureKeys[{i}]")
             for i, k in enumerate(entries("signatureKeys"))
         ),
+        orphaned_resources=_orphaned(spec.raw("orphanedResources"), where),
         file=where.split(":", 1)[0],
         raw=doc,
     )
@@ -628,13 +629,29 @@ def parse_project(doc: dict[str, Any], *, where: str, warnings: list[str]) -> Ap
             "description",
             "roles",
             "syncWindows",
-            "orphanedResources",
             "sourceNamespaces",
             "destinationServiceAccounts",
             "permitOnlyProjectScopedClusters",
         )
     )
     return project
+
+
+def _orphaned(raw: Any, where: str) -> OrphanedResources | None:
+    """`spec.orphanedResources` ({warn, ignore: [{group, kind, name}]}); None when unset."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}.spec.orphanedResources: expected a mapping")
+    ignore = []
+    for i, item in enumerate(raw.get("ignore") or []):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}.spec.orphanedResources.ignore[{i}]: expected a mapping")
+        ignore.append(
+            (str(item.get("group", "")), str(item.get("kind", "")), str(item.get("name", "")))
+        )
+    warn = raw.get("warn")
+    return OrphanedResources(warn=True if warn is None else bool(warn), ignore=tuple(ignore))
 
 
 def _read_documents(path: Path) -> list[tuple[int, dict[str, Any]]]:

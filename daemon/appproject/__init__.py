@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from daemon.errors import ConfigError
@@ -27,8 +28,30 @@ class AppProject:
     namespace_resource_blacklist: tuple[dict[str, str], ...] = ()
     # spec.signatureKeys[].keyID: git revisions must be commits signed by one of these.
     signature_keys: tuple[str, ...] = ()
+    # spec.orphanedResources: None (not monitored) or (warn, ignore entries).
+    orphaned_resources: OrphanedResources | None = None
     file: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanedResources:
+    """`spec.orphanedResources`: report objects in an app's namespace no app owns."""
+
+    warn: bool = True  # Argo CD's default when `warn` is not set
+    ignore: tuple[tuple[str, str, str], ...] = ()  # (group, kind, name glob)
+
+    def ignores(self, group: str, kind: str, name: str) -> bool:
+        """Whether an `ignore` entry (empty fields match anything, name is a glob) or one of
+        Argo CD's built-in exclusions covers the object."""
+        if (group, kind, name) in (("", "ServiceAccount", "default"),):
+            return True
+        if (group, kind, name) == ("", "ConfigMap", "kube-root-ca.crt"):
+            return True
+        return any(
+            (not g or g == group) and (not k or k == kind) and (not n or fnmatchcase(name, n))
+            for g, k, n in self.ignore
+        )
 
 
 DEFAULT_PROJECT = AppProject(name="default")

@@ -335,6 +335,12 @@ class Metrics:
             ["name"],
             registry=r,
         )
+        self.orphaned = Gauge(
+            "argocd_app_orphaned_resources_count",
+            "Number of orphaned resources per application.",
+            ["name", "namespace", "project"],
+            registry=r,
+        )
         self.notify_deliveries = Counter(
             "argocd_notifications_deliveries",
             "Number of delivered notifications.",

@@ -156,3 +156,46 @@ def test_the_prometheusrule_and_servicemonitor_match_what_they_stand_for() -> No
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     (gitopsd,) = [c for c in pod["spec"]["containers"] if c["name"] == "gitopsd"]
     assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in gitopsd["ports"]}
+
+
+def test_orphaned_resources_are_counted_and_warned(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A project with orphanedResources: an object in the app's namespace that no app tracks
+    and nothing owns is counted in argocd_app_orphaned_resources_count and named in an
+    OrphanedResourceWarning; ignored names and the namespace's default objects are not."""
+    git_repo.write({"a/cm.yaml": configmap("owned")})
+    project = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AppProject",
+        "metadata": {"name": "watched"},
+        "spec": {
+            "sourceRepos": ["*"],
+            "destinations": [{"server": "*", "namespace": "*"}],
+            "orphanedResources": {"warn": True, "ignore": [{"kind": "ConfigMap", "name": "tmp-*"}]},
+        },
+    }
+    app = application("orphans", git_repo.url, "a", namespace)
+    app["spec"]["project"] = "watched"
+    cfg = write_config(tmp_path, cluster, [app], reconcileInterval="2s")
+    (tmp_path / "apps" / "project.yaml").write_text(yaml.safe_dump(project))
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("orphans"), timeout=60, what="synced")
+        cluster.kubectl("create", "configmap", "stray", "-n", namespace)
+        cluster.kubectl("create", "configmap", "tmp-scratch", "-n", namespace)
+
+        def warning() -> str:
+            return str(d.status("orphans").get("conditions") or "")
+
+        wait_for(
+            lambda: "Application has 1 orphaned resources: ConfigMap/stray" in warning(),
+            timeout=30,
+            what="the orphan warned about",
+        )
+        line = (
+            'argocd_app_orphaned_resources_count{name="orphans",namespace="argocd",'
+            'project="watched"} 1.0'
+        )
+        wait_for(lambda: line in d.api("/metrics").text, timeout=10, what="orphan metric")
+        cluster.kubectl("delete", "configmap", "stray", "-n", namespace)
+        wait_for(lambda: "OrphanedResourceWarning" not in warning(), timeout=30, what="gone")

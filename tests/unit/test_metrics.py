@@ -51,3 +51,32 @@ def test_json_log_lines_carry_argo_cd_field_names() -> None:
         "app": "web",
         "application": "web",
     }
+
+
+def test_orphan_candidates_are_untracked_unowned_and_not_ignored() -> None:
+    """The cache offers objects without tracking or owners; the project's ignore globs and
+    Argo CD's built-in exclusions (default ServiceAccount, kube-root-ca.crt) drop some."""
+    from daemon.appproject import OrphanedResources
+
+    cache = LiveCache()
+    scope = ("", "ConfigMap", "web")
+    cache.open(scope, "v1")
+    tracked = {"annotations": {"argocd.argoproj.io/tracking-id": "web:/ConfigMap:web/a"}}
+    owned = {"ownerReferences": [{"kind": "Deployment", "name": "x", "uid": "1"}]}
+    cache.fill(
+        scope,
+        [
+            {"metadata": {"name": "a", "resourceVersion": "1", **tracked}},
+            {"metadata": {"name": "b", "resourceVersion": "1", **owned}},
+            {"metadata": {"name": "stray", "resourceVersion": "1"}},
+            {"metadata": {"name": "tmp-1", "resourceVersion": "1"}},
+            {"metadata": {"name": "kube-root-ca.crt", "resourceVersion": "1"}},
+        ],
+    )
+    found = cache.untracked("web")
+    assert found is not None and cache.untracked("other") is None
+    rules = OrphanedResources(ignore=(("", "ConfigMap", "tmp-*"),))
+    names = [
+        b["metadata"]["name"] for g, k, b in found if not rules.ignores(g, k, b["metadata"]["name"])
+    ]
+    assert names == ["stray"]
