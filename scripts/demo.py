@@ -8,12 +8,14 @@ runs the daemon against it, shows the apps syncing wave by wave with health, com
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -392,6 +394,76 @@ def disaster_drill(daemon: subprocess.Popen[bytes], env: dict[str, str]) -> subp
     return daemon
 
 
+class Inbox:
+    """A webhook receiver on loopback standing in for a chat or incident tool."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("Content-Length") or 0)
+                outer.messages.append(self.rfile.read(size).decode(errors="replace"))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def notifications_config(inbox: Inbox) -> str:
+    """argocd-notifications-cm: every app's deploys and failed syncs go to the inbox."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "argocd-notifications-cm"},
+        "data": {
+            "service.webhook.inbox": f"url: {inbox.url}/notify\n",
+            "template.to-inbox": (
+                "webhook:\n  inbox:\n    method: POST\n"
+                "    body: '{{.app.metadata.name}} {{.trigger}}: revision "
+                "{{.app.status.sync.revision | trunc 12}}, {{.app.status.health.status}}'\n"
+            ),
+            "trigger.on-deployed-inbox": (
+                "- when: app.status.operationState != nil and "
+                "app.status.operationState.phase in ['Succeeded'] and "
+                "app.status.health.status == 'Healthy'\n"
+                "  oncePer: app.status.sync.revision\n  send: [to-inbox]\n"
+            ),
+            "subscriptions": "- recipients: [inbox]\n  triggers: [on-deployed-inbox]\n",
+        },
+    }
+    return json.dumps(doc)
+
+
+def operator_view(inbox: Inbox) -> None:
+    """What an operator sees: the CLI, the status page, the notifications sent."""
+    say("Operator view: argocd-style CLI, the status page, notifications")
+    gitopsd = str(VENV_BIN / "gitopsd")
+    for args in (
+        ("app", "wait", "db-app", "--health", "--sync", "--timeout", "60"),
+        ("app", "resources", "db-app"),
+        ("app", "list", "-p", "default"),
+    ):
+        print(f"  $ gitopsd {' '.join(args)}")
+        out = sh(gitopsd, *args, "--server", API, check=False)
+        print("\n".join("    " + line for line in out.splitlines()[:12]))
+    page = urllib.request.urlopen(API + "/", timeout=5).read().decode()
+    rows = page.count("<tr data-app=")
+    print(f"  status page {API}/ : {rows} applications listed (open it in a browser)")
+    print(f"  notifications delivered to the demo inbox ({len(inbox.messages)}):")
+    for message in inbox.messages:
+        print(f"    {message}")
+
+
 def main() -> int:
     if not (ROOT / ".cluster" / "ready").exists():
         say(
@@ -425,6 +497,9 @@ def main() -> int:
         repo_url = f"file://{DEMO / 'repo.git'}"
         for f in (ROOT / "config/examples/applications").glob("*.yaml"):
             (DEMO / "apps" / f.name).write_text(f.read_text().replace("REPO_URL", repo_url))
+        inbox = Inbox()
+        stack.callback(inbox.close)
+        (DEMO / "apps" / "notifications.yaml").write_text(notifications_config(inbox))
         helm = sh("bash", str(ROOT / "tests/testenv/install-helm.sh")).strip().splitlines()[-1]
         write_settings(
             DEMO / "gitopsd.yaml",
@@ -486,6 +561,7 @@ def main() -> int:
         ab_test()
         offline_self_heal()
         daemon = disaster_drill(daemon, env)
+        operator_view(inbox)
 
         say("Where to look")
         print(f"  {API}/api/v1/applications      Argo CD-shaped application status")

@@ -883,6 +883,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "squote": _squote,
     "toJson": _to_json,
     "trim": lambda s: _str(s, "trim").strip(),
+    # sprig's trunc: the first n characters (the last -n when n is negative).
+    "trunc": lambda n, s: _str(s, "trunc")[: int(n)] if int(n) >= 0 else _str(s, "trunc")[int(n) :],
     "trimPrefix": lambda p, s: _str(s, "trimPrefix").removeprefix(_str(p, "trimPrefix")),
     "trimSuffix": lambda p, s: _str(s, "trimSuffix").removesuffix(_str(p, "trimSuffix")),
     "upper": lambda s: _str(s, "upper").upper(),
