@@ -111,6 +111,7 @@ def notifications_cm(url: str, smtp_port: int) -> list[dict[str, Any]]:
         ),
         "service.slack": yaml.safe_dump({"token": "$slack-token", "apiURL": f"{url}/slack/"}),
         "service.webhook.dead": yaml.safe_dump({"url": "http://127.0.0.1:9/nobody"}),
+        "service.slack.incoming": yaml.safe_dump({"webhookURL": f"{url}/incoming"}),
         "service.email.mail": yaml.safe_dump(
             {"host": "127.0.0.1", "port": smtp_port, "from": "gitopsd@example.com"}
         ),
@@ -200,10 +201,10 @@ def test_triggers_deliver_once_to_every_service(
     receivers: tuple[Receiver, Mailbox, int],
 ) -> None:
     """Built-in and custom triggers deliver to webhook (headers, basic auth, path and body
-    from the template), Slack (token, channel, range-built attachments), email and Apprise;
-    a webhook answering 500 once is retried, an unreachable one is a failed-delivery metric
-    and a log line; nothing is sent twice (also over a restart);
-    a new revision deploys again (oncePer); a failing sync and a Degraded app notify."""
+    from the template), Slack (token, channel, range-built attachments; an incoming webhook),
+    email and Apprise; a webhook answering 500 once is retried, an unreachable one is a
+    failed-delivery metric and a log line; nothing is sent twice (also over a restart); a new
+    revision deploys again (oncePer); a failing sync and a Degraded app notify."""
     http_rx, box, smtp_port = receivers
     git_repo.write(
         {
@@ -223,6 +224,7 @@ def test_triggers_deliver_once_to_every_service(
             "on-deployed.mail": "ops@example.com;dev@example.com",
             "on-sync-running.ntfy": "",
             "on-sync-succeeded.dead": "",
+            "on-sync-succeeded.incoming": "#deploys",
         },
     )
     bad = subscribed(
@@ -270,6 +272,9 @@ def test_triggers_deliver_once_to_every_service(
         def deployed_mail() -> list[dict[str, Any]]:
             return [m for m in box.messages if "Subject: Deployed: note-ok" in m["content"]]
 
+        wait_for(lambda: http_rx.at("/incoming"), timeout=30, what="slack incoming webhook")
+        incoming = json.loads(http_rx.at("/incoming")[0]["body"])
+        assert incoming["channel"] == "#deploys" and "note-ok synced" in incoming["text"]
         wait_for(lambda: len(deployed_mail()) == 2, timeout=30, what="on-deployed mail")
         assert sorted(r for m in deployed_mail() for r in m["to"]) == [
             "dev@example.com",
