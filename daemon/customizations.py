@@ -90,7 +90,8 @@ def _group_kind(suffix: str, where: str) -> tuple[str, str]:
     return (group if sep else ""), kind
 
 
-def _yaml(text: Any, where: str) -> Any:
+def yaml_field(text: Any, where: str) -> Any:
+    """A ConfigMap value that holds YAML, parsed; ConfigError naming `where`."""
     if not isinstance(text, str):
         raise ConfigError(f"{where}: expected a string holding YAML")
     try:
@@ -100,7 +101,7 @@ def _yaml(text: Any, where: str) -> Any:
 
 
 def _filters(raw: Any, where: str) -> tuple[ResourceFilter, ...]:
-    items = _yaml(raw, where) or []
+    items = yaml_field(raw, where) or []
     if not isinstance(items, list):
         raise ConfigError(f"{where}: expected a list of {{apiGroups, kinds, clusters}}")
     out = []
@@ -130,12 +131,12 @@ def parse(data: Mapping[str, Any], *, where: str, warnings: list[str]) -> Custom
         elif key.startswith(IGNORE_PREFIX):
             suffix = key[len(IGNORE_PREFIX) :]
             group, kind = ("*", "*") if suffix == "all" else _group_kind(suffix, at)
-            rule = _yaml(value, at) or {}
+            rule = yaml_field(value, at) or {}
             if not isinstance(rule, dict):
                 raise ConfigError(f"{at}: expected jsonPointers / jqPathExpressions / ...")
             ignores.append({"group": group, "kind": kind, **rule})
         elif key == "resource.customizations":
-            for group_kind, entry in (_yaml(value, at) or {}).items():
+            for group_kind, entry in (yaml_field(value, at) or {}).items():
                 group, _, kind = str(group_kind).rpartition("/")
                 if isinstance(entry, dict) and isinstance(entry.get("health.lua"), str):
                     health[(group, kind)] = entry["health.lua"]
@@ -147,7 +148,7 @@ def parse(data: Mapping[str, Any], *, where: str, warnings: list[str]) -> Custom
             f"{where}.data[{TRACKING_KEY!r}]: {tracking!r} is not one of "
             + ", ".join(TRACKING_METHODS)
         )
-    options = _yaml(data.get("resource.compareoptions", "{}"), f"{where}.data.compareoptions")
+    options = yaml_field(data.get("resource.compareoptions", "{}"), f"{where}.data.compareoptions")
     options = options or {}
     status_field = str(options.get("ignoreResourceStatusField", "all")).lower()
     if status_field not in ("all", "crd"):

@@ -536,18 +536,22 @@ class Reconciler:
             self._states[name] = record
             self._saved.add(name)
 
+    async def _forget_state(self, name: str) -> None:
+        """Drop everything kept about app `name` (its state record and last good render)."""
+        await self.store.delete(name)
+        if self.last_good is not None:
+            self.last_good.forget(name)
+        self._states.pop(name, None)
+        self._digests.pop(name, None)
+        self._saved.discard(name)
+
     async def forget_app(self, app: Application) -> None:
         """Stop owning what `app` deployed without deleting it (a non-cascading delete): its
         inventory and state go; its resources stay, still carrying its tracking."""
         async with self._locks.setdefault(app.name, anyio.Lock()):
             target = await self._target(app, SyncFailed, "its inventory stays")
             await self.inventory.delete(app.name, target.client)
-            await self.store.delete(app.name)
-            if self.last_good is not None:
-                self.last_good.forget(app.name)
-            self._states.pop(app.name, None)
-            self._digests.pop(app.name, None)
-            self._saved.discard(app.name)
+            await self._forget_state(app.name)
 
     def _orphans(self, app: Application, target: Target, run: RunState) -> None:
         """AppProject orphanedResources: count objects in the app's namespace that no app
@@ -735,12 +739,7 @@ class Reconciler:
                 await run_delete_hooks(
                     target.client, app, desired, HookType.POST_DELETE, timeout=timeout
                 )
-            await self.store.delete(app.name)
-            if self.last_good is not None:
-                self.last_good.forget(app.name)
-            self._states.pop(app.name, None)
-            self._digests.pop(app.name, None)
-            self._saved.discard(app.name)
+            await self._forget_state(app.name)
             log.info("app resources deleted", app=app.name, deleted=len(results))
             return results
 

@@ -15,9 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from daemon import yamlio
+from daemon.customizations import yaml_field
 from daemon.errors import ConfigError
 from daemon.rollouts.expr import ExprError, compile_condition
 
@@ -125,15 +123,6 @@ BUILTIN_TEMPLATES: dict[str, dict[str, Any]] = {
 }
 
 
-def _yaml(text: Any, where: str) -> Any:
-    if not isinstance(text, str):
-        raise ConfigError(f"{where}: expected a YAML string")
-    try:
-        return yamlio.load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from e
-
-
 def _substitute(value: Any, secret: Mapping[str, str], where: str) -> Any:
     """`$key` references in service options replaced from the notifications secret."""
     if isinstance(value, str):
@@ -188,24 +177,24 @@ def parse(
                     f"{at}: service type {kind!r} is not supported (supported: "
                     f"{', '.join(SERVICE_TYPES)}; `apprise` reaches the others)"
                 )
-            options = _yaml(raw, at) or {}
+            options = yaml_field(raw, at) or {}
             if not isinstance(options, dict):
                 raise ConfigError(f"{at}: expected a mapping of options")
             services[name] = Service(kind, name, _substitute(options, secret, at))
         elif key.startswith("template."):
-            body = _yaml(raw, at) or {}
+            body = yaml_field(raw, at) or {}
             if not isinstance(body, dict):
                 raise ConfigError(f"{at}: expected a mapping (message, email, slack, webhook)")
             templates[key.removeprefix("template.")] = body
         elif key.startswith("trigger."):
-            conditions = _yaml(raw, at) or []
+            conditions = yaml_field(raw, at) or []
             if not isinstance(conditions, list) or not conditions:
                 raise ConfigError(f"{at}: expected a list of conditions")
             triggers[key.removeprefix("trigger.")] = tuple(
                 _condition(c, f"{at}[{i}]") for i, c in enumerate(conditions)
             )
         elif key == "subscriptions":
-            for i, sub in enumerate(_yaml(raw, at) or []):
+            for i, sub in enumerate(yaml_field(raw, at) or []):
                 if not isinstance(sub, dict) or not sub.get("recipients"):
                     raise ConfigError(f"{at}[{i}]: needs recipients (service:recipient)")
                 subscriptions.append(
@@ -216,9 +205,9 @@ def parse(
                     )
                 )
         elif key == "defaultTriggers":
-            default_triggers = tuple(str(t) for t in _yaml(raw, at) or [])
+            default_triggers = tuple(str(t) for t in yaml_field(raw, at) or [])
         elif key == "context":
-            ctx = _yaml(raw, at) or {}
+            ctx = yaml_field(raw, at) or {}
             if not isinstance(ctx, dict):
                 raise ConfigError(f"{at}: expected a mapping")
             context = {str(k): str(v) for k, v in ctx.items()}

@@ -14,13 +14,15 @@ import json
 import smtplib
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 
 from daemon.notify.config import Service
 from daemon.notify.engine import Notification
+
+if TYPE_CHECKING:
+    import httpx
 
 TIMEOUT = 10.0
 ATTEMPTS = 3
@@ -32,6 +34,8 @@ class DeliveryError(Exception):
 
 async def deliver(service: Service, note: Notification, *, backoff: float = 1.0) -> None:
     """Send `note` through `service`, retrying (1 s, 2 s backoff by default)."""
+    import httpx  # only once a notification is sent (a start stays light)
+
     last: Exception | None = None
     for attempt in range(ATTEMPTS):
         try:
@@ -63,6 +67,8 @@ async def _once(service: Service, note: Notification) -> None:
 
 
 def _client(options: Mapping[str, Any]) -> httpx.AsyncClient:
+    import httpx
+
     verify = not bool(options.get("insecureSkipVerify"))
     return httpx.AsyncClient(timeout=TIMEOUT, verify=verify, follow_redirects=False)
 

@@ -462,24 +462,13 @@ def compile_condition(text: str) -> Node:
 
 def evaluate(condition: str | Node, result: Any) -> bool:
     """The boolean value of `condition` for a metric `result`."""
-    node = compile_condition(condition) if isinstance(condition, str) else condition
-    try:
-        value = _Eval({"result": result}).run(node)
-    except RecursionError as e:
-        raise ExprError("condition nested too deeply") from e
-    if not isinstance(value, bool):
-        raise ExprError(f"expected bool, but got {_type(value)}")
-    return value
+    return evaluate_in(condition, {"result": result})
 
 
 def evaluate_in(condition: str | Node, env: dict[str, Any]) -> bool:
     """The boolean value of `condition` with the names of `env` (notification triggers see
     `app`, as Argo CD's notifications engine gives them)."""
-    node = compile_condition(condition) if isinstance(condition, str) else condition
-    try:
-        value = _Eval(env).run(node)
-    except RecursionError as e:
-        raise ExprError("condition nested too deeply") from e
+    value = value_in(condition, env)
     if not isinstance(value, bool):
         raise ExprError(f"expected bool, but got {_type(value)}")
     return value
@@ -491,4 +480,4 @@ def value_in(expression: str | Node, env: dict[str, Any]) -> Any:
     try:
         return _Eval(env).run(node)
     except RecursionError as e:
-        raise ExprError("expression nested too deeply") from e
+        raise ExprError("condition nested too deeply") from e

@@ -144,6 +144,10 @@ class Auth:
                 log.error("api token file unreadable", token=t.name, error=e.strerror)
         return out
 
+    def valid(self, token: str) -> bool:
+        """Whether `token` is one of the configured API tokens."""
+        return _hash(token) in self.tokens()
+
     def loopback_only(self) -> bool:
         host = self.daemon.config.settings.listen.rsplit(":", 1)[0].strip("[]")
         if host in ("localhost", ""):
@@ -787,7 +791,7 @@ def build_app(daemon: Control) -> web.Application:
         return web.json_response({"refreshed": names})
 
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES + 1024)
-    ui.add_routes(routes, daemon, auth, diff_items)
+    ui.add_routes(routes, daemon, auth, diff_items, app_json)
     app.add_routes(routes)
     return app
 

@@ -54,8 +54,10 @@ def add_routes(
     daemon: Control,
     auth: Auth,
     diff_items: Any,
+    app_json: Any,
 ) -> None:
-    """Register the status page on `routes`."""
+    """Register the status page on `routes` (`diff_items` and `app_json` are the API's, passed
+    in so this module never imports it)."""
     session = Session()
 
     def viewer(request: web.Request) -> pages.Viewer:
@@ -94,9 +96,7 @@ def add_routes(
         return [n for n in sorted(daemon.workers) if auth.may(request, "get", n)]
 
     def app_doc(name: str) -> dict[str, Any]:
-        from daemon.status.api import app_json
-
-        return app_json(daemon, name)
+        return dict(app_json(daemon, name))
 
     @routes.get("/")
     async def index(request: web.Request) -> web.Response:
@@ -218,9 +218,7 @@ def add_routes(
         next_url = request.query.get("next", "/")
         if not next_url.startswith("/") or next_url.startswith("//"):
             next_url = "/"
-        from daemon.status.api import _hash
-
-        if not token or _hash(token) not in auth.tokens():
+        if not token or not auth.valid(token):
             main = pages.login_page("That token is not valid.", next_url)
             return page(request, "Log in", main, refresh=False)
         response = web.HTTPSeeOther(next_url)
