@@ -422,7 +422,8 @@ def _pipeline(toks: list[_Tok]) -> _Pipeline:
 
 
 def _group(toks: list[_Tok]) -> Iterator[_Tok | list[_Tok]]:
-    """Tokens with each parenthesised group collected into a list."""
+    """Tokens with each parenthesised group collected into a list (a field chain right after
+    the group, as in `(index .items 0).name`, is its last element, a "chain" token)."""
     i = 0
     while i < len(toks):
         tok = toks[i]
@@ -438,14 +439,19 @@ def _group(toks: list[_Tok]) -> Iterator[_Tok | list[_Tok]]:
             j += 1
         if depth:
             raise _Syntax("unclosed '('")
+        group = toks[i + 1 : j - 1]
         if j < len(toks) and toks[j].kind == "field":
-            raise _Syntax("field access on a parenthesised expression is not supported")
-        yield toks[i + 1 : j - 1]
+            group = [*group, _Tok("chain", toks[j].text)]
+            j += 1
+        yield group
         i = j
 
 
 def _operand(item: _Tok | list[_Tok]) -> _Operand:
     if isinstance(item, list):
+        if item and item[-1].kind == "chain":
+            chain = tuple(p for p in item[-1].text.split(".") if p)
+            return _Operand("sub", path=chain, sub=_pipeline(item[:-1]))
         return _Operand("sub", sub=_pipeline(item))
     kind, text = item.kind, item.text
     if kind == "field":
@@ -607,7 +613,8 @@ class _Exec:
         if op.kind == "lit":
             return op.value
         if op.kind == "sub":
-            return self.pipeline(op.sub)
+            value = self.pipeline(op.sub)
+            return self.field(value, op.path, "(...)") if op.path else value
         if op.kind == "func":
             return self.command((op,), piped=False, value=None)
         if op.kind == "var":

@@ -88,3 +88,32 @@ def test_bad_notification_config_is_refused(data: dict[str, str], message: str) 
     """Every broken key is a ConfigError naming the ConfigMap key."""
     with pytest.raises(ConfigError, match=message):
         cfg(**data)
+
+
+def test_catalog_style_templates_render() -> None:
+    """What Argo CD's catalog templates use: `if eq .serviceType`, `range $i, $c :=` over
+    conditions, `(index .app.spec.sources 0).repoURL`, whitespace trimming, `.context`."""
+    template = (
+        '{{if eq .serviceType "slack"}}:ok:{{end}} {{.app.metadata.name}} from '
+        "{{- if .app.spec.source }} {{.app.spec.source.repoURL}}"
+        "{{- else }} {{(index .app.spec.sources 0).repoURL}}{{- end }} "
+        "{{range $i, $c := .app.status.conditions}}[{{$i}} {{$c.type}}]{{end}} "
+        "{{.context.argocdUrl}}"
+    )
+    c = cfg(**{"template.custom": f"message: '{template}'", "context": "argocdUrl: https://x"})
+    c = config.Notifications(
+        c.services,
+        c.templates,
+        {"t": (config.Condition("true", ("custom",)),)},
+        (),
+        (),
+        c.context,
+        c.source,
+    )
+    doc = app("Succeeded", **{"t.slack": "ch"})
+    doc["spec"] = {"sources": [{"repoURL": "https://git.example/a.git"}]}
+    doc["status"]["conditions"] = [{"type": "SyncError"}, {"type": "OrphanedResourceWarning"}]
+    (note,) = engine.decide(c, doc, {}).send
+    assert note.templates[0]["message"] == (
+        ":ok: web from https://git.example/a.git [0 SyncError][1 OrphanedResourceWarning] https://x"
+    )
