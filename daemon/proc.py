@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,14 @@ async def _drain(stream: ByteReceiveStream | None, sink: bytearray, limit: int) 
             raise OutputTooLarge(f"output exceeded {limit} bytes")
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL the command's process group (a shell's children too: `sh -c "a && b"`)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 async def run(
     argv: Sequence[str],
     *,
@@ -67,6 +76,7 @@ async def run(
                 cwd=cwd,
                 env=full_env,
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: a kill reaches its children
             ) as proc:
                 try:
                     async with anyio.create_task_group() as tg:
@@ -77,6 +87,7 @@ async def run(
                             await proc.stdin.aclose()
                     code = await proc.wait()
                 except BaseException:
+                    _kill_group(proc.pid)
                     proc.kill()
                     with anyio.CancelScope(shield=True):
                         await proc.wait()

@@ -99,6 +99,7 @@ class Reconciler:
         self.config = config
         self.stopping = False  # set on shutdown: running syncs stop at the next wave boundary
         self.operating: set[str] = set()  # apps whose sync operation is running now
+        self._notified: dict[str, dict[str, float]] = {}  # notification records, newest
         self.orphaned: dict[str, int] = {}  # app -> orphaned resources (projects that monitor)
         self.terminating: set[str] = set()  # of those, the ones asked to terminate
         self._states: dict[str, dict[str, Any]] = {}  # last record per app, as saved
@@ -510,12 +511,13 @@ class Reconciler:
     ) -> dict[str, str]:
         """Add `changes` to and drop `removed` from the app's parameter overrides; persisted
         in its state record before this returns. The new overrides."""
-        overrides.check(app)
         async with self._locks.setdefault(app.name, anyio.Lock()):
             record = dict(self._saved_record(app.name))
             params = {**(record.get("overrides") or {}), **changes}
             for key in removed:
                 params.pop(key, None)
+            if params:
+                overrides.check(app)  # unsetting stale overrides always works
             record["overrides"] = params
             if not params:
                 record.pop("overrides")
@@ -526,12 +528,20 @@ class Reconciler:
 
     def notified(self, name: str) -> dict[str, float]:
         """The notification records of app `name` (what was sent, see daemon.notify)."""
+        if name in self._notified:
+            return dict(self._notified[name])
         return dict(self._saved_record(name).get("notified") or {})
 
     async def save_notified(self, name: str, records: dict[str, float]) -> None:
-        """Persist the notification records before the notifications go out."""
+        """Keep the notification records before the notifications go out. During a sync
+        they are held here and saved with the run's record (waiting for the app's lock
+        would hold an on-sync-running notification until the sync ends); otherwise they are
+        saved now."""
+        self._notified[name] = dict(records)
+        if name in self.operating:
+            return
         async with self._locks.setdefault(name, anyio.Lock()):
-            record = {**self._saved_record(name), "notified": records}
+            record = {**self._saved_record(name), "notified": dict(records)}
             await self.store.save(name, record)
             self._states[name] = record
             self._saved.add(name)
@@ -539,6 +549,7 @@ class Reconciler:
     async def _forget_state(self, name: str) -> None:
         """Drop everything kept about app `name` (its state record and last good render)."""
         await self.store.delete(name)
+        self._notified.pop(name, None)
         if self.last_good is not None:
             self.last_good.forget(name)
         self._states.pop(name, None)
@@ -593,8 +604,10 @@ class Reconciler:
         async def checkpoint(name: str, operation_state: dict[str, Any]) -> None:
             """Persist the Running operation before its first write."""
             status = {**run.status, "operationState": operation_state}
-            record = {**self._states.get(name, {}), "status": status}
+            record = {**self._saved_record(name), "status": status}
             record["fingerprints"] = run.fingerprints
+            if name in self._notified:
+                record["notified"] = self._notified[name]
             record["hookPlaces"] = run.hook_places
             await self.store.save(name, record)
             self._saved.discard(name)  # the run's end must overwrite it, changed or not
@@ -621,9 +634,11 @@ class Reconciler:
             "hookPlaces": run.hook_places,
             "deleteHooks": run.delete_hooks,
         }
-        for kept in ("overrides", "notified"):
-            if previous.get(kept):
-                record[kept] = previous[kept]
+        if previous.get("overrides"):
+            record["overrides"] = previous["overrides"]
+        notified = self._notified.get(app.name, previous.get("notified"))
+        if notified:
+            record["notified"] = notified
         digest = build.meaningful(record)
         changed = digest != self._digests.get(app.name, build.meaningful(previous))
         self._digests[app.name] = digest
@@ -650,6 +665,7 @@ class Reconciler:
         self._states.pop(name, None)
         self._digests.pop(name, None)
         self._saved.discard(name)
+        self._notified.pop(name, None)
 
     # === quick path, children, deletion ======================================================
 

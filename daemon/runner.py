@@ -8,6 +8,7 @@ reach a wave boundary (bounded), persist state and exit 0; SIGHUP reloads the co
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -54,6 +55,7 @@ WEBHOOK_QUIET = 0.25  # seconds without a push before the apps are refreshed
 WEBHOOK_MAX_DELAY = 1.0  # ... but never later than this after the first push
 
 
+TERMINATED = "Operation terminated"  # daemon.sync's message for terminate-op
 NOTIFY_QUEUE = 1000  # notifications waiting for delivery before new ones are dropped
 NOTIFY_CONCURRENCY = 4
 
@@ -189,6 +191,7 @@ class DriftWatches:
         client: KubeClient,
         rt: ResourceType,
     ) -> None:
+        kube.acting_for.set(("", "", ""))  # shared by every app there: credited to none
         cluster, _, _, ns = scope_key
         cached = (rt.group, rt.kind, ns)  # the same scope in the client's LiveCache
         backoff = 1.0
@@ -719,7 +722,7 @@ class Daemon:
                 self._claimed_instances.add(app.instance_name)
                 if not held:
                     await self._take_over(worker)
-                return True
+                return not worker.stopped
         except KubeError as e:
             log.warning("claiming the app failed", app=app.name, error=str(e))
         self._claimed_instances.discard(app.instance_name)
@@ -742,14 +745,28 @@ class Daemon:
             return  # local state: this replica's own view
         state = await refresh(worker.app.name)
         self.engine.reconciler.forget(worker.app.name)
+        if self._tombstoned(worker.app, state):
+            return
         worker.last_status = dict(state.get("status") or {})
         op = worker.last_status.get("operationState") or {}
         if op.get("phase") in ("Running", "Terminating"):
             log.info("resuming the previous owner's operation", app=worker.app.name)
 
+    def _tombstoned(self, app: Application, state: dict[str, Any]) -> bool:
+        """The app was deleted through the API (by any replica) and its document has not
+        changed since: stop its worker here too. True when so."""
+        if state.get("deletedSpec") != _spec_digest(app):
+            return False
+        self._stop_worker(app.name)
+        self.deleted.add(app.name)
+        log.info("app deleted through the API by another replica", app=app.name)
+        return True
+
     def _state_changed(self, app: str, state: dict[str, Any]) -> None:
         """Another replica wrote an app's state: show it here when this one does not own it."""
         worker = self.workers.get(app)
+        if worker is not None and self._tombstoned(worker.app, state):
+            return
         if worker is not None and self.owner_of(app):
             worker.last_status = dict(state.get("status") or {})
 
@@ -790,8 +807,8 @@ class Daemon:
     ) -> None:
         """After a failed sync, schedule a retry with Argo CD's backoff (syncPolicy.retry)."""
         op = status.get("operationState") or {}
-        if op.get("phase") not in ("Failed", "Error"):
-            return
+        if op.get("phase") not in ("Failed", "Error") or op.get("message") == TERMINATED:
+            return  # a terminated operation is not retried, as in Argo CD
         app = worker.app
         automated = (op.get("operation") or {}).get("initiatedBy", {}).get("automated", False)
         policy = app.sync_policy.retry
@@ -852,6 +869,9 @@ class Daemon:
         orphans = self.engine.reconciler.orphaned.get(app.name)
         if orphans is not None:
             self.metrics.orphaned.labels(app.name, app.namespace, app.project).set(orphans)
+        else:
+            with contextlib.suppress(KeyError):  # the project stopped monitoring orphans
+                self.metrics.orphaned.remove(app.name, app.namespace, app.project)
         finished = op.get("finishedAt")
         if finished and finished != self._last_op.get(app.name):
             new_op = True
@@ -1063,15 +1083,35 @@ class Daemon:
         }
 
     async def _notify(
-        self, app: Application, status: dict[str, Any], *, deleted: bool = False
+        self,
+        app: Application,
+        status: dict[str, Any],
+        *,
+        deleted: bool = False,
+        records: dict[str, float] | None = None,
     ) -> None:
         """Queue what the app's subscriptions call for now; the records that say what was
         sent are saved first, so a restart never sends the same notification again."""
         cfg = self.config.notifications
         if cfg is None:
             return
+        try:
+            await self._notify_now(cfg, app, status, deleted=deleted, records=records)
+        except Exception:  # a notification must never stop a reconcile or the daemon
+            log.exception("notifications not evaluated", app=app.name)
+
+    async def _notify_now(
+        self,
+        cfg: notify_config.Notifications,
+        app: Application,
+        status: dict[str, Any],
+        *,
+        deleted: bool,
+        records: dict[str, float] | None,
+    ) -> None:
         async with self._notify_locks.setdefault(app.name, anyio.Lock()):
-            records = self.engine.reconciler.notified(app.name)
+            if records is None:
+                records = self.engine.reconciler.notified(app.name)
             decision = notify_engine.decide(
                 cfg, self._app_doc(app, status, deleted=deleted), records
             )
@@ -1099,7 +1139,7 @@ class Daemon:
             async with limiter:
                 try:
                     await notify_send.deliver(service, note)
-                except notify_send.DeliveryError as e:
+                except Exception as e:  # a notification must never take the daemon down
                     self.metrics.notify_deliveries.labels(service.name, "false", note.trigger).inc()
                     log.error(
                         "notification failed", app=note.app, trigger=note.trigger, error=str(e)
@@ -1111,7 +1151,8 @@ class Daemon:
                     app=note.app,
                     trigger=note.trigger,
                     service=service.name,
-                    recipient=note.destination.recipient,
+                    # Apprise targets are URLs that may hold tokens: never logged.
+                    recipient="" if service.type == "apprise" else note.destination.recipient,
                 )
 
         async with anyio.create_task_group() as tg, self._notes_out:
@@ -1214,11 +1255,18 @@ class Daemon:
         if worker is not None:
             worker.stopped = True
             worker.wake.set()
+            app = worker.app
+            with contextlib.suppress(KeyError):
+                self.metrics.orphaned.remove(app.name, app.namespace, app.project)
         return worker
 
     def _remove_app(self, app: Application, what: str) -> None:
         """Stop an app that left the config or its ApplicationSet; with the resources
-        finalizer, delete its resources once its worker has finished."""
+        finalizer, delete its resources once its worker has finished. A tombstone (deleted
+        through the API) goes with the document: added back, the app is managed again."""
+        if app.name in self.deleted and self.tg is not None:
+            self.deleted.discard(app.name)
+            self.tg.start_soon(self.engine.store.delete, app.name)
         worker = self._stop_worker(app.name)
         log.info(what, app=app.name, cascade=app.cascade_delete)
         if app.cascade_delete and worker is not None:
@@ -1334,6 +1382,7 @@ class Daemon:
         if worker is None:
             raise KeyError(name)
         app = worker.app
+        records = self.engine.reconciler.notified(name)  # before the state goes
         try:
             with anyio.fail_after(60):
                 await worker.done.wait()
@@ -1342,12 +1391,17 @@ class Daemon:
             else:
                 await self.engine.reconciler.forget_app(app)
             await self.engine.store.save(name, {"deletedSpec": _spec_digest(app)})
+        except TimeoutError:
+            # Its current run did not finish in time: it goes on managing the app.
+            worker.stopped = False
+            self.workers[name] = worker
+            raise GitopsdError(f"{name}: its running reconcile did not finish in 60s") from None
         except BaseException:
-            self._start_worker(app)  # nothing was deleted for good: keep managing it
+            self._start_worker(app)  # the deletion failed: keep managing it (delete again)
             raise
         self.deleted.add(name)
         log.info("app deleted through the API", app=name, cascade=cascade)
-        await self._notify(app, worker.last_status, deleted=True)
+        await self._notify(app, worker.last_status, deleted=True, records=records)
         self._reshard()
 
     def hard_refresh(self, name: str) -> None:

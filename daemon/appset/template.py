@@ -193,6 +193,7 @@ _KEYWORDS |= {"continue"}
 class _Tok:
     kind: str
     text: str
+    spaced: bool = False  # whitespace came before it (`(f x) .y` is two operands)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,13 +290,16 @@ class _Syntax(Exception):
 
 def _tokens(inner: str) -> list[_Tok]:
     out: list[_Tok] = []
+    spaced = False
     for m in _TOKEN.finditer(inner):
         kind = m.lastgroup or "other"
         if kind in ("ws", "comment"):
+            spaced = True
             continue
         if kind == "other":
             raise _Syntax(f"unexpected character {m.group()!r} in {{{{{inner}}}}}")
-        out.append(_Tok(kind, m.group()))
+        out.append(_Tok(kind, m.group(), spaced))
+        spaced = False
     return out
 
 
@@ -440,7 +444,7 @@ def _group(toks: list[_Tok]) -> Iterator[_Tok | list[_Tok]]:
         if depth:
             raise _Syntax("unclosed '('")
         group = toks[i + 1 : j - 1]
-        if j < len(toks) and toks[j].kind == "field":
+        if j < len(toks) and toks[j].kind == "field" and not toks[j].spaced:
             group = [*group, _Tok("chain", toks[j].text)]
             j += 1
         yield group

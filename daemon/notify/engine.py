@@ -82,7 +82,7 @@ def subscriptions(
 def _key(trigger: str, index: int, when: str, dest: Destination, once: str) -> str:
     digest = hashlib.sha256(when.encode()).hexdigest()[:8]
     key = f"{trigger}:[{index}].{digest}:{dest.service}:{dest.recipient}"
-    return f"once/{once}:{key}" if once else key
+    return f"once/{key}|{once}" if once else key
 
 
 def decide(
@@ -128,8 +128,9 @@ def decide(
             records[key] = now
             try:
                 rendered = tuple(_render(cfg, name, app, dest, trigger) for name in cond.send)
-            except TemplateError as e:
-                errors.append(str(e))
+            except (TemplateError, ValueError, TypeError) as e:
+                # A template that cannot render for this app is reported, never raised.
+                errors.append(f"trigger {trigger}: {e}")
                 continue
             send.append(Notification(str(meta.get("name", "")), trigger, dest, rendered))
     return Decision(tuple(send), _capped(records), tuple(errors), tuple(evaluated))
@@ -156,8 +157,15 @@ def _render(
 
 
 def _capped(records: dict[str, float]) -> dict[str, float]:
-    """At most MAX_ONCE_PER_RECORDS oncePer records (the newest), so state stays small."""
-    once = sorted((k for k in records if k.startswith("once/")), key=lambda k: records[k])
-    for k in once[: max(0, len(once) - MAX_ONCE_PER_RECORDS)]:
-        records.pop(k)
+    """At most MAX_ONCE_PER_RECORDS oncePer records per trigger condition and destination (the
+    newest), so state stays small and one busy trigger never evicts another's records (an
+    `on-created` sent once must stay recorded however many revisions deploy)."""
+    groups: dict[str, list[str]] = {}
+    for k in records:
+        if k.startswith("once/"):
+            groups.setdefault(k.split("|", 1)[0], []).append(k)
+    for keys in groups.values():
+        keys.sort(key=lambda k: records[k])
+        for k in keys[: max(0, len(keys) - MAX_ONCE_PER_RECORDS)]:
+            records.pop(k)
     return records

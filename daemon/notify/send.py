@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.message
 import json
+import re
 import smtplib
 import ssl
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 TIMEOUT = 10.0
 ATTEMPTS = 3
+_ADDRESS = re.compile(r"[^\s@<>,;]+@[^\s@<>,;]+")
 
 
 class DeliveryError(Exception):
@@ -46,9 +48,7 @@ async def deliver(service: Service, note: Notification, *, backoff: float = 1.0)
             last = e
             if attempt < ATTEMPTS - 1:
                 await anyio.sleep(backoff * 2**attempt)
-    raise DeliveryError(
-        f"{service.type} service {service.name!r} to {note.destination.recipient!r}: {last}"
-    )
+    raise DeliveryError(f"{service.type} service {service.name!r}: {last}")
 
 
 async def _once(service: Service, note: Notification) -> None:
@@ -99,7 +99,7 @@ async def _webhook(service: Service, template: Mapping[str, Any]) -> None:
     auth = (str(basic["username"]), str(basic.get("password", ""))) if basic else None
     async with _client(opts) as client:
         r = await client.request(method, target, content=body or None, headers=headers, auth=auth)
-    _check(r, f"webhook {service.name!r} {method} {target}")
+    _check(r, f"webhook {service.name!r} {method}")  # the URL may hold a secret: not shown
 
 
 async def _slack(service: Service, channel: str, template: Mapping[str, Any]) -> None:
@@ -146,9 +146,16 @@ def _email(service: Service, to: str, template: Mapping[str, Any]) -> None:
     """Argo CD's email service: host, port, from, username/password; STARTTLS when the server
     offers it (verified unless insecure_skip_verify). Subject from `email.subject`."""
     opts = service.options
-    host, port = str(opts.get("host") or ""), int(opts.get("port") or 587)
+    host = str(opts.get("host") or "")
     if not host:
         raise DeliveryError(f"email {service.name!r}: host is not set")
+    try:
+        port = int(opts.get("port") or 587)
+    except (TypeError, ValueError):
+        port_text = opts.get("port")
+        raise DeliveryError(f"email {service.name!r}: port {port_text!r} is not a number") from None
+    if not _ADDRESS.fullmatch(to):
+        raise DeliveryError(f"email {service.name!r}: {to!r} is not an email address")
     msg = email.message.EmailMessage()
     msg["From"] = str(opts.get("from") or "gitopsd@localhost")
     msg["To"] = to
@@ -176,7 +183,11 @@ def _apprise(service: Service, recipient: str, template: Mapping[str, Any]) -> N
 
     urls = [str(u) for u in service.options.get("urls") or []]
     if recipient:
-        urls.append(recipient)
+        # Recipients come from Application annotations (tenants): they must not make the
+        # daemon call URLs of their choosing. Targets are the service's own `urls`.
+        raise DeliveryError(
+            f"apprise {service.name!r}: recipients are not accepted; list targets in its urls"
+        )
     if not urls:
         raise DeliveryError(f"apprise {service.name!r}: no urls")
     sender = apprise.Apprise()

@@ -496,6 +496,8 @@ class Renderer:
         name = str(block.get("name") or "")
         where = f"plugin {name}" if name else "plugin"
         path = req.source.path or "."
+        if not explicit and not plugins.may_match(self.plugins, root / path):
+            return None  # no file rule matches and no find command to ask: not a plugin app
         # The whole repository reaches the plugin, so no link may leave it anywhere.
         _refuse_out_of_bounds_links(root, ".")
         build = cmp.build_env(

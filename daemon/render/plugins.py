@@ -73,6 +73,22 @@ def _matches_pattern(app_dir: Path, pattern: str, *, recursive: bool) -> bool:
     return any(os.path.realpath(f).startswith(base) for f in found)
 
 
+def may_match(plugins: Sequence[cmp.Plugin], app_dir: Path) -> bool:
+    """Whether discovery could pick a plugin for `app_dir` (checked on the checkout itself,
+    before any copy): a `fileName` / `find.glob` rule matches, or a `find.command` must be
+    asked."""
+    for p in plugins:
+        if p.discover_command:
+            return True
+        if p.discover_file_name and _matches_pattern(
+            app_dir, p.discover_file_name, recursive=False
+        ):
+            return True
+        if p.discover_glob and _matches_pattern(app_dir, p.discover_glob, recursive=True):
+            return True
+    return False
+
+
 async def discover(
     plugins: Sequence[cmp.Plugin], app_dir: Path, env: Mapping[str, str], run: Exec
 ) -> dict[str, bool]:

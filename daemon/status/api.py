@@ -11,9 +11,10 @@ import hashlib
 import hmac
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -332,6 +333,17 @@ def diff_items(desired: Desired, cmp: Comparison) -> list[dict[str, Any]]:
             }
         )
     return items
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine's loopback (with or without a port)."""
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def build_app(daemon: Control) -> web.Application:
@@ -790,7 +802,22 @@ def build_app(daemon: Control) -> web.Application:
         log.info("webhook", provider=event.provider, branch=event.branch, apps=names)
         return web.json_response({"refreshed": names})
 
-    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES + 1024)
+    @web.middleware
+    async def same_origin(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Browsers may not drive the daemon from other sites: a write carrying a foreign
+        Origin is refused (cross-site forms), and while access is open (loopback, no tokens)
+        only loopback Host names are served (DNS rebinding)."""
+        if auth.open_access(mutating=False) and not _loopback_host(request.host):
+            return web.json_response({"error": "Host not allowed"}, status=403)
+        origin = request.headers.get("Origin")
+        writes = request.method not in ("GET", "HEAD", "OPTIONS")
+        if writes and origin and urlsplit(origin).netloc != request.host:
+            return web.json_response({"error": "cross-site request refused"}, status=403)
+        return await handler(request)
+
+    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES + 1024, middlewares=[same_origin])
     ui.add_routes(routes, daemon, auth, diff_items, app_json)
     app.add_routes(routes)
     return app

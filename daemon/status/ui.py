@@ -28,17 +28,40 @@ if TYPE_CHECKING:
 COOKIE = "gitopsd_token"
 UI_FLAG = "gitopsd.ui"  # request key: the cookie may authenticate this request
 DIFF_TIMEOUT = 15.0
+DIFF_CACHE = 64  # diffs kept (app, reconcile) for the detail page's refreshes
+
+
+def _local_path(target: str) -> str:
+    """`target` when it is a path on this server, else "/" (no open redirect: `//host`,
+    `/\\host`, schemes and control characters are refused)."""
+    parts = urlsplit(target)
+    if (
+        not target.startswith("/")
+        or parts.scheme
+        or parts.netloc
+        or "\\" in target
+        or any(ord(c) < 0x20 or c == "\x7f" for c in target)
+        or target.startswith("//")
+    ):
+        return "/"
+    return target
 
 
 class Session:
-    """CSRF tokens: an HMAC of the session's cookie under a key made at start."""
+    """CSRF tokens: an HMAC of the session's cookie. With API tokens the key derives from
+    them (every replica and restart agrees); in open mode it is made at start."""
 
-    def __init__(self) -> None:
-        self.key = os.urandom(32)
+    def __init__(self, tokens: Any) -> None:
+        self.tokens = tokens  # () -> the token hashes
+        self.random = os.urandom(32)
 
     def csrf(self, request: web.Request) -> str:
+        hashes = sorted(self.tokens())
+        key = hashlib.sha256(("gitopsd-csrf\n" + "\n".join(hashes)).encode()).digest()
         seed = request.cookies.get(COOKIE, "") or "open"
-        return hmac.new(self.key, seed.encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.new(key if hashes else self.random, seed.encode(), hashlib.sha256).hexdigest()[
+            :32
+        ]
 
     def check(self, request: web.Request, form: Any) -> None:
         origin = request.headers.get("Origin")
@@ -58,7 +81,8 @@ def add_routes(
 ) -> None:
     """Register the status page on `routes` (`diff_items` and `app_json` are the API's, passed
     in so this module never imports it)."""
-    session = Session()
+    session = Session(auth.tokens)
+    diff_cache: dict[tuple[str, str], tuple[list[dict[str, Any]], str]] = {}
 
     def viewer(request: web.Request) -> pages.Viewer:
         p = auth.principal(request)
@@ -86,7 +110,7 @@ def add_routes(
             content_type="text/html",
             headers={
                 "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
-                "script-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                f"script-src '{pages.SCRIPT_HASH}'; form-action 'self'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff",
                 "Cache-Control": "no-store",
             },
@@ -116,13 +140,20 @@ def add_routes(
         app = daemon.workers[name].app
         diffs: list[dict[str, Any]] = []
         error = ""
-        if ((doc.get("status") or {}).get("sync") or {}).get("status") != "Synced":
-            try:
-                with anyio.fail_after(DIFF_TIMEOUT):
-                    desired, cmp = await daemon.diff(app)
-                diffs = diff_items(desired, cmp)
-            except (GitopsdError, TimeoutError) as e:
-                error = f"diff unavailable: {e or 'timed out'}"
+        status = doc.get("status") or {}
+        if (status.get("sync") or {}).get("status") != "Synced":
+            # One diff per reconcile of the app, however many tabs refresh meanwhile.
+            key = (name, str(status.get("reconciledAt", "")))
+            if key not in diff_cache:
+                try:
+                    with anyio.fail_after(DIFF_TIMEOUT):
+                        desired, cmp = await daemon.diff(app)
+                    diff_cache[key] = (diff_items(desired, cmp), "")
+                except (GitopsdError, TimeoutError) as e:
+                    diff_cache[key] = ([], f"diff unavailable: {e or 'timed out'}")
+                while len(diff_cache) > DIFF_CACHE:
+                    diff_cache.pop(next(iter(diff_cache)))
+            diffs, error = diff_cache[key]
         info = pages.Detail(
             diffs=diffs,
             diff_error=error,
@@ -170,6 +201,7 @@ def add_routes(
     @routes.get("/ui/applicationsets")
     async def appsets(request: web.Request) -> web.Response:
         gate(request)
+        auth.check_global_read(request)  # as the API: readonly or admin tokens
         names = set(visible(request))
         items = [
             {
@@ -215,19 +247,18 @@ def add_routes(
     async def login(request: web.Request) -> web.Response:
         form = await request.post()
         token = str(form.get("token", "")).strip()
-        next_url = request.query.get("next", "/")
-        if not next_url.startswith("/") or next_url.startswith("//"):
-            next_url = "/"
+        next_url = _local_path(request.query.get("next", "/"))
         if not token or not auth.valid(token):
             main = pages.login_page("That token is not valid.", next_url)
             return page(request, "Log in", main, refresh=False)
         response = web.HTTPSeeOther(next_url)
+        behind_tls = request.headers.get("X-Forwarded-Proto", "").lower() == "https"
         response.set_cookie(
             COOKIE,
             token,
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            secure=request.secure or behind_tls,
             path="/",
         )
         raise response

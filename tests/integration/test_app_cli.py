@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -51,7 +53,8 @@ def test_read_verbs_filters_and_exit_codes(
     """list -l/-p filter as argocd's; wait returns once Synced+Healthy and exits 20 on a
     timeout; resources, manifests (git and live) and get --refresh show the app; diff --local
     renders a local directory and exits 1 on a difference, 0 without, 2 when it cannot; an
-    unknown app exits 13, an unreachable daemon 11; a reader closing the pipe (`| true`) gets
+    unknown app exits 13, an unreachable daemon 11; a cross-site POST and a foreign Host
+    name are refused; a reader closing the pipe (`| true`) gets
     no traceback, and exit code 141 as a program killed by SIGPIPE."""
     big = "x" * 200_000  # more than a pipe holds
     git_repo.write(
@@ -115,6 +118,15 @@ def test_read_verbs_filters_and_exit_codes(
 
         out = app_cli(d, "get", "nope")
         assert out.returncode == 13 and "not found" in out.stderr
+        # Browsers cannot drive the API from another site, nor through a rebound host name.
+        cross = httpx.post(
+            d.url + "/api/v1/applications/cli-web/sync",
+            headers={"Origin": "https://evil.example", "Content-Type": "text/plain"},
+            content='{"prune": true}',
+        )
+        assert cross.status_code == 403 and "cross-site" in cross.text
+        rebound = httpx.get(d.url + "/api/v1/applications", headers={"Host": "evil.example"})
+        assert rebound.status_code == 403
         down = subprocess.run(
             [GITOPSD, "app", "list", "--server", "http://127.0.0.1:9"],
             capture_output=True,
@@ -141,9 +153,10 @@ def test_set_unset_terminate_and_delete(
     cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
 ) -> None:
     """set -p overrides a Helm parameter (kept across a restart, shown in the spec) and unset
-    drops it; terminate-op ends a sync stuck on a wave as Failed "Operation terminated" before
-    the next wave; delete --cascade=false keeps the resources, delete removes them, and a
-    deleted app stays deleted over a restart until its document changes."""
+    drops it; terminate-op ends an automated sync stuck on a wave as Failed "Operation
+    terminated" before the next wave, and it is not retried; delete --cascade=false keeps the
+    resources, delete removes them, and a deleted app stays deleted over a restart until its
+    document changes."""
     stuck = (
         "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: never-bound\n"
         "  annotations:\n    argocd.argoproj.io/sync-wave: '0'\n"
@@ -160,7 +173,7 @@ def test_set_unset_terminate_and_delete(
     )
     apps = [
         application("cli-helm", git_repo.url, "chart", namespace),
-        application("cli-stuck", git_repo.url, "stuck", namespace, automated=False),
+        application("cli-stuck", git_repo.url, "stuck", namespace),
         application("cli-keep", git_repo.url, "keep", namespace),
     ]
     cfg = write_config(tmp_path, cluster, apps, reconcileInterval="2s", healthTimeout="300s")
@@ -178,8 +191,6 @@ def test_set_unset_terminate_and_delete(
         bad = app_cli(d, "set", "cli-helm", "-p", "novalue")
         assert bad.returncode == 2 and "expected key=value" in bad.stderr
 
-        out = app_cli(d, "sync", "cli-stuck")
-        assert out.returncode == 0, out.stderr
         wait_for(
             lambda: "wave 0" in str(d.status("cli-stuck").get("operationState", {}).get("message")),
             timeout=30,
@@ -193,6 +204,9 @@ def test_set_unset_terminate_and_delete(
             what="the operation terminated",
         )
         assert d.status("cli-stuck")["operationState"]["message"] == "Operation terminated"
+        started = d.status("cli-stuck")["operationState"]["startedAt"]
+        time.sleep(8)  # automated: a failed sync is retried after 5 s, a terminated one never
+        assert d.status("cli-stuck")["operationState"]["startedAt"] == started
         assert get(cluster, namespace, "configmap/after-the-pvc") is None, "wave 1 never ran"
         out = app_cli(d, "terminate-op", "cli-stuck")
         assert out.returncode == 12 and "No operation is in progress" in out.stderr

@@ -677,3 +677,16 @@ async def test_unsupported_generator_is_refused() -> None:
     doc = appset([{"pullRequest": {"github": {"owner": "o", "repo": "r"}}}])
     with pytest.raises(GenerationError, match="pullRequest generator is not supported"):
         await run(doc)
+
+
+def test_go_template_field_after_a_group_only_when_adjacent() -> None:
+    """`(index .s 0).x` reads a field of the group's value; `eq (index .a 0) .b` compares
+    two operands (the space makes `.b` its own argument)."""
+    out = render_template(
+        {"x": "{{ if eq (index .a 0) .b }}yes{{ end }} {{ (index .s 0).x }}"},
+        {"a": ["q"], "b": "q", "s": [{"x": 1}]},
+        go_template=True,
+        options=[],
+        where="w",
+    )
+    assert out == {"x": "yes 1"}

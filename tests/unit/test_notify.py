@@ -117,3 +117,28 @@ def test_catalog_style_templates_render() -> None:
     assert note.templates[0]["message"] == (
         ":ok: web from https://git.example/a.git [0 SyncError][1 OrphanedResourceWarning] https://x"
     )
+
+
+def test_once_per_records_are_capped_per_trigger_never_across() -> None:
+    """Many deployed revisions evict only their own oldest records; on-created's one record
+    stays, so "created" is never sent twice."""
+    c = cfg()
+    sub = {"on-deployed.slack": "ch", "on-created.slack": "ch"}
+    records = engine.decide(c, app("Succeeded", "r0", **sub), {}, now=0).notified
+    for i in range(1, engine.MAX_ONCE_PER_RECORDS + 20):
+        records = engine.decide(c, app("Succeeded", f"r{i}", **sub), records, now=i).notified
+    created = [k for k in records if k.startswith("once/on-created")]
+    deployed = [k for k in records if k.startswith("once/on-deployed")]
+    assert len(created) == 1 and len(deployed) == engine.MAX_ONCE_PER_RECORDS
+    again = engine.decide(c, app("Succeeded", "r1", **sub), records)
+    assert [n.trigger for n in again.send] == ["on-deployed"], "an evicted revision only"
+
+
+def test_a_template_that_cannot_render_is_an_error_not_a_crash() -> None:
+    """A template failing for this app (a bad trunc argument) is reported in errors."""
+    c = cfg(**{"template.bad": "message: '{{trunc \"x\" .app.metadata.name}}'"})
+    c = config.Notifications(
+        c.services, c.templates, {"t": (config.Condition("true", ("bad",)),)}, (), (), {}, "n"
+    )
+    decision = engine.decide(c, app("Succeeded", **{"t.slack": "ch"}), {})
+    assert decision.send == () and "trigger t" in decision.errors[0]

@@ -44,3 +44,13 @@ def test_buttons_only_for_those_who_may_sync() -> None:
         app("web", "Synced", "Healthy"), pages.Detail(can_sync=True, automated=True), viewer
     )
     assert "rollback needs auto-sync off" in auto
+
+
+def test_login_redirects_stay_on_this_server() -> None:
+    """Only a local path survives as the login's `next`: no //host, /\\host, scheme or
+    control character (an open redirect)."""
+    from daemon.status.ui import _local_path
+
+    assert _local_path("/ui/applications/web?x=1") == "/ui/applications/web?x=1"
+    for bad in ("//evil.example", "/\\evil.example", "https://evil.example", "/a\r\nb", "x"):
+        assert _local_path(bad) == "/"
