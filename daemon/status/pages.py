@@ -11,7 +11,7 @@ import base64
 import hashlib
 import html
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -203,6 +203,7 @@ class Detail:
     can_sync: bool = False
     automated: bool = False
     flash: str = ""
+    rollouts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # ns/name -> live
 
 
 def app_detail(app: Mapping[str, Any], detail: Detail, viewer: Viewer) -> str:
@@ -240,7 +241,7 @@ def app_detail(app: Mapping[str, Any], detail: Detail, viewer: Viewer) -> str:
     parts.append(_resources(st))
     parts.append(_operation(st.get("operationState") or {}))
     parts.append(_history(st, base, detail, viewer))
-    parts.append(_rollouts(st))
+    parts.append(_rollouts(st, detail.rollouts))
     parts.append("<h2>Diff</h2>")
     if detail.diff_error:
         parts.append(f'<p class="cond">{esc(detail.diff_error)}</p>')
@@ -326,7 +327,9 @@ def _history(st: Mapping[str, Any], base: str, detail: Detail, viewer: Viewer) -
     )
 
 
-def _rollouts(st: Mapping[str, Any]) -> str:
+def _rollouts(st: Mapping[str, Any], live: Mapping[str, Mapping[str, Any]]) -> str:
+    """The app's Argo Rollouts: strategy, step and weight, phase, pause reasons, images and
+    replicas from the live object (health only when it could not be read)."""
     rollouts = [
         r
         for r in st.get("resources") or []
@@ -334,15 +337,43 @@ def _rollouts(st: Mapping[str, Any]) -> str:
     ]
     if not rollouts:
         return ""
-    rows = [
-        f"<tr><td>{esc(r.get('namespace'))}/{esc(r.get('name'))}</td>"
-        f"<td>{badge((r.get('health') or {}).get('status'))}</td>"
-        f"<td>{esc((r.get('health') or {}).get('message', ''))}</td></tr>"
-        for r in rollouts
-    ]
+    rows = []
+    for r in rollouts:
+        key = f"{r.get('namespace', '')}/{r.get('name', '')}"
+        health = r.get("health") or {}
+        ro = live.get(key) or {}
+        spec, status = ro.get("spec") or {}, ro.get("status") or {}
+        strategy = spec.get("strategy") or {}
+        steps = (strategy.get("canary") or {}).get("steps")
+        kind = "Canary" if "canary" in strategy else "BlueGreen" if strategy else ""
+        weight = ((status.get("canary") or {}).get("weights") or {}).get("canary") or {}
+        step = (
+            f"step {status.get('currentStepIndex', 0)}/{len(steps)}, weight "
+            f"{weight.get('weight', 0)}%"
+            if steps is not None
+            else ""
+        )
+        pauses = ", ".join(str(c.get("reason", "")) for c in status.get("pauseConditions") or [])
+        pod = (spec.get("template") or {}).get("spec") or {}
+        images = ", ".join(str(c.get("image")) for c in pod.get("containers") or [])
+        replicas = (
+            f"{status.get('updatedReplicas', 0)} updated, {status.get('availableReplicas', 0)} "
+            f"available of {spec.get('replicas', 1)}"
+            if ro
+            else ""
+        )
+        rows.append(
+            f'<tr data-rollout="{esc(key)}"><td>{esc(key)}</td><td>{esc(kind)}</td>'
+            f"<td>{badge(status.get('phase') or health.get('status'))} "
+            f"{esc(status.get('message') or health.get('message', ''))}</td>"
+            f"<td>{esc(step)}</td><td>{esc(pauses)}</td><td>{esc(images)}</td>"
+            f"<td>{esc(replicas)}</td></tr>"
+        )
     return (
-        "<h2>Rollouts</h2><table><thead><tr><th>Rollout</th><th>Health</th><th>Step</th></tr>"
-        "</thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<h2>Rollouts</h2><table><thead><tr><th>Rollout</th><th>Strategy</th><th>Phase</th>"
+        "<th>Step</th><th>Paused for</th><th>Images</th><th>Replicas</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
     )
 
 

@@ -154,7 +154,18 @@ def add_routes(
                 while len(diff_cache) > DIFF_CACHE:
                     diff_cache.pop(next(iter(diff_cache)))
             diffs, error = diff_cache[key]
+        live: dict[str, dict[str, Any]] = {}
+        for r in status.get("resources") or []:
+            if r.get("group") != "argoproj.io" or r.get("kind") != "Rollout":
+                continue
+            ns, ro_name = str(r.get("namespace", "")), str(r.get("name", ""))
+            try:
+                with anyio.fail_after(5):
+                    live[f"{ns}/{ro_name}"] = await daemon.rollout_get(name, ns, ro_name)
+            except (GitopsdError, TimeoutError):
+                pass  # the table falls back to the Rollout's health
         info = pages.Detail(
+            rollouts=live,
             diffs=diffs,
             diff_error=error,
             can_sync=auth.may(request, "sync", name),

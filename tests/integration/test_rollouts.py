@@ -289,7 +289,8 @@ def test_rollout_verbs_through_the_daemon_with_project_roles(
 ) -> None:
     """`gitopsd rollout get|promote|abort` talk to the running daemon; promoting needs the
     project role action `action/argoproj.io/Rollout/promote` (Argo CD's RBAC name): a viewer
-    may look but not promote, a promoter may promote, and the canary then completes."""
+    may look but not promote, a promoter may promote, and the canary then completes. The
+    status page shows the paused canary's step, weight, pause reason and image."""
     import os
     import subprocess
 
@@ -371,6 +372,11 @@ def test_rollout_verbs_through_the_daemon_with_project_roles(
         assert shown.returncode == 0, shown.stderr
         assert "Paused" in shown.stdout and "CanaryPauseStep" in shown.stdout
         assert "verbs" in shown.stdout and "nginx:2" in shown.stdout
+        page = d.api("/ui/applications/verbs", token="viewer-token").text
+        row = page.split(f'data-rollout="{namespace}/web"', 1)[1].split("</tr>", 1)[0]
+        for shown_on_page in ("Canary", "Paused", "step 1/2, weight 20%", "CanaryPauseStep"):
+            assert shown_on_page in row, (shown_on_page, row)
+        assert "nginx:2" in row
         denied = cli("viewer-token", "promote", "web")
         assert denied.returncode != 0 and "403" in denied.stderr, denied
         assert ro_status(cluster, namespace).get("phase") == "Paused"
