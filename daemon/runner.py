@@ -327,6 +327,7 @@ class Daemon:
             tuple[notify_config.Service, notify_engine.Notification]
         ](NOTIFY_QUEUE)
         self._notify_locks: dict[str, anyio.Lock] = {}
+        self._notify_errors: dict[str, tuple[str, ...]] = {}  # last logged, per app
         self._metered: weakref.WeakSet[KubeClient] = weakref.WeakSet()  # clients with listeners
         self.notifier = Notifier()
         self.watches = DriftWatches(self)
@@ -1117,8 +1118,10 @@ class Daemon:
             )
             for trigger, fired in decision.evaluated:
                 self.metrics.notify_evals.labels(trigger, "true" if fired else "false").inc()
-            for error in decision.errors:
-                log.warning("notification not evaluated", app=app.name, error=error)
+            if decision.errors and decision.errors != self._notify_errors.get(app.name):
+                for error in decision.errors:  # once per change, not every reconcile
+                    log.warning("notification not evaluated", app=app.name, error=error)
+            self._notify_errors[app.name] = decision.errors
             if decision.notified != records and not deleted:
                 await self.engine.reconciler.save_notified(app.name, decision.notified)
             for note in decision.send:

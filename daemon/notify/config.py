@@ -32,6 +32,7 @@ class Condition:
     when: str
     send: tuple[str, ...]
     once_per: str = ""
+    error: str = ""  # why gitopsd cannot evaluate it (an expression it does not support)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,9 @@ class Notifications:
     default_triggers: tuple[str, ...] = ()
     context: Mapping[str, str] = field(default_factory=dict)
     source: str = ""
+    # Services of Argo CD types gitopsd does not deliver to (teams, github, ...): subscriptions
+    # to them are skipped; the config load warned about each.
+    unsupported: frozenset[str] = frozenset()
 
 
 _OPERATION = "app.status.operationState != nil and app.status.operationState.phase in "
@@ -147,13 +151,16 @@ def _condition(raw: Any, where: str) -> Condition:
     send = raw.get("send") or []
     if not when or not isinstance(send, list) or not send:
         raise ConfigError(f"{where}: needs `when` and a non-empty `send` list")
+    error = ""
     for text, what in ((when, "when"), (str(raw.get("oncePer") or ""), "oncePer")):
-        if text:
+        if text and not error:
             try:
                 compile_condition(text)
             except ExprError as e:
-                raise ConfigError(f"{where}.{what}: {e}") from None
-    return Condition(when, tuple(str(t) for t in send), str(raw.get("oncePer") or ""))
+                # Argo CD's expression language is larger than gitopsd's subset (time.*,
+                # repo.* helpers): the condition is kept, never evaluated, and reported.
+                error = f"{where}.{what}: {e}"
+    return Condition(when, tuple(str(t) for t in send), str(raw.get("oncePer") or ""), error)
 
 
 def parse(
@@ -167,16 +174,20 @@ def parse(
     subscriptions: list[Subscription] = []
     default_triggers: tuple[str, ...] = ()
     context: dict[str, str] = {}
+    unsupported: set[str] = set()
     for key, raw in data.items():
         at = f"{where}.data[{key!r}]"
         if key.startswith("service."):
             parts = key.split(".", 2)
             kind, name = parts[1], parts[2] if len(parts) > 2 else parts[1]
             if kind not in SERVICE_TYPES:
-                raise ConfigError(
-                    f"{at}: service type {kind!r} is not supported (supported: "
-                    f"{', '.join(SERVICE_TYPES)}; `apprise` reaches the others)"
+                warnings.append(
+                    f"{at}: gitopsd does not deliver to service type {kind!r}; its "
+                    f"subscriptions are skipped (supported: {', '.join(SERVICE_TYPES)}; an "
+                    "`apprise` service reaches most others)"
                 )
+                unsupported.add(name)
+                continue
             options = yaml_field(raw, at) or {}
             if not isinstance(options, dict):
                 raise ConfigError(f"{at}: expected a mapping of options")
@@ -193,6 +204,9 @@ def parse(
             triggers[key.removeprefix("trigger.")] = tuple(
                 _condition(c, f"{at}[{i}]") for i, c in enumerate(conditions)
             )
+            for c in triggers[key.removeprefix("trigger.")]:
+                if c.error:
+                    warnings.append(f"{c.error} (this condition is never evaluated)")
         elif key == "subscriptions":
             for i, sub in enumerate(yaml_field(raw, at) or []):
                 if not isinstance(sub, dict) or not sub.get("recipients"):
@@ -225,10 +239,17 @@ def parse(
             if t not in triggers:
                 raise ConfigError(f"{where}.data['subscriptions']: trigger {t!r} is not defined")
         for r in sub.recipients:
-            if r.split(":", 1)[0] not in services:
+            if r.split(":", 1)[0] not in services and r.split(":", 1)[0] not in unsupported:
                 raise ConfigError(
                     f"{where}.data['subscriptions']: recipient {r!r} names no configured service"
                 )
     return Notifications(
-        services, templates, triggers, tuple(subscriptions), default_triggers, context, where
+        services,
+        templates,
+        triggers,
+        tuple(subscriptions),
+        default_triggers,
+        context,
+        where,
+        frozenset(unsupported),
     )

@@ -107,10 +107,15 @@ def decide(
         if conditions is None:
             errors.append(f"trigger {trigger!r} is not defined")
             continue
+        if dest.service in cfg.unsupported:
+            continue  # a service type gitopsd does not deliver to (warned at load)
         if dest.service not in cfg.services:
             errors.append(f"service {dest.service!r} (trigger {trigger}) is not configured")
             continue
         for i, cond in enumerate(conditions):
+            if cond.error:
+                errors.append(f"trigger {trigger}[{i}] cannot be evaluated: {cond.error}")
+                continue
             try:
                 fired = evaluate_in(cond.when, env)
                 once = str(value_in(cond.once_per, env) or "") if cond.once_per else ""
