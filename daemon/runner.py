@@ -42,6 +42,7 @@ from daemon.notify import send as notify_send
 from daemon.reconciler import system_rules
 from daemon.settings import Application, Config, Retry
 from daemon.stages import Comparison, Desired, SyncRequest
+from daemon.status import build
 from daemon.status.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -1060,28 +1061,13 @@ class Daemon:
         self, app: Application, status: dict[str, Any], *, deleted: bool = False
     ) -> dict[str, Any]:
         """The Application as Argo CD's notification triggers and templates see it."""
-        effective = self.engine.reconciler.effective(app)
-        meta: dict[str, Any] = {
-            "name": app.name,
-            "namespace": app.namespace,
-            "labels": dict(app.labels),
-            "annotations": dict(app.annotations),
-        }
-        if deleted:
-            meta["deletionTimestamp"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         # Argo CD's status always has these (before the first compare: Unknown).
-        status = {
-            "sync": {"status": "Unknown"},
-            "health": {"status": "Unknown"},
-            **status,
-        }
-        return {
-            "apiVersion": "argoproj.io/v1alpha1",
-            "kind": "Application",
-            "metadata": meta,
-            "spec": effective.raw.get("spec", {}),
-            "status": status,
-        }
+        status = {"sync": {"status": "Unknown"}, "health": {"status": "Unknown"}, **status}
+        return build.application_document(
+            self.engine.reconciler.effective(app),
+            status,
+            deleted_at=build.now_iso() if deleted else "",
+        )
 
     async def _notify(
         self,

@@ -31,6 +31,7 @@ from daemon.plan.diff import redact_secret
 from daemon.settings import Application, Config
 from daemon.stages import Comparison, Desired, SyncRequest
 from daemon.status import ui
+from daemon.status.build import application_document
 from daemon.status.metrics import Metrics
 
 log = structlog.get_logger("gitopsd.api")
@@ -117,6 +118,7 @@ class Control(Protocol):
 
 MAX_WEBHOOK_BYTES = 10 * 1024 * 1024
 MAX_BODY_BYTES = 1024 * 1024
+_PRINCIPAL = "gitopsd.principal"  # request key: the request's (role, groups), once looked up
 FORWARDED = "X-Gitopsd-Forwarded"  # set on a request one replica passes to an app's owner
 
 
@@ -162,6 +164,14 @@ class Auth:
         """(role, groups) of the request's token, or None (no or bad token). The status
         page's cookie counts only on its own routes (never for the JSON API, which a
         cross-site form could otherwise reach with the browser's cookie)."""
+        if _PRINCIPAL in request:  # once per request: a page checks every app it lists
+            found: tuple[str, tuple[str, ...]] | None = request[_PRINCIPAL]
+            return found
+        found = self._principal(request)
+        request[_PRINCIPAL] = found
+        return found
+
+    def _principal(self, request: web.Request) -> tuple[str, tuple[str, ...]] | None:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             cookie = request.cookies.get(ui.COOKIE, "") if request.get(ui.UI_FLAG) else ""
@@ -277,22 +287,8 @@ class Auth:
 
 
 def app_json(daemon: Control, name: str) -> dict[str, Any]:
-    worker = daemon.workers[name]
-    app = daemon.effective_app(name)
-    raw = app.raw
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Application",
-        "metadata": {
-            "name": app.name,
-            "namespace": app.namespace,
-            "labels": dict(app.labels),
-            "annotations": dict(app.annotations),
-            "finalizers": list(app.finalizers),
-        },
-        "spec": raw.get("spec", {}),
-        "status": worker.last_status,
-    }
+    """App `name` as reconciled (with overrides), with its latest status."""
+    return application_document(daemon.effective_app(name), daemon.workers[name].last_status)
 
 
 def diff_items(desired: Desired, cmp: Comparison) -> list[dict[str, Any]]:
@@ -350,12 +346,16 @@ def build_app(daemon: Control) -> web.Application:
     auth = Auth(daemon)
     routes = web.RouteTableDef()
 
-    def need(name: str) -> None:
+    def allowed(request: web.Request, action: str) -> str:
+        """The app the route names, once it exists and the caller may `action` it."""
+        name = request.match_info["name"]
         if name not in daemon.workers:
             raise web.HTTPNotFound(
                 text=json.dumps({"error": f"application {name!r} not found"}),
                 content_type="application/json",
             )
+        auth.check_app(request, action, name)
+        return name
 
     async def forward(request: web.Request, name: str) -> web.Response | None:
         """A sync or rollback for an app another replica owns goes to that replica (once:
@@ -515,16 +515,12 @@ def build_app(daemon: Control) -> web.Application:
 
     @routes.get("/api/v1/applications/{name}")
     async def get_app(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "get", name)
+        name = allowed(request, "get")
         return web.json_response(app_json(daemon, name))
 
     @routes.post("/api/v1/applications/{name}/sync")
     async def sync(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "sync", name)
+        name = allowed(request, "sync")
         data = await body_json(request)
         prune = data.get("prune")
         req = SyncRequest(
@@ -541,17 +537,13 @@ def build_app(daemon: Control) -> web.Application:
 
     @routes.post("/api/v1/applications/{name}/refresh")
     async def refresh(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "get", name)
+        name = allowed(request, "get")
         daemon.hard_refresh(name)
         return web.json_response({"accepted": True, "application": name}, status=202)
 
     @routes.post("/api/v1/applications/{name}/rollback")
     async def rollback(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "sync", name)
+        name = allowed(request, "sync")
         worker = daemon.workers[name]
         if worker.app.sync_policy.automated is not None:
             raise web.HTTPBadRequest(
@@ -588,9 +580,7 @@ def build_app(daemon: Control) -> web.Application:
     @routes.delete("/api/v1/applications/{name}")
     async def delete_app(request: web.Request) -> web.Response:
         """Argo CD's `app delete`: `?cascade=false` leaves the resources in place."""
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "delete", name)
+        name = allowed(request, "delete")
         cascade = request.query.get("cascade", "true").lower() != "false"
         forwarded = await forward(request, name)
         if forwarded is not None:
@@ -604,9 +594,7 @@ def build_app(daemon: Control) -> web.Application:
     @routes.delete("/api/v1/applications/{name}/operation")
     async def terminate_op(request: web.Request) -> web.Response:
         """Argo CD's `app terminate-op`: the running sync stops at its next step, Failed."""
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "sync", name)
+        name = allowed(request, "sync")
         forwarded = await forward(request, name)
         if forwarded is not None:
             return forwarded
@@ -620,9 +608,7 @@ def build_app(daemon: Control) -> web.Application:
     @routes.post("/api/v1/applications/{name}/parameters")
     async def parameters(request: web.Request) -> web.Response:
         """`app set -p` / `app unset -p`: {"set": {key: value}, "unset": [key]}."""
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "update", name)
+        name = allowed(request, "update")
         forwarded = await forward(request, name)
         if forwarded is not None:
             return forwarded
@@ -642,9 +628,7 @@ def build_app(daemon: Control) -> web.Application:
 
     @routes.get("/api/v1/applications/{name}/diff")
     async def diff(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "get", name)
+        name = allowed(request, "get")
         try:
             desired, cmp = await daemon.diff(daemon.workers[name].app)
         except GitopsdError as e:
@@ -654,9 +638,7 @@ def build_app(daemon: Control) -> web.Application:
     @routes.post("/api/v1/applications/{name}/diff")
     async def diff_local(request: web.Request) -> web.Response:
         """Live vs manifests the caller rendered from a local directory (`app diff --local`)."""
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "get", name)
+        name = allowed(request, "get")
         data = await body_json(request)
         bodies = data.get("manifests")
         if not isinstance(bodies, list) or not all(
@@ -677,9 +659,7 @@ def build_app(daemon: Control) -> web.Application:
     async def manifests(request: web.Request) -> web.Response:
         """The app's manifests as rendered from git (`?source=git`, the default) or the live
         objects of its resources (`?source=live`), secrets' data redacted."""
-        name = request.match_info["name"]
-        need(name)
-        auth.check_app(request, "get", name)
+        name = allowed(request, "get")
         source = request.query.get("source", "git")
         if source not in ("git", "live"):
             return web.json_response({"error": "source must be git or live"}, status=400)

@@ -254,3 +254,26 @@ def meaningful(record: dict[str, Any]) -> str:
     ]
     status["conditions"] = conditions
     return json.dumps([status, record.get("fingerprints")], sort_keys=True, default=str)
+
+
+def application_document(
+    app: Application, status: dict[str, Any], *, deleted_at: str = ""
+) -> dict[str, Any]:
+    """`app` as an Argo CD Application object: what the API returns and what notification
+    triggers and templates see. `deleted_at` sets metadata.deletionTimestamp."""
+    meta: dict[str, Any] = {
+        "name": app.name,
+        "namespace": app.namespace,
+        "labels": dict(app.labels),
+        "annotations": dict(app.annotations),
+        "finalizers": list(app.finalizers),
+    }
+    if deleted_at:
+        meta["deletionTimestamp"] = deleted_at
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": meta,
+        "spec": app.raw.get("spec", {}),
+        "status": status,
+    }
