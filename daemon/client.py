@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -49,6 +50,21 @@ class ApiClient:
             token = Path(token_file).read_text().strip()
         return cls(url.rstrip("/"), token)
 
+    def _local_token(self, path: str) -> str:
+        """The daemon's local token (named by its 401 answer), when the daemon is on this host
+        (loopback) and this user may read the file; "" otherwise."""
+        host = urlsplit(self.server).hostname or ""
+        if not path or host not in ("127.0.0.1", "::1", "localhost"):
+            return ""
+        try:
+            return Path(path).read_text().strip()
+        except OSError as e:
+            raise ApiError(
+                f"writes need a token: cannot read the daemon's local token {path}: {e.strerror} "
+                "(run as the daemon's user, or pass --token-file)",
+                exit_code=EXIT_API,
+            ) from e
+
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
@@ -63,6 +79,10 @@ class ApiClient:
             data = r.json()
         except ValueError:
             data = {"error": r.text}
+        if r.status_code == 401 and not self.token and isinstance(data, dict):
+            local = self._local_token(str(data.get("tokenFile") or ""))
+            if local:
+                return dataclasses.replace(self, token=local).call(method, path, body)
         if r.status_code >= 400:
             msg = data.get("error") if isinstance(data, dict) else None
             raise ApiError(

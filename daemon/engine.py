@@ -65,6 +65,7 @@ class Engine:
             mode=s.rollouts_controller,
             install_crds=s.rollouts_install_crds,
             ours=reconciler.tracks,
+            policy=reconciler.analysis_policy,
         )
         try:
             async with anyio.create_task_group() as tg:

@@ -38,7 +38,9 @@ from daemon.plan import diff as diffing
 from daemon.plan.project import app_violations, resource_violation
 from daemon.plan.tracking import TrackingMethod, owner_of
 from daemon.render import Renderer
+from daemon.rollouts import policy as analysis_policy
 from daemon.rollouts.controller import Rollouts
+from daemon.rollouts.egress import Policy
 from daemon.settings import Application, ClusterConfig, Config
 from daemon.sources.git import RepoCache
 from daemon.sources.lastgood import LastGood
@@ -111,6 +113,7 @@ class Reconciler:
         self.heal_retry_in = self.backoff.retry_in  # app -> seconds until self-heal may run
         self.children = ChildRegistry()
         self.generated: dict[str, str] = {}  # ApplicationSet-generated app -> its set
+        self.known: dict[str, Application] = {}  # instance name -> the app last reconciled
         # With several replicas (daemon.ha): whether this one owns the app now.
         self.owns: Callable[[str], bool] = lambda app: True
         # Argo Rollouts kinds in an app: CRDs installed and a controller run (set by Engine).
@@ -214,6 +217,7 @@ class Reconciler:
         try:
             # `app set -p` overrides; inapplicable ones (the app was edited) fail the run.
             app = overrides.apply(app, previous.get("overrides") or {})
+            self.known[app.instance_name] = app
             run.status = await self._run(app, run, sync, auto, poll_max_age, bound)
         except* GitopsdError as group:
             error = _first(group)
@@ -318,6 +322,25 @@ class Reconciler:
         return current.sha != sync.revision
 
     # === the stages ==========================================================================
+
+    def analysis_policy(self, ro: Body) -> Policy | None:
+        """What the analyses of Rollout `ro` may reach and read: its app's policy (settings
+        and project allow-lists, the project's Secret and Job rules); the settings' alone for
+        a Rollout no app deploys; None while its app has not been reconciled yet."""
+        s = self.config.settings
+        owner = owner_of(ro, self.tracking) or owner_of(ro, TrackingMethod.ANNOTATION)
+        if not owner:
+            return analysis_policy.unowned(allowed=s.analysis_allowed, listen=s.listen)
+        app = self.known.get(owner) or next(
+            (a for a in self.config.applications if a.instance_name == owner), None
+        )
+        project = self.project_for(app) if app is not None else None
+        if app is None or project is None:
+            return None
+        cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
+        return analysis_policy.for_app(
+            app, project, cluster, allowed=s.analysis_allowed, listen=s.listen
+        )
 
     def tracks(self, body: Body) -> bool:
         """True when `body` is tracked by one of this daemon's apps (configured, generated

@@ -9,6 +9,7 @@ reach a wave boundary (bounded), persist state and exit 0; SIGHUP reloads the co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -27,7 +28,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from daemon import appsets, kube
+from daemon import appsets, configfiles, kube
 from daemon import settings as settings_mod
 from daemon.appproject import AppProject
 from daemon.clusterwatch import ClusterMonitor
@@ -40,6 +41,7 @@ from daemon.notify import config as notify_config
 from daemon.notify import engine as notify_engine
 from daemon.notify import send as notify_send
 from daemon.reconciler import system_rules
+from daemon.removals import PendingRemovals
 from daemon.settings import Application, Config, Retry
 from daemon.stages import Comparison, Desired, SyncRequest
 from daemon.status import build
@@ -334,6 +336,7 @@ class Daemon:
         self.watches = DriftWatches(self)
         self.tg: TaskGroup | None = None
         self.waiting = 0
+        self.removals = PendingRemovals()
         self.file_stamps = self._stamps(config)
         self.metrics.sync_pool_size.set(config.settings.max_concurrent_syncs)
         self.metrics.config_valid.set(1)
@@ -1173,36 +1176,26 @@ class Daemon:
 
     # --- config -----------------------------------------------------------------------------
 
-    def _stamps(self, config: Config) -> dict[str, float]:
-        stamps: dict[str, float] = {}
-        for f in config.files:
-            try:
-                stamps[f] = os.stat(f).st_mtime_ns
-            except OSError:
-                stamps[f] = -1
-        app_dir_stamp = 0.0
-        for pattern_dir in {str(Path(f).parent) for f in config.files}:
-            try:
-                app_dir_stamp += os.stat(pattern_dir).st_mtime_ns
-            except OSError:
-                pass
-        stamps["<dirs>"] = app_dir_stamp
-        return stamps
+    def _stamps(self, config: Config) -> dict[str, configfiles.Stamp | None]:
+        return configfiles.stamps(config.path, Path(config.path).parent, config.patterns)
 
     async def _config_watcher(self) -> None:
         while True:
             await anyio.sleep(1.0)
+            due = self.removals.due(time.monotonic(), self.config.settings.app_removal_grace_period)
             try:
                 current = self._stamps(self.config)
             except OSError:
                 continue
-            if current != self.file_stamps:
-                await self.reload()
+            if current != self.file_stamps or (due and not self.config_error):
+                await self.reload(confirm=due)
 
-    async def reload(self) -> None:
-        """Load the config again; apply it only if all of it is valid."""
+    async def reload(self, *, confirm: frozenset[str] = frozenset()) -> None:
+        """Load the config again; apply it only if all of it is valid. An app missing from the
+        files stays until a read at least `appRemovalGracePeriod` later (`confirm`) still lacks
+        it: a file caught mid-write never deletes anything."""
         try:
-            new = settings_mod.load(self.config_path)
+            new = settings_mod.load(self.config_path, previous=self.config)
             system_rules(new)  # argocd-cm rules are checked before anything switches
         except (ConfigError, OSError) as e:
             self.config_error = str(e)
@@ -1218,6 +1211,8 @@ class Daemon:
         self.metrics.config_valid.set(1)
         old_apps = {a.name: a for a in self.config.applications}
         new_apps = {a.name: a for a in new.applications}
+        removed = self._pending_removals(old_apps, new_apps, confirm)
+        new = dataclasses.replace(new, applications=(*new.applications, *self.removals.held()))
         self.config = new
         self.engine.reconciler.config = new
         self.engine.reconciler.settings = new.settings
@@ -1232,10 +1227,36 @@ class Daemon:
                 self.workers[name].app = app
                 self.workers[name].trigger("config changed")
         self._appset_wake.set()
-        for name, app in old_apps.items():
-            if name not in new_apps:
-                self._remove_app(app, "app removed")
+        for app in removed:
+            self._remove_app(app, "app removed")
         self._reshard()  # the apps changed: assign the new ones
+
+    def _pending_removals(
+        self,
+        old_apps: dict[str, Application],
+        new_apps: dict[str, Application],
+        confirm: frozenset[str],
+    ) -> list[Application]:
+        """The apps whose removal this read confirms; the others missing start (or keep)
+        waiting for a later read, and those back in the files stop waiting."""
+        grace = self.config.settings.app_removal_grace_period
+        for name in list(self.removals.since):
+            if name in new_apps and self.removals.back(name):
+                log.info("app back in the config files; not removed", app=name)
+        removed: list[Application] = []
+        now = time.monotonic()
+        for name, app in old_apps.items():
+            if name in new_apps:
+                continue
+            if grace <= 0 or name in confirm:
+                removed.append(self.removals.confirm(name) or app)
+            elif self.removals.note(app, now):
+                log.warning(
+                    "app gone from the config files; removed if still gone after the grace period",
+                    app=name,
+                    grace_seconds=grace,
+                )
+        return removed
 
     def _stop_worker(self, name: str) -> AppWorker | None:
         """Stop managing `name` (its worker finishes its current run and ends)."""

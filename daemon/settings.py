@@ -8,7 +8,6 @@ collected as warnings. Pure apart from reading the files.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from daemon import cmp, customizations, yamlio
+from daemon import cmp, configfiles, customizations, yamlio
 from daemon.appproject import DEFAULT_PROJECT, AppProject, OrphanedResources
 from daemon.appproject.roles import parse_roles
 from daemon.appproject.windows import project_sync_windows
@@ -25,6 +24,7 @@ from daemon.customizations import Customizations
 from daemon.durations import parse_go_duration
 from daemon.errors import ConfigError
 from daemon.notify import config as notify_config
+from daemon.rollouts import egress
 
 IN_CLUSTER_SERVER = "https://kubernetes.default.svc"
 IN_CLUSTER_NAME = "in-cluster"
@@ -183,10 +183,16 @@ class Settings:
     inventory_namespace: str = "gitopsd-system"  # where per-app inventories live in-cluster
     listen: str = "127.0.0.1:8080"
     self_heal_debounce: float = 1.0  # seconds to batch drift events before a self-heal
+    # An app gone from the config files is removed (its resources deleted, with the finalizer)
+    # only if it is still gone when the files are read again this many seconds later.
+    app_removal_grace_period: float = 15.0
     # Argo CD gives Application resources no health check: a parent does not wait for its
     # children. True restores the wait (what Argo CD's docs add with a Lua health check).
     app_of_apps_health_gate: bool = False
     metrics_token_file: str = ""  # when set, /metrics needs this bearer token
+    # The daemon's local admin token (mode 0600), what API writes need without apiTokens
+    # ("": stateDir/local-api-token).
+    local_token_file: str = ""
     # Argo CD's application.resourceTrackingMethod: annotation | label | annotation+label
     # ("" = argocd-cm's, else annotation).
     resource_tracking_method: str = ""
@@ -197,6 +203,9 @@ class Settings:
     # (always) or for none (never).
     rollouts_install_crds: bool = True
     rollouts_controller: str = "auto"
+    # settings.rollouts.analysis.allowedAddresses: where every app's analysis metrics may
+    # reach (URL prefixes or IP networks); an AppProject's annotation adds its own.
+    analysis_allowed: tuple[egress.Entry, ...] = ()
     # Several replicas sharing the apps through Leases (daemon.ha); off: one process owns all.
     sharding_enabled: bool = False
     sharding_cluster: str = ""  # the cluster holding the Leases ("": the first configured one)
@@ -237,6 +246,8 @@ class Config:
     webhooks: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()  # the `applications` globs, matched again by the watcher
+    documents: dict[str, int] = field(default_factory=dict)  # documents read per app file
     customizations: Customizations = field(default_factory=Customizations)  # from argocd-cm
     plugins: tuple[cmp.Plugin, ...] = ()  # ConfigManagementPlugin documents
     notifications: notify_config.Notifications | None = None  # argocd-notifications-cm
@@ -621,6 +632,10 @@ def parse_project(doc: dict[str, Any], *, where: str, warnings: list[str]) -> Ap
             for i, k in enumerate(entries("signatureKeys"))
         ),
         orphaned_resources=_orphaned(spec.raw("orphanedResources"), where),
+        analysis_allowed=_egress_entries(
+            [str((meta.map("annotations")).get(egress.ANNOTATION) or "")],
+            f"{where}.metadata.annotations[{egress.ANNOTATION}]",
+        ),
         file=where.split(":", 1)[0],
         raw=doc,
     )
@@ -654,30 +669,6 @@ def _orphaned(raw: Any, where: str) -> OrphanedResources | None:
     return OrphanedResources(warn=True if warn is None else bool(warn), ignore=tuple(ignore))
 
 
-def _read_documents(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror}", file=str(path)) from e
-    try:
-        docs = list(yamlio.load_all(text))
-    except yaml.YAMLError as e:
-        raise ConfigError(
-            f"invalid YAML: {getattr(e, 'problem', e)}", file=str(path), line=yamlio.error_line(e)
-        ) from e
-    out: list[tuple[int, dict[str, Any]]] = []
-    for i, doc in enumerate(docs, start=1):
-        if doc is None:
-            continue
-        if not isinstance(doc, dict):
-            raise ConfigError(f"document {i}: expected a mapping", file=str(path))
-        if doc.get("kind") == "List" and isinstance(doc.get("items"), list):
-            out.extend((i, item) for item in doc["items"] if isinstance(item, dict))
-        else:
-            out.append((i, doc))
-    return out
-
-
 def _resolve(base: Path, value: str) -> str:
     if not value:
         return ""
@@ -690,12 +681,25 @@ def _rollouts(r: _Fields, d: Settings) -> dict[str, Any]:
     mode = r.text("controller", d.rollouts_controller)
     if mode not in ("auto", "always", "never"):
         raise ConfigError(f"{r.where}.controller: must be auto, always or never, not {mode!r}")
+    a = _Fields(r.raw("analysis") or {}, f"{r.where}.analysis", r.warnings)
+    allowed = a.list("allowedAddresses")
+    a.done()
     out = {
         "rollouts_install_crds": r.bool("installCRDs", d.rollouts_install_crds),
         "rollouts_controller": mode,
+        "analysis_allowed": _egress_entries(
+            [str(v) for v in allowed], f"{a.where}.allowedAddresses"
+        ),
     }
     r.done()
     return out
+
+
+def _egress_entries(values: list[str], where: str) -> tuple[egress.Entry, ...]:
+    try:
+        return egress.parse_entries(values, where=where)
+    except egress.EgressError as e:
+        raise ConfigError(str(e)) from e
 
 
 def _backup(b: _Fields, d: Settings, base: Path) -> dict[str, Any]:
@@ -813,12 +817,14 @@ def _sharding(r: _Fields, d: Settings) -> dict[str, Any]:
     return out
 
 
-def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the settings file at `path` and every document it references."""
+def load(path: str | os.PathLike[str], *, previous: Config | None = None) -> Config:
+    """Read and validate the settings file at `path` and every document it references.
+    With `previous` (the running config), a file that held documents and is now empty is an
+    error rather than an edit that removes them."""
     cfg_path = Path(path).resolve()
     base = cfg_path.parent
     warnings: list[str] = []
-    docs = _read_documents(cfg_path)
+    docs = configfiles.read_documents(cfg_path)
     if len(docs) != 1:
         raise ConfigError("expected exactly one settings document", file=str(cfg_path))
     top = _Fields(docs[0][1], str(cfg_path), warnings)
@@ -852,11 +858,13 @@ def load(path: str | os.PathLike[str]) -> Config:
         inventory_namespace=s.text("inventoryNamespace", d.inventory_namespace),
         listen=s.text("listen", d.listen),
         self_heal_debounce=dur("selfHealDebounce", d.self_heal_debounce),
+        app_removal_grace_period=dur("appRemovalGracePeriod", d.app_removal_grace_period),
         app_of_apps_health_gate=s.bool("appOfAppsHealthGate", d.app_of_apps_health_gate),
         resource_tracking_method=_tracking_method(
             s.text("resourceTrackingMethod", d.resource_tracking_method), f"{s.where}"
         ),
         metrics_token_file=_resolve(base, s.text("metricsTokenFile", d.metrics_token_file)),
+        local_token_file=_resolve(base, s.text("localTokenFile", d.local_token_file)),
         cluster_probe_interval=dur("clusterProbeInterval", d.cluster_probe_interval),
         cluster_unreachable_after=dur("clusterUnreachableAfter", d.cluster_unreachable_after),
         **_rollouts(_Fields(s.raw("rollouts") or {}, f"{s.where}.rollouts", warnings), d),
@@ -945,13 +953,9 @@ def load(path: str | os.PathLike[str]) -> Config:
     patterns = [str(p) for p in top.list("applications")]
     top.done()
 
-    files: list[Path] = []
-    for pattern in patterns:
-        full = pattern if os.path.isabs(pattern) else str(base / pattern)
-        matches = sorted(glob.glob(full, recursive=True))
-        if not matches and not glob.has_magic(pattern):
-            raise ConfigError(f"applications: file {pattern!r} does not exist", file=str(cfg_path))
-        files.extend(Path(m) for m in matches if Path(m).is_file())
+    files = configfiles.expand(base, patterns, where=str(cfg_path))
+    held = previous.documents if previous is not None else {}
+    counts: dict[str, int] = {}
 
     apps: list[Application] = []
     projects: list[AppProject] = []
@@ -963,10 +967,11 @@ def load(path: str | os.PathLike[str]) -> Config:
     errors: list[ConfigError] = []  # every bad document is reported, not only the first
     for f in files:
         try:
-            documents = _read_documents(f)
+            documents = configfiles.read_documents(f, held=held.get(str(f), 0))
         except ConfigError as e:
             errors.append(e)
             continue
+        counts[str(f)] = len(documents)
         for i, doc in documents:
             try:
                 where = f"{f}: document {i}"
@@ -1050,6 +1055,8 @@ def load(path: str | os.PathLike[str]) -> Config:
         webhooks=webhooks,
         warnings=tuple(warnings),
         files=(str(cfg_path), *(str(f) for f in files)),
+        patterns=tuple(patterns),
+        documents=counts,
         customizations=cms[0] if cms else Customizations(),
         plugins=tuple(plugins),
         notifications=notifications,

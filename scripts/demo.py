@@ -57,6 +57,9 @@ def api(path: str, method: str = "GET") -> dict:
     req = urllib.request.Request(
         API + path, method=method, data=b"{}" if method == "POST" else None
     )
+    token = DEMO / "state" / "local-api-token"  # API writes need the daemon's local token
+    if method != "GET" and token.exists():
+        req.add_header("Authorization", f"Bearer {token.read_text().strip()}")
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
@@ -509,6 +512,8 @@ def main() -> int:
             reconcileInterval="60s",
             syncWaveDelay="1s",
             backup={"dir": str(DEMO / "backups"), "keep": 3},
+            # Analyses reach only listed addresses; loopback only when named, as here.
+            rollouts={"analysis": {"allowedAddresses": [prometheus]}},
         )
         say(f"Running: gitopsd run -c .demo/gitopsd.yaml   (logs in .demo/gitopsd.log, API {API})")
         log = (DEMO / "gitopsd.log").open("wb")

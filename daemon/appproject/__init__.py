@@ -13,6 +13,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from daemon.errors import ConfigError
+from daemon.rollouts.egress import Entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class AppProject:
     signature_keys: tuple[str, ...] = ()
     # spec.orphanedResources: None (not monitored) or (warn, ignore entries).
     orphaned_resources: OrphanedResources | None = None
+    # Annotation gitopsd.io/analysis-allowed-addresses: where this project's analyses may reach.
+    analysis_allowed: tuple[Entry, ...] = ()
     file: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 

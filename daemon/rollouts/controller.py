@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,7 @@ from daemon.model import ResourceType
 from daemon.rollouts import analysis as an
 from daemon.rollouts import crds, ingress, restart
 from daemon.rollouts.actions import ActionError, plan_action
+from daemon.rollouts.egress import Policy, job_refusal, redact
 from daemon.rollouts.plan import (
     Plan,
     ReplicaSet,
@@ -58,6 +60,8 @@ RELIST_AFTER_ERROR = 2.0
 WORKLOAD_GENERATION = "rollout.argoproj.io/workload-generation"
 INVALID_RECHECK = 5.0
 JOB_POLL = 1.0  # seconds between looks at a job measurement's Job
+POLICY_WAIT = 2.0  # seconds before measuring again when the Rollout's app is not known yet
+MAX_VALUE = 1024  # characters of a measured value (or message) written to the run's status
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -126,11 +130,13 @@ class ClusterRollouts:
         *,
         mode: str = "auto",
         ours: Callable[[Body], bool] = lambda ro: True,
+        policy: Callable[[Body], Policy | None] = lambda ro: None,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.client = client
         self.mode = mode
         self.ours = ours
+        self.policy = policy  # what a Rollout's analyses may reach and read (None: not yet known)
         self.now = now
         self.dirty: set[tuple[str, str]] = set()
         self.due: dict[tuple[str, str], float] = {}  # monotonic time of a requested requeue
@@ -319,11 +325,12 @@ class ClusterRollouts:
         mine = [ReplicaSet.of(b) for b in owned if _owned_by(b, uid)]
         runs = await self._runs(namespace, uid)
         wake = None
+        policy = self.policy(ro)
         for run in runs:
             timed = ("analysis_run", namespace, str((run.get("metadata") or {}).get("name")))
             started = time.monotonic()
             try:
-                after = await self._measure(run)
+                after = await self._measure(run, policy)
             except KubeError:
                 self.timings.error(timed)
                 raise
@@ -619,13 +626,15 @@ class ClusterRollouts:
             ro, "AnalysisRunRunning", f"Analysis Run '{run['metadata']['name']}' created"
         )
 
-    async def _measure(self, run: Body) -> float | None:
-        """Take the run's due measurements and write its status; seconds until the next is
-        due (None when the run is complete)."""
+    async def _measure(self, run: Body, policy: Policy | None) -> float | None:
+        """Take the run's due measurements within the app's `policy` and write its status;
+        seconds until the next is due (None when the run is complete)."""
         meta, spec = run.get("metadata") or {}, run.get("spec") or {}
         old = run.get("status") or {}
         if old.get("phase") in an.COMPLETED:
             return None
+        if policy is None:  # the app is not known yet (just started): measure nothing
+            return POLICY_WAIT
         now = self.now()
         status: Body = dict(old)
         started = _parse(status.get("startedAt")) or now
@@ -649,14 +658,18 @@ class ClusterRollouts:
         )
         jobs_running = await self._jobs(run, metrics, results, terminate=terminating)
         if due:
-            secrets = await self._secrets(str(meta.get("namespace", "")), spec)
+            secrets, refused = await self._secrets(str(meta.get("namespace", "")), spec, policy)
             measured: dict[str, Body] = {}
 
             async def one(m: an.Metric) -> None:
-                if "job" in m.provider:
-                    results[m.name] = await self._start_job(run, m, results.get(m.name) or {})
+                why = _uses_refused(m, refused)
+                if why:
+                    measured[m.name] = _refused(why, self.now())
+                elif "job" in m.provider:
+                    result = results.get(m.name) or {}
+                    results[m.name] = await self._start_job(run, m, result, policy)
                 else:
-                    measured[m.name] = await _take(m, secrets, self.now)
+                    measured[m.name] = await _take(m, secrets, self.now, policy)
 
             async with anyio.create_task_group() as tg:
                 for m in due:
@@ -689,13 +702,18 @@ class ClusterRollouts:
         run["status"] = status  # the plan that follows sees this measurement
         return wait if wait is not None else (None if phase_ in an.COMPLETED else 1.0)
 
-    async def _start_job(self, run: Body, m: an.Metric, result: Body) -> Body:
-        """A `job` measurement: create its Job; the measurement runs until the Job ends."""
+    async def _start_job(self, run: Body, m: an.Metric, result: Body, policy: Policy) -> Body:
+        """A `job` measurement: create its Job; the measurement runs until the Job ends. The
+        Job is made with the daemon's credentials, so it must be one the app's project lets
+        the app make, and its pods may not reach into the host."""
         now = self.now()
         number = int(result.get("count") or 0) + int(result.get("error") or 0) + 1
         measurement: Body = {"phase": an.RUNNING, "startedAt": an.iso(now)}
         try:
             job = an.job_for(run, m, number)
+            why = policy.job_denied or job_refusal(job)
+            if why:
+                raise an.AnalysisError(f"job provider refused: {why}")
             try:
                 await self.client.create(self.types["job"], job)
             except KubeError as e:
@@ -772,19 +790,27 @@ class ClusterRollouts:
             manager=MANAGER,
         )
 
-    async def _secrets(self, namespace: str, spec: Body) -> dict[str, str]:
-        """Values of the run's secretKeyRef args, read only at measurement time."""
+    async def _secrets(
+        self, namespace: str, spec: Body, policy: Policy
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Values of the run's secretKeyRef args, read only at measurement time, and why each
+        refused arg is: only Secrets the app's project lets it manage are read."""
         out: dict[str, str] = {}
+        refused: dict[str, str] = {}
         for a in spec.get("args") or []:
             ref = (a.get("valueFrom") or {}).get("secretKeyRef")
             if not ref:
+                continue
+            why = policy.secret_refusal(namespace, str(ref.get("name")))
+            if why:
+                refused[str(a.get("name"))] = f"secretKeyRef of arg {a.get('name')!r}: {why}"
                 continue
             secret = await self.client.get(self.types["secret"], namespace, str(ref.get("name")))
             raw = ((secret or {}).get("data") or {}).get(str(ref.get("key")))
             if raw is None:
                 continue
             out[str(a["name"])] = base64.b64decode(raw).decode(errors="replace")
-        return out
+        return out, refused
 
     async def _point(self, namespace: str, svc: str, h: str, rollout: str, status: Body) -> None:
         """Point a Service's selector at the pods of template hash `h`."""
@@ -854,29 +880,43 @@ def _parse(value: Any) -> dt.datetime | None:
         return None
 
 
-async def _take(m: an.Metric, secrets: dict[str, str], now: Callable[[], dt.datetime]) -> Body:
-    """One measurement of `m`: its value and phase, or Error with the provider's message
-    (secret values never appear in it)."""
+async def _take(
+    m: an.Metric, secrets: dict[str, str], now: Callable[[], dt.datetime], policy: Policy
+) -> Body:
+    """One measurement of `m`: its value and phase, or Error with the provider's message.
+    Secret values and header values never appear in what is written (the tenant reads it),
+    and the value is cut to MAX_VALUE characters."""
     # Imported here: httpx is only needed once an analysis measures (a start stays light).
     from daemon.rollouts import providers
 
     started = now()
     measurement: Body = {"startedAt": an.iso(started)}
+    provider = m.provider
     try:
         provider = an.substitute(m.provider, secrets) if secrets else m.provider
-        value = await providers.measure(provider)
-        measurement["value"] = value.text
+        value = await providers.measure(provider, policy)
+        measurement["value"] = redact(value.text, provider, secrets)[:MAX_VALUE]
         phase_, message = an.evaluate_result(m, value.result)
     except (providers.ProviderError, an.AnalysisError) as e:
         phase_, message = an.ERROR, str(e)
-    for secret in secrets.values():
-        if secret:
-            message = message.replace(secret, "*****")
+    message = redact(message, provider, secrets)[:MAX_VALUE]
     measurement["phase"] = phase_
     if message:
         measurement["message"] = message
     measurement["finishedAt"] = an.iso(now())
     return measurement
+
+
+def _uses_refused(m: an.Metric, refused: dict[str, str]) -> str:
+    """Why `m` may not be measured: it uses a secret arg its app may not read ("" = none)."""
+    text = json.dumps(m.provider)
+    return next((why for arg, why in refused.items() if f"{{{{args.{arg}}}}}" in text), "")
+
+
+def _refused(reason: str, now: dt.datetime) -> Body:
+    """A measurement the app's policy refused before anything was sent."""
+    at = an.iso(now)
+    return {"startedAt": at, "finishedAt": at, "phase": an.ERROR, "message": reason}
 
 
 def _provider_kind(run: Body, metric: str) -> str:
@@ -913,10 +953,12 @@ class Rollouts:
         mode: str = "auto",
         install_crds: bool = True,
         ours: Callable[[Body], bool] = lambda ro: True,
+        policy: Callable[[Body], Policy | None] = lambda ro: None,
     ) -> None:
         self.mode = mode
         self.install_crds = install_crds
         self.ours = ours
+        self.policy = policy
         self.controllers: dict[str, ClusterRollouts] = {}
         self._wanted: dict[str, KubeClient] = {}
         self._wake = anyio.Event()
@@ -940,7 +982,9 @@ class Rollouts:
             while True:
                 for name, client in list(self._wanted.items()):
                     if name not in self.controllers:
-                        ctl = ClusterRollouts(client, mode=self.mode, ours=self.ours)
+                        ctl = ClusterRollouts(
+                            client, mode=self.mode, ours=self.ours, policy=self.policy
+                        )
                         self.controllers[name] = ctl
                         tg.start_soon(self._supervise, ctl)
                 self._wake = anyio.Event()

@@ -4,6 +4,10 @@
   list of floats (even with one sample), a scalar a float, a matrix all samples flattened.
 - `web`: an HTTP request whose JSON answer is read at `jsonPath` (`{$.data.ok}`).
 
+Every request goes only to an address the app's policy allows (`daemon.rollouts.egress`),
+connected to the address that was checked, without environment proxies or redirects, within
+its timeout as a whole, and reads at most MAX_BODY bytes.
+
 The `job` provider needs the cluster, so the controller runs it (a Job per measurement). Any
 other provider is a measurement Error that names it, so a run never passes a metric it did not
 measure.
@@ -11,16 +15,24 @@ measure.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 
+from daemon.rollouts.egress import DEFAULT_PORTS, Address, Policy
+
 Body = dict[str, Any]
+MAX_BODY = 4 * 1024 * 1024  # bytes of an answer read at most
+DEFAULT_TIMEOUT = 30.0
+RESOLVE_TIMEOUT = 5.0
 
 
 class ProviderError(Exception):
@@ -55,7 +67,7 @@ def _format(value: Any) -> str:
     return one(value)
 
 
-async def prometheus(spec: Body, timeout_default: float = 30.0) -> Value:
+async def prometheus(spec: Body, policy: Policy, timeout_default: float = 30.0) -> Value:
     """Run a Prometheus query; raises ProviderError with Argo Rollouts' messages."""
     address = str(spec.get("address") or os.environ.get("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS", ""))
     if not address:
@@ -81,17 +93,23 @@ async def prometheus(spec: Body, timeout_default: float = 30.0) -> Value:
         rq = spec["rangeQuery"]
         path = "/api/v1/query_range"
         params.update(start=str(rq.get("start")), end=str(rq.get("end")), step=str(rq.get("step")))
+    url = httpx.URL(address.rstrip("/") + path, params=params)
+    answer = await _request(
+        policy,
+        "GET",
+        url,
+        headers=headers,
+        verify=not spec.get("insecure"),
+        timeout=seconds or DEFAULT_TIMEOUT,
+        auth=auth,
+    )
     try:
-        async with httpx.AsyncClient(
-            verify=not spec.get("insecure"), timeout=seconds or None, auth=auth
-        ) as client:
-            r = await client.get(address.rstrip("/") + path, params=params, headers=headers)
-    except httpx.HTTPError as e:
-        raise ProviderError(f"{type(e).__name__}: {e}".rstrip(": ")) from e
-    try:
-        data = r.json()
+        data = json.loads(answer.body)
     except ValueError as e:
-        raise ProviderError(f"prometheus answered HTTP {r.status_code}: {r.text[:200]}") from e
+        text = answer.body[:200].decode(errors="replace")
+        raise ProviderError(f"prometheus answered HTTP {answer.status}: {text}") from e
+    if not isinstance(data, dict):
+        raise ProviderError("prometheus answered JSON that is not an object")
     if data.get("status") != "success":
         raise ProviderError(f"prometheus: {data.get('errorType', '')}: {data.get('error', '')}")
     result = data.get("data") or {}
@@ -108,31 +126,134 @@ async def prometheus(spec: Body, timeout_default: float = 30.0) -> Value:
     raise ProviderError("Prometheus metric type not supported")
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer read whole (at most MAX_BODY bytes)."""
+
+    status: int
+    body: bytes
+
+
+def _local(ip: Address) -> bool:
+    """Whether `ip` is one of this host's addresses (binding to it succeeds)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
+
+
+async def _pinned(policy: Policy, url: httpx.URL) -> httpx.URL:
+    """`url` with its host replaced by the first of its addresses the policy allows, so the
+    connection goes where it was checked (a second DNS answer cannot move it)."""
+    host = url.host
+    try:
+        addresses: list[Address] = [ipaddress.ip_address(host)]
+    except ValueError:
+        port = url.port or DEFAULT_PORTS.get(url.scheme, 0)
+        try:
+            with anyio.fail_after(RESOLVE_TIMEOUT):
+                infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as e:
+            raise ProviderError(f"cannot resolve {host!r}: {e}") from e
+        addresses = []
+        for info in infos:
+            ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            if ip not in addresses:
+                addresses.append(ip)
+    refusals = []
+    for ip in addresses:
+        why = policy.url_refusal(str(url.copy_with(query=None)), ip, local=_local(ip))
+        if not why:
+            return url.copy_with(host=str(ip))
+        refusals.append(why)
+    raise ProviderError(f"refused: {refusals[0] if refusals else 'no address'}")
+
+
+async def _request(
+    policy: Policy,
+    method: str,
+    url: httpx.URL,
+    *,
+    headers: dict[str, str],
+    verify: bool,
+    timeout: float,
+    content: bytes | None = None,
+    auth: httpx.Auth | None = None,
+) -> Answer:
+    """One request to an allowed address: no proxies from the environment, no redirects
+    followed, the whole exchange within `timeout`, the answer at most MAX_BODY bytes."""
+    if url.scheme not in DEFAULT_PORTS:
+        raise ProviderError(f"{url.scheme!r} is not http or https")
+    pinned = await _pinned(policy, url)
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    sent = {**headers, "Host": host if url.port is None else f"{host}:{url.port}"}
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    try:
+        with anyio.fail_after(timeout):
+            async with (
+                httpx.AsyncClient(
+                    verify=verify,
+                    timeout=timeout,
+                    auth=auth,
+                    trust_env=False,
+                    follow_redirects=False,
+                ) as client,
+                client.stream(
+                    method, pinned, headers=sent, content=content, extensions=extensions
+                ) as r,
+            ):
+                body = bytearray()
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        raise ProviderError(f"the answer is larger than {MAX_BODY} bytes")
+                return Answer(r.status_code, bytes(body))
+    except TimeoutError as e:
+        raise ProviderError(f"no complete answer within {timeout:g}s") from e
+    except httpx.HTTPError as e:
+        raise ProviderError(f"{type(e).__name__}: {e}".rstrip(": ")) from e
+
+
 _JSON_PATH = re.compile(r"^\{\s*\$(?P<path>(?:\.[A-Za-z0-9_-]+|\[\d+\])*)\s*\}$")
 
 
-async def web(spec: Body) -> Value:
+async def web(spec: Body, policy: Policy) -> Value:
     """An HTTP request; the value is the JSON answer at `jsonPath` (the whole answer without)."""
     url = str(spec.get("url") or "")
     if not url:
         raise ProviderError("web provider: url is required")
     method = str(spec.get("method") or "GET").upper()
     headers = {str(h.get("key")): str(h.get("value")) for h in spec.get("headers") or []}
-    timeout = float(spec.get("timeoutSeconds") or 10)
+    try:
+        timeout = float(spec.get("timeoutSeconds") or 10)
+    except (TypeError, ValueError) as e:
+        raise ProviderError(f"web provider: timeoutSeconds is not a number: {e}") from e
     body = spec.get("jsonBody") if spec.get("jsonBody") is not None else spec.get("body")
+    if isinstance(body, dict | list):
+        content: bytes | None = json.dumps(body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    else:
+        content = None if body is None else str(body).encode()
     try:
-        async with httpx.AsyncClient(verify=not spec.get("insecure"), timeout=timeout) as client:
-            if isinstance(body, dict | list):
-                r = await client.request(method, url, headers=headers, json=body)
-            else:
-                content = None if body is None else str(body).encode()
-                r = await client.request(method, url, headers=headers, content=content)
-    except httpx.HTTPError as e:
-        raise ProviderError(f"{type(e).__name__}: {e}".rstrip(": ")) from e
-    if r.status_code >= 300:
-        raise ProviderError(f"received non 2xx response code: {r.status_code}")
+        target = httpx.URL(url)
+    except httpx.InvalidURL as e:
+        raise ProviderError(f"web provider: invalid url: {e}") from e
+    answer = await _request(
+        policy,
+        method,
+        target,
+        headers=headers,
+        verify=not spec.get("insecure"),
+        timeout=timeout,
+        content=content,
+    )
+    if answer.status >= 300:
+        raise ProviderError(f"received non 2xx response code: {answer.status}")
     try:
-        data: Any = r.json()
+        data: Any = json.loads(answer.body)
     except ValueError as e:
         raise ProviderError(f"could not parse JSON body: {e}") from e
     path = str(spec.get("jsonPath") or "{$}")
@@ -150,11 +271,11 @@ async def web(spec: Body) -> Value:
     return Value(data, json.dumps(data) if not isinstance(data, str) else data)
 
 
-async def measure(provider: Body) -> Value:
-    """Take one measurement with the metric's provider."""
+async def measure(provider: Body, policy: Policy) -> Value:
+    """Take one measurement with the metric's provider, within the app's `policy`."""
     ((kind, spec),) = provider.items()
     if kind == "prometheus":
-        return await prometheus(spec or {})
+        return await prometheus(spec or {}, policy)
     if kind == "web":
-        return await web(spec or {})
+        return await web(spec or {}, policy)
     raise ProviderError(f"metric provider {kind!r} is not supported by this gitopsd")

@@ -1,8 +1,9 @@
 """The HTTP API: health probes, metrics, Argo CD-shaped applications, sync/refresh/rollback,
 and git webhooks (GitHub, GitLab, Gitea/Gogs, Bitbucket) — all on one port.
 
-Mutating calls need an admin token whenever the API listens beyond loopback (or whenever tokens
-are configured); tokens are compared by hash and never logged or echoed.
+Mutating calls always need a token: a configured admin token, or the daemon's local token
+(`daemon.status.localtoken`, a file only its user can read); reads are open on loopback when no
+tokens are configured. Tokens are compared by hash and never logged or echoed.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from aiohttp import web
 from daemon.appproject import AppProject
 from daemon.appproject.roles import authorize
 from daemon.appsets import Expansion
-from daemon.errors import GitopsdError, KubeError
+from daemon.errors import ConfigError, GitopsdError, KubeError
 from daemon.labels import parse_selector
 from daemon.model import Manifest, ResourceKey
 from daemon.plan.diff import redact_secret
 from daemon.settings import Application, Config
 from daemon.stages import Comparison, Desired, SyncRequest
-from daemon.status import ui
+from daemon.status import localtoken, ui
 from daemon.status.build import application_document
 from daemon.status.metrics import Metrics
 
@@ -129,8 +130,10 @@ def _hash(token: str) -> str:
 class Auth:
     """Bearer tokens from the config's `apiTokens`, held only as hashes."""
 
-    def __init__(self, daemon: Control) -> None:
+    def __init__(self, daemon: Control, *, local_token: str = "", token_file: str = "") -> None:
         self.daemon = daemon
+        self.local_hash = _hash(local_token) if local_token else ""
+        self.token_file = token_file  # where the local token is, named in 401 answers
 
     def tokens(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         out = {}
@@ -148,7 +151,9 @@ class Auth:
         return out
 
     def valid(self, token: str) -> bool:
-        """Whether `token` is one of the configured API tokens."""
+        """Whether `token` is one of the configured API tokens or the local token."""
+        if self.local_hash and hmac.compare_digest(_hash(token), self.local_hash):
+            return True
         return _hash(token) in self.tokens()
 
     def loopback_only(self) -> bool:
@@ -175,10 +180,13 @@ class Auth:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             cookie = request.cookies.get(ui.COOKIE, "") if request.get(ui.UI_FLAG) else ""
-            return self.tokens().get(_hash(cookie.strip())) if cookie.strip() else None
-        value = header[7:].strip(" \t")  # ASCII only: no Unicode whitespace games
+            value = cookie.strip()
+        else:
+            value = header[7:].strip(" \t")  # ASCII only: no Unicode whitespace games
         if not value:
             return None
+        if self.local_hash and hmac.compare_digest(_hash(value), self.local_hash):
+            return ("admin", ())
         return self.tokens().get(_hash(value))
 
     def role(self, request: web.Request) -> str | None:
@@ -186,12 +194,23 @@ class Auth:
         return p[0] if p else None
 
     def open_access(self, *, mutating: bool) -> bool:
-        """No tokens configured: loopback is open; beyond loopback nothing is (app data names
-        every tenant's repositories and resources)."""
-        del mutating  # reads and writes are treated alike beyond loopback
-        if self.daemon.config.api_tokens:
+        """No tokens configured: loopback is open for reading; beyond loopback nothing is (app
+        data names every tenant's repositories and resources). Writes always need a token: the
+        local one (`daemon.status.localtoken`) when none is configured."""
+        if mutating or self.daemon.config.api_tokens:
             return False
         return self.loopback_only()
+
+    def unauthorized(self) -> web.HTTPUnauthorized:
+        """401, saying where the local token is when the API is open for reading."""
+        body: dict[str, str] = {"error": "a valid bearer token is required"}
+        if self.token_file and self.open_access(mutating=False):
+            body["error"] = (
+                "writes need a bearer token; without apiTokens the daemon's local token is in "
+                f"{self.token_file} (readable by the daemon's user only)"
+            )
+            body["tokenFile"] = self.token_file
+        return web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json")
 
     def metrics_allowed(self, request: web.Request) -> bool:
         """/metrics: open unless `metricsTokenFile` is set; then that token (or an admin or
@@ -261,10 +280,7 @@ class Auth:
         if self.may(request, action, app_name):
             return
         if self.principal(request) is None:
-            raise web.HTTPUnauthorized(
-                text=json.dumps({"error": "a valid bearer token is required"}),
-                content_type="application/json",
-            )
+            raise self.unauthorized()
         raise web.HTTPForbidden(
             text=json.dumps({"error": f"not allowed to {action} application {app_name}"}),
             content_type="application/json",
@@ -275,10 +291,7 @@ class Auth:
         if self.open_access(mutating=mutating):
             return
         if role is None:
-            raise web.HTTPUnauthorized(
-                text=json.dumps({"error": "a valid bearer token is required"}),
-                content_type="application/json",
-            )
+            raise self.unauthorized()
         if mutating and role != "admin":
             raise web.HTTPForbidden(
                 text=json.dumps({"error": "this call needs an admin token"}),
@@ -342,8 +355,8 @@ def _loopback_host(host: str) -> bool:
         return False
 
 
-def build_app(daemon: Control) -> web.Application:
-    auth = Auth(daemon)
+def build_app(daemon: Control, *, local_token: str = "", token_file: str = "") -> web.Application:
+    auth = Auth(daemon, local_token=local_token, token_file=token_file)
     routes = web.RouteTableDef()
 
     def allowed(request: web.Request, action: str) -> str:
@@ -805,7 +818,14 @@ def build_app(daemon: Control) -> web.Application:
 
 async def serve_api(daemon: Control, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve the API until cancelled; reports started once the port is bound."""
-    app = build_app(daemon)
+    s = daemon.config.settings
+    token_file = s.local_token_file or str(Path(s.state_dir) / localtoken.FILE_NAME)
+    try:
+        token = localtoken.ensure(Path(token_file))
+    except ConfigError as e:  # fail closed: without it, writes need configured apiTokens
+        log.error("no local API token; writes need apiTokens", error=str(e))
+        token, token_file = "", ""
+    app = build_app(daemon, local_token=token, token_file=token_file)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = daemon.config.settings.listen.rpartition(":")

@@ -89,7 +89,8 @@ def add_routes(
         name = ""
         if p is not None:
             name = p[0] if p[0] != "none" else "project token"
-        return pages.Viewer(name, session.csrf(request), bool(daemon.config.api_tokens))
+        can_login = bool(daemon.config.api_tokens or auth.local_hash)
+        return pages.Viewer(name, session.csrf(request), can_login)
 
     def gate(request: web.Request) -> None:
         """Any page needs read access: open loopback, or a token (cookie or header)."""

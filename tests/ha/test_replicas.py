@@ -36,6 +36,7 @@ def member_config(base: Path, member: str, namespace: str, kubeconfig: str = "")
     data["settings"].update(
         stateDir=str(home / "state"),
         cacheDir=str(home / "cache"),
+        localTokenFile=str(base / "local-api-token"),  # replicas on one host share it
         reconcileInterval="20s",
         stateStore="kubernetes",
         sharding={
@@ -132,7 +133,12 @@ def test_replicas_share_apps_fail_over_and_rebalance(
         # A sync sent to a replica that does not own the app reaches the owner.
         owner, app = next((m, a) for m, o in owned.items() for a in sorted(o) if a != "app0")
         other = next(m for m in ds if m != owner)
-        r = ds[other].api(f"/api/v1/applications/{app}/sync", method="POST", json={})
+        r = ds[other].api(
+            f"/api/v1/applications/{app}/sync",
+            method="POST",
+            json={},
+            token=ds[other].local_token(),
+        )
         assert r.status_code == 202, r.text
         wait_for(
             lambda: any(

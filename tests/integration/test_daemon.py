@@ -44,6 +44,12 @@ class Daemon:
         all_headers.update(headers or {})
         return httpx.request(method, self.url + path, headers=all_headers, timeout=10, **kw)
 
+    def local_token(self) -> str:
+        """The daemon's local admin token (what API writes need without apiTokens)."""
+        data = yaml.safe_load(self.cfg.read_text())["settings"]
+        path = data.get("localTokenFile") or str(Path(data["stateDir"]) / "local-api-token")
+        return Path(path).read_text().strip()
+
     def app(self, name: str) -> dict[str, Any] | None:
         r = self.api(f"/api/v1/applications/{name}")
         return r.json() if r.status_code == 200 else None

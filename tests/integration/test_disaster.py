@@ -286,7 +286,7 @@ def test_backup_wipe_restore_converges_without_a_write(
         history = d.status("dr")["history"]
         # The daemon's own backups (POST /api/v1/backup; the schedule uses the same path).
         for _ in range(3):
-            r = d.api("/api/v1/backup", method="POST")
+            r = d.api("/api/v1/backup", method="POST", token=d.local_token())
             assert r.status_code == 201, r.text
             time.sleep(1.1)  # archives are named by the second
         assert len(list(backups.glob("gitopsd-backup-*.tar.gz"))) == 2, "keep: 2"

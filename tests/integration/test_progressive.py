@@ -15,7 +15,7 @@ import pytest
 from daemon import settings
 from daemon.engine import Engine
 from tests.conftest import Cluster, GitRepo, application, write_config
-from tests.integration.test_rollouts import SERVICES, ro_status, sets, until
+from tests.integration.test_rollouts import SERVICES, allow, ro_status, sets, until
 from tests.testenv.prometheus import Exporter, running_prometheus
 
 pytestmark = pytest.mark.cluster
@@ -124,7 +124,12 @@ async def test_seed_canary_with_prometheus_analysis(
         }
     )
     cfg = settings.load(
-        write_config(tmp_path, cluster, [application("webapp", git_repo.url, "app", namespace)])
+        write_config(
+            tmp_path,
+            cluster,
+            [application("webapp", git_repo.url, "app", namespace)],
+            rollouts=allow(url),
+        )
     )
     await until(
         "prometheus to have two scrapes",
@@ -236,7 +241,12 @@ async def test_blue_green_pre_promotion_analysis_with_prometheus(
         }
     )
     cfg = settings.load(
-        write_config(tmp_path, cluster, [application("bg", git_repo.url, "app", namespace)])
+        write_config(
+            tmp_path,
+            cluster,
+            [application("bg", git_repo.url, "app", namespace)],
+            rollouts=allow(url),
+        )
     )
     async with Engine.open(cfg) as engine:
         app = cfg.app("bg")

@@ -441,6 +441,13 @@ class _Health:
         self.server.shutdown()
 
 
+def allow(url: str) -> dict[str, Any]:
+    """settings.rollouts letting analyses reach `url`'s host and port (loopback is refused
+    unless named)."""
+    parts = url.split("/")
+    return {"analysis": {"allowedAddresses": [f"{parts[0]}//{parts[2]}"]}}
+
+
 def analysis_template(url: str) -> str:
     return """apiVersion: argoproj.io/v1alpha1
 kind: AnalysisTemplate
@@ -487,7 +494,12 @@ async def test_step_analysis_passes_a_good_canary_and_aborts_a_bad_one(
             }
         )
         cfg = settings.load(
-            write_config(tmp_path, cluster, [application("an", git_repo.url, "app", namespace)])
+            write_config(
+                tmp_path,
+                cluster,
+                [application("an", git_repo.url, "app", namespace)],
+                rollouts=allow(health.url),
+            )
         )
         async with Engine.open(cfg) as engine:
             app = cfg.app("an")
@@ -772,7 +784,12 @@ async def test_blue_green_post_promotion_analysis_switches_back_on_failure(
             }
         )
         cfg = settings.load(
-            write_config(tmp_path, cluster, [application("post", git_repo.url, "app", namespace)])
+            write_config(
+                tmp_path,
+                cluster,
+                [application("post", git_repo.url, "app", namespace)],
+                rollouts=allow(health.url),
+            )
         )
         async with Engine.open(cfg) as engine:
             app = cfg.app("post")

@@ -1,0 +1,55 @@
+"""The daemon's local admin token: what a write to the API needs when no `apiTokens` are set.
+
+An open loopback API is reachable by every process on the host, and by anything the daemon
+itself can be made to fetch; reading is harmless enough there, writing (sync, delete, rollback)
+is not. So writes need a bearer token, and without configured tokens the daemon keeps one in a
+file only its own user can read (mode 0600): `gitopsd app` reads it when it runs as that user,
+nobody else can. An existing private file is reused, so replicas on one host that name the same
+file, and restarts, agree on the token.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+
+from daemon.errors import ConfigError
+
+FILE_NAME = "local-api-token"
+
+
+def _private(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def ensure(path: Path) -> str:
+    """The token in `path`, made (random, mode 0600) unless a private one is already there.
+    A file anyone else could read or have written is replaced; ConfigError if it cannot be."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for _ in range(50):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            token = secrets.token_urlsafe(32)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                continue  # another replica made it first: read theirs
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot create the local API token: {e.strerror}", file=str(path)
+                ) from e
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            return token
+        if not _private(st):
+            path.unlink()  # readable by others, a link, or not ours: never trust it
+            continue
+        value = path.read_text().strip()
+        if value:
+            return value
+        time.sleep(0.05)  # being written by another replica
+    raise ConfigError("cannot settle the local API token file", file=str(path))
