@@ -184,7 +184,7 @@ def unpack(data: bytes, *, name: str, key: bytes | None = None) -> tuple[Content
         raise ConfigError(
             f"{name}: more than {MAX_TOTAL} bytes unpacked{reader.where()}: refusing it"
         ) from e
-    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
+    except Exception as e:  # hostile input: any failure to parse it (zlib, tarfile) is damage
         raise ConfigError(
             f"{name}: not a readable gitopsd backup (damaged{reader.where()}: "
             f"{e or type(e).__name__})"
@@ -230,7 +230,7 @@ class _Reader:
         if self.count > MAX_MEMBERS + 2:
             raise self.fail(info.name, f"is past the limit of {MAX_MEMBERS} members")
         if self.manifest is None:
-            if info.name != MANIFEST:
+            if info.name != MANIFEST or info.type not in _REGULAR:
                 raise ConfigError(f"{self.name}: no manifest.json first: not a gitopsd backup")
             self.raw = self.read(tar, info, MAX_MANIFEST)
             self.parse_manifest()

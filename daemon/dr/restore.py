@@ -82,11 +82,24 @@ def place_credentials(
     return placed
 
 
-def _complete(tree: Path, dest: Path, contents: archive.Contents, keyed: bool) -> list[str]:
-    """Check that the config at `tree` loads and finds every credential file it names (in
-    the tree, or on this host); lines about the ones used where they are."""
+def _complete(
+    tree: Path, dest: Path, contents: archive.Contents, *, keyed: bool, state_dir: str
+) -> list[str]:
+    """Check that the config at `tree` loads, keeps state where this restore may write, and
+    finds every credential file it names (in the tree, or on this host); lines about the ones
+    used where they are."""
     config = load(tree / contents.config_file)
     root = tree.resolve()
+    state = Path(config.settings.state_dir)
+    writes_state = any(m.startswith(("state/", "last-good/")) for m in contents.members)
+    trusted = bool(state_dir) or contents.signature == "verified"
+    if writes_state and not trusted and not state.is_relative_to(root):
+        # An unsigned config could name any directory: the operator confirms it.
+        raise ConfigError(
+            f"{dest}: the archived config keeps state in {state}, outside the restored "
+            f"tree, and the archive's signature was not verified: restore with "
+            f"--state-dir {state} to write the state there"
+        )
     missing: list[str] = []
     lines: list[str] = []
     for path in credential_files(config):
@@ -112,6 +125,32 @@ def _complete(tree: Path, dest: Path, contents: archive.Contents, keyed: bool) -
     return lines
 
 
+def _tree_lines(
+    dest: Path,
+    contents: archive.Contents,
+    config_files: list[str],
+    placed: dict[str, tuple[str, bytes]],
+    rewritten: int,
+    key: bytes | None,
+) -> list[str]:
+    """What the config tree holds, by the real paths (the dry run's lines are the same)."""
+    lines = [f"  {dest / rel}" for rel in config_files]
+    lines += [
+        f"  {dest / rel} (the credential file {original})"
+        for original, (rel, _) in sorted(placed.items())
+    ]
+    if rewritten:
+        lines.append(
+            f"{rewritten} credential paths in {dest / contents.config_file} rewritten to the "
+            "restored files"
+        )
+    if contents.secrets and key is None:
+        lines.append(
+            f"{len(contents.secrets)} credential files in the archive not restored (no --key-file)"
+        )
+    return lines
+
+
 async def restore(
     contents: archive.Contents,
     dest: Path,
@@ -132,43 +171,41 @@ async def restore(
         if key is not None
     }
     placed = place_credentials(contents, opened, set(config_files))
+    try:
+        text = config_files[contents.config_file][0].decode()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config/{contents.config_file} in the archive: not UTF-8: {e}") from e
     settings_text, rewritten = rewrite_references(
-        config_files[contents.config_file][0].decode(),
+        text,
         contents.config_dir,
         {original: rel for original, (rel, _) in placed.items()},
         where=f"config/{contents.config_file}",
     )
     config_files[contents.config_file] = (settings_text.encode(), 0o644)
     files = {**config_files, **{rel: (data, 0o600) for rel, data in placed.values()}}
-    verb = "would write" if dry_run else "wrote"
-    scratch = Path(tempfile.mkdtemp(prefix="gitopsd-restore-")) if dry_run else None
+    scratch = Path(tempfile.mkdtemp(prefix="gitopsd-restore-")).resolve() if dry_run else None
     try:
         used: list[str] = []
         if scratch is not None:
             write_files(files, scratch)
-            used = _complete(scratch, dest, contents, key is not None)
-            out.lines.append(f"would create {dest} with {len(config_files)} config files:")
+            used = _complete(scratch, dest, contents, keyed=key is not None, state_dir=state_dir)
+            out.lines.append(
+                f"would create {dest} with {len(config_files)} config files and "
+                f"{len(placed)} credential files:"
+            )
         else:
             write_tree(
-                files, dest, check=lambda t: used.extend(_complete(t, dest, contents, bool(key)))
+                files,
+                dest,
+                check=lambda t: used.extend(
+                    _complete(t, dest, contents, keyed=key is not None, state_dir=state_dir)
+                ),
             )
-            out.lines.append(f"created {dest} with {len(config_files)} config files:")
-        out.lines += [f"  {dest / rel}" for rel in sorted(config_files)]
-        out.lines += [
-            f"{verb} the credential file {dest / rel} (was {original})"
-            for original, (rel, _) in sorted(placed.items())
-        ]
-        if rewritten:
             out.lines.append(
-                f"{'would rewrite' if dry_run else 'rewrote'} "
-                f"{rewritten} credential paths in {dest / contents.config_file} to the restored "
-                "files"
+                f"created {dest} with {len(config_files)} config files and "
+                f"{len(placed)} credential files:"
             )
-        if contents.secrets and key is None:
-            out.lines.append(
-                f"{len(contents.secrets)} credential files in the archive not restored "
-                "(no --key-file)"
-            )
+        out.lines += _tree_lines(dest, contents, sorted(config_files), placed, rewritten, key)
         out.lines += used
         config = load((scratch or dest) / contents.config_file)
 

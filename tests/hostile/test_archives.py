@@ -42,10 +42,12 @@ def regular(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
     return info, data
 
 
-def backup(members: list[Entry], *, manifest: dict[str, object] | None = None) -> bytes:
+def backup(
+    members: list[Entry], *, manifest: dict[str, object] | None = None, config: bytes = CONFIG
+) -> bytes:
     """A gitopsd backup as an attacker would build it: every member listed with its checksum
     in manifest.json (so checksums alone pass), the manifest first."""
-    entries = [regular("config/gitopsd.yaml", CONFIG)]
+    entries = [regular("config/gitopsd.yaml", config)]
     for m in members:
         entries.append(regular(*m) if isinstance(m, tuple) else (m, b""))
     files = {info.name: hashlib.sha256(data).hexdigest() for info, data in entries}
@@ -114,6 +116,25 @@ def test_a_restore_cannot_create_a_file_through_a_last_good_member(tmp_path: Pat
     assert not planted.exists()
     refused(r, path, member)
     assert tree(tmp_path) == before
+
+
+def test_an_unsigned_archive_cannot_choose_where_state_is_written(tmp_path: Path) -> None:
+    """The archived config's stateDir names a directory outside the restored tree and the
+    archive is not signed: restore refuses, naming it, and writes nothing there until the
+    operator confirms it with --state-dir."""
+    elsewhere = tmp_path / "elsewhere"
+    config = yaml.safe_dump({"applications": [], "settings": {"stateDir": str(elsewhere)}})
+    path = tmp_path / "evil.tar.gz"
+    members: list[Entry] = [("last-good/evil.json.gz", b"x"), ("state/app.json", b"{}")]
+    path.write_bytes(backup(members, config=config.encode()))
+    for args in (("--dry-run",), ()):
+        r = restore(path, tmp_path / "out", *args)
+        assert r.returncode == 2, r.stdout
+        assert f"keeps state in {elsewhere}" in r.stderr and "--state-dir" in r.stderr, r.stderr
+        assert not elsewhere.exists() and not (tmp_path / "out").exists()
+    r = restore(path, tmp_path / "out", "--state-dir", str(elsewhere))
+    assert r.returncode == 0, r.stderr
+    assert (elsewhere / "last-good" / "evil.json.gz").read_bytes() == b"x"
 
 
 def _link(name: str, kind: bytes, target: str) -> tarfile.TarInfo:
