@@ -400,7 +400,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     for member in contents.members:
         kinds[member.split("/", 1)[0]] = kinds.get(member.split("/", 1)[0], 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    print(f"backup {args.output}: {len(data)} bytes; {summary}")
+    signed = "signed" if key else "unsigned (no --key-file)"
+    print(f"backup {args.output}: {len(data)} bytes, {signed}; {summary}")
     for note in contents.notes:
         print(f"  note: {note}")
     return 0
@@ -415,7 +416,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     key = archive.read_key(args.key_file) if args.key_file else None
     contents, _ = restore.read(args.archive, key=key)
     print(f"backup {args.archive}: taken {contents.created_at} by {contents.created_by}")
-    print(f"  signature {contents.signature}")
+    print(f"  signature: {contents.signature}")
     result = _run(
         lambda: restore.restore(
             contents,

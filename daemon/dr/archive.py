@@ -65,7 +65,7 @@ class Contents:
     notes: list[str] = field(default_factory=list)
     created_at: str = ""
     created_by: str = ""
-    signature: str = ""  # reading: "verified", "not checked (no key)" or "unsigned"
+    signature: str = ""  # reading: "verified", "not checked (no --key-file)" or "none ..."
 
 
 def _sha(data: bytes) -> str:
@@ -316,7 +316,11 @@ class _Reader:
 
     def verify(self, sig: bytes | None) -> None:
         if self.key is None:
-            self.signature = "not checked (no key)" if sig is not None else "unsigned"
+            self.signature = (
+                "not checked (no --key-file)"
+                if sig is not None
+                else "none (unsigned: anyone who could write the file could have changed it)"
+            )
             return
         if sig is None:
             raise ConfigError(

@@ -311,10 +311,10 @@ def test_a_signed_archive_verifies_and_a_forged_or_unsigned_one_is_refused(
     assert r.returncode == 0, r.stderr
     r = restore(good, tmp_path / "ok", "--dry-run", "--key-file", str(key))
     assert r.returncode == 0, r.stderr
-    assert "signature verified" in r.stdout, r.stdout
+    assert "signature: verified" in r.stdout, r.stdout
     r = restore(good, tmp_path / "ok", "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert "signature not checked" in r.stdout, r.stdout
+    assert "signature: not checked" in r.stdout, r.stdout
 
     with tarfile.open(good, mode="r:gz") as tar:
         entries = [(i, tar.extractfile(i).read()) for i in tar]  # type: ignore[union-attr]
