@@ -1,8 +1,8 @@
 """Hostile backup archives: `gitopsd restore` (real and dry run) writes only below its targets,
 refuses links, escapes and bombs before writing anything, verifies the archive's signature when
 given the key, and turns any damage into one error naming the archive and the member (the
-classes of Argo CD's GHSA-63qx-x74g-jcr7 / GHSA-h4w9-6x78-8vrj: archive path traversal, and
-GHSA-jhqp-vf4w-rpwq: unbounded decompression)."""
+classes of Argo CD's GHSA-63qx-x74g-jcr7 / CVE-2022-24731: paths leaving their tree,
+GHSA-6gcg-hp2x-q54h: links, and GHSA-jhqp-vf4w-rpwq: unbounded input)."""
 
 from __future__ import annotations
 
