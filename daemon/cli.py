@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="embed the credential files the config references, encrypted with --key-file",
     )
-    sp.add_argument("--key-file", default="", help="backup key (see --new-key)")
+    sp.add_argument("--key-file", default="", help="backup key: signs the archive (see --new-key)")
     sp.add_argument("--new-key", metavar="FILE", default="", help="create a backup key and exit")
     sp.set_defaults(func=cmd_backup)
     sp = sub.add_parser("restore", help="check a backup and restore it into a new directory")
@@ -347,7 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--state-dir", default="", help="restore app state here (default: the config's stateDir)"
     )
-    sp.add_argument("--key-file", default="", help="to restore credential files from the backup")
+    sp.add_argument(
+        "--key-file",
+        default="",
+        help="backup key: refuse an archive not signed with it; restore its credential files",
+    )
     sp.add_argument("--no-cluster", action="store_true", help="do not recreate missing inventories")
     sp.set_defaults(func=cmd_restore)
 
@@ -390,13 +394,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     key = archive.read_key(args.key_file) if args.key_file else None
     contents = _run(lambda: backup.take(cfg, include_secrets=args.include_secrets, key=key))
-    data = archive.pack(contents)
+    data = archive.pack(contents, key=key)
     backup.write_archive(data, Path(args.output))
     kinds: dict[str, int] = {}
     for member in contents.members:
         kinds[member.split("/", 1)[0]] = kinds.get(member.split("/", 1)[0], 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    print(f"backup {args.output}: {len(data)} bytes; {summary}")
+    signed = "signed" if key else "unsigned (no --key-file)"
+    print(f"backup {args.output}: {len(data)} bytes, {signed}; {summary}")
     for note in contents.notes:
         print(f"  note: {note}")
     return 0
@@ -406,17 +411,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Check an archive, then write its config tree, state, inventories (and secrets)."""
     from pathlib import Path
 
-    from daemon.dr import archive, backup
+    from daemon.dr import archive, restore
 
-    try:
-        data = Path(args.archive).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror}", file=args.archive) from e
-    contents, _ = archive.unpack(data, name=args.archive)
     key = archive.read_key(args.key_file) if args.key_file else None
+    contents, _ = restore.read(args.archive, key=key)
     print(f"backup {args.archive}: taken {contents.created_at} by {contents.created_by}")
+    print(f"  signature: {contents.signature}")
     result = _run(
-        lambda: backup.restore(
+        lambda: restore.restore(
             contents,
             Path(args.to).resolve(),
             dry_run=args.dry_run,

@@ -307,8 +307,10 @@ def test_backup_wipe_restore_converges_without_a_write(
     shutil.rmtree(tmp_path / "cache")
     cluster.kubectl("delete", "configmap", "gitopsd-inventory.dr", "-n", "gitopsd-test-inventory")
     restored = tmp_path / "restored"
+    # The archive is not signed: the operator confirms where its config keeps state.
+    state = ["--state-dir", str(tmp_path / "state")]
     dry = subprocess.run(
-        [GITOPSD, "restore", str(archive), "--to", str(restored), "--dry-run"],
+        [GITOPSD, "restore", str(archive), "--to", str(restored), "--dry-run", *state],
         capture_output=True,
         text=True,
         timeout=120,
@@ -318,7 +320,7 @@ def test_backup_wipe_restore_converges_without_a_write(
     assert "would restore the inventory of dr" in dry.stdout
     assert not restored.exists() and not (tmp_path / "state").exists(), "a dry run writes nothing"
     r = subprocess.run(
-        [GITOPSD, "restore", str(archive), "--to", str(restored)],
+        [GITOPSD, "restore", str(archive), "--to", str(restored), *state],
         capture_output=True,
         text=True,
         timeout=120,
@@ -399,8 +401,10 @@ def test_a_damaged_or_foreign_archive_is_refused_and_nothing_is_written(tmp_path
 
 def test_secrets_travel_sealed_and_come_back_only_with_the_key(tmp_path: Path) -> None:
     """--include-secrets seals the credential files the config names with the key file; the
-    archive does not hold them in the clear; restore without the key leaves them out and says
-    so, with the key writes the missing ones back (0600) and keeps existing ones."""
+    archive does not hold them in the clear; restore without the key refuses a tree whose
+    credential files are missing (naming them) and writes nothing; with the key it writes them
+    into the restored tree (0600), rewrites the config's absolute references to them, and
+    writes nothing at their old paths."""
     creds = tmp_path / "creds"
     creds.mkdir()
     password = creds / "git.password"
@@ -440,19 +444,27 @@ def test_secrets_travel_sealed_and_come_back_only_with_the_key(tmp_path: Path) -
 
     password.unlink()
     r = gitopsd("restore", str(out), "--to", str(tmp_path / "r1"))
-    assert r.returncode == 0, r.stderr
-    assert "2 credential files in the archive not restored (no --key-file)" in r.stdout
-    assert not password.exists()
+    assert r.returncode == 2, r.stdout
+    assert f"missing credential files {password}" in r.stderr, r.stderr
+    assert "restore with --key-file" in r.stderr, r.stderr
+    assert not password.exists() and not (tmp_path / "r1").exists()
     other = tmp_path / "other.key"
     gitopsd("backup", "--new-key", str(other))
     r = gitopsd("restore", str(out), "--to", str(tmp_path / "r2"), "--key-file", str(other))
     assert r.returncode == 2 and "wrong key" in r.stderr
     assert not (tmp_path / "r2").exists(), "a wrong key writes nothing"
-    r = gitopsd("restore", str(out), "--to", str(tmp_path / "r3"), "--key-file", str(key))
+    r3 = tmp_path / "r3"
+    r = gitopsd("restore", str(out), "--to", str(r3), "--key-file", str(key))
     assert r.returncode == 0, r.stderr
-    assert password.read_text() == "s3cret-value\n"
-    assert password.stat().st_mode & 0o777 == 0o600
-    assert f"credential file {token} exists: kept" in r.stdout
+    assert not password.exists(), "nothing written outside the restored tree"
+    restored = r3 / "creds" / "git.password"
+    assert restored.read_text() == "s3cret-value\n"
+    assert restored.stat().st_mode & 0o777 == 0o600
+    assert (r3 / "creds" / "api.token").read_text() == "token-value\n"
+    assert "2 credential paths in" in r.stdout, r.stdout
+    written = yaml.safe_load((r3 / "gitopsd.yaml").read_text())
+    assert written["repositories"][0]["passwordFile"] == "creds/git.password"
+    assert written["apiTokens"][0]["tokenFile"] == "creds/api.token"
 
 
 def gzip_members(path: Path) -> dict[str, bytes]:
