@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run with the PID namespace this machine allows, or with it switched off (the sweep)."""
     if request.param == "namespace":
         if not anyio.run(proctree.namespace_prefix):
@@ -42,7 +41,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
             return ()
 
         monkeypatch.setattr(proctree, "namespace_prefix", none)
-    yield request.param
+    return str(request.param)
 
 
 def sleeps(count: int) -> list[str]:
