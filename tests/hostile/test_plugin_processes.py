@@ -12,11 +12,15 @@ from typing import Any
 
 import anyio
 import pytest
+import yaml
 
 from daemon import proctree
 from daemon.errors import RenderError
 from daemon.render import Renderer
+from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
+from tests.integration.test_daemon import running
 from tests.integration.test_plugins import data, plugin, request
+from tests.integration.test_sync import get
 
 MODES = ("namespace", "sweep")
 
@@ -138,3 +142,66 @@ def test_a_failing_step_reports_its_exit_code_and_stderr_tail(repo: Path, mode: 
     assert time.monotonic() - started < 5
     assert str(e.value).startswith("plugin gen step init exited 1: ...(truncated) ")
     assert str(e.value).endswith("noise\nvalues are broken")
+
+
+def _plugin_config(tmp_path: Path, generate: str) -> None:
+    """A ConfigManagementPlugin `gen` (version v1) in the daemon's config, as a ConfigMap."""
+    spec = {
+        "version": "v1",
+        "generate": {"command": ["sh", "-c", generate]},
+        "discover": {"fileName": "*.env"},
+    }
+    cmp_doc = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "ConfigManagementPlugin",
+        "metadata": {"name": "gen"},
+        "spec": spec,
+    }
+    (tmp_path / "apps" / "plugin.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "gen-plugin"},
+                "data": {"plugin.yaml": yaml.safe_dump(cmp_doc)},
+            }
+        )
+    )
+
+
+@pytest.mark.cluster
+def test_through_the_daemon_a_step_ends_with_its_children_and_a_hang_is_reported(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A running daemon (uvloop) syncs an app whose generate leaves `sleep &` and
+    `setsid sleep &` behind without waiting for them, and none survives; when a commit makes
+    generate hang, the condition reads "plugin gen-v1 step generate timed out after 3s"
+    (never a bare exception name) and nothing from the step survives."""
+    a, b, c, e = marks = sleeps(4)
+    manifest = "printf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata: {name: kids-out}\\n'"
+    generate = (
+        f"test -f hang && {{ setsid sleep {a} & sleep {b}; }}; "
+        f"sleep {c} & setsid sleep {e} & {manifest}"
+    )
+    git_repo.write({"gb/app.env": "x=1\n"})
+    app = application(
+        "kids", git_repo.url, "gb", namespace, source_extra={"plugin": {"name": "gen-v1"}}
+    )
+    cfg = write_config(tmp_path, cluster, [app], reconcileInterval="2s", repoTimeout="3s")
+    _plugin_config(tmp_path, generate)
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("kids"), timeout=30, what="the plugin app synced")
+        assert get(cluster, namespace, "configmap/kids-out") is not None
+        assert_none_survive(marks)
+        git_repo.write({"gb/hang": "1"})
+
+        def conditions() -> str:
+            return str(d.status("kids").get("conditions") or "")
+
+        wait_for(
+            lambda: "plugin gen-v1 step generate timed out after 3s" in conditions(),
+            timeout=40,
+            what="the hung plugin step reported",
+        )
+        assert "ProcessLookupError" not in conditions()
+        assert_none_survive(marks)
