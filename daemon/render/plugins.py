@@ -6,7 +6,8 @@ gets a tarball: `init` may write into it (fetch dependencies, decrypt files) wit
 the shared cache. Commands run in the copy's source path with a clean environment (PATH, LANG,
 a scratch HOME and TMPDIR, the build environment, and the Application's `ARGOCD_ENV_*` and
 `PARAM_*` variables), never the daemon's own (which holds credentials), under the renderer's
-timeout and output limit.
+timeout and output limit. A step ends when its main process exits, and nothing it started
+outlives it (its own PID namespace where the machine allows one; see daemon.proctree).
 """
 
 from __future__ import annotations

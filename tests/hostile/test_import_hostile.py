@@ -18,6 +18,10 @@ import pytest
 import yaml
 
 from daemon import cli
+from tests.conftest import Cluster, GitRepo, application
+from tests.integration.test_disaster import cluster_secret as real_cluster_secret
+from tests.integration.test_disaster import kubectl_list
+from tests.integration.test_sync import configmap, get
 
 GITOPSD = str(Path(sys.executable).parent / "gitopsd")
 
@@ -322,3 +326,43 @@ def test_exec_credentials_are_refused_by_default_and_reported_with_their_command
         assert "/opt/login --as me" in report
         kube = next((dest / "credentials").glob("cluster-edge-*.kubeconfig")).read_text()
         assert ("/opt/login" in kube) == (verdict == "ALLOWED")
+
+
+@pytest.mark.cluster
+def test_clusters_whose_names_slug_alike_sync_with_their_own_credentials(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """`edge/1` (valid client certificate) and `edge-1` (a wrong token) on the same control
+    plane import into two kubeconfigs: `run --once` syncs the app for edge/1 and refuses the
+    one for edge-1 (401), instead of both using whichever Secret was written last."""
+    git_repo.write({"a/cm.yaml": configmap("slug-a"), "b/cm.yaml": configmap("slug-b")})
+    good = real_cluster_secret("edge/1", cluster)
+    bad = copy.deepcopy(good)
+    bad["metadata"]["name"] = "cluster-edge-1-token"
+    config = json.loads(base64.b64decode(good["data"]["config"]))
+    tls = config["tlsClientConfig"]
+    bad_config = {"bearerToken": "wrong", "tlsClientConfig": {"caData": tls["caData"]}}
+    bad["data"].update(name=b64("edge-1"), config=b64(json.dumps(bad_config)))
+    apps = []
+    for name, path, target in (("slug-a", "a", "edge/1"), ("slug-b", "b", "edge-1")):
+        app = application(name, git_repo.url, path, namespace)
+        app["spec"]["destination"] = {"name": target, "namespace": namespace}
+        apps.append(app)
+    src = tmp_path / "backup.yaml"
+    src.write_text(yaml.safe_dump(kubectl_list([good, bad, *apps])))
+    dest = tmp_path / "imported"
+    r = subprocess.run(
+        [GITOPSD, "import", "argocd", str(src), "--to", str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    run = subprocess.run(
+        [GITOPSD, "run", "-c", str(dest / "gitopsd.yaml"), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert get(cluster, namespace, "configmap/slug-a") is not None, run.stdout + run.stderr
+    assert get(cluster, namespace, "configmap/slug-b") is None, "edge-1 used edge/1's credentials"
