@@ -370,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="kubeconfig for Argo CD's in-cluster destination (default: the pod's service "
         "account, as Argo CD does)",
     )
+    sp.add_argument(
+        "--allow-exec-credentials",
+        action="store_true",
+        help="carry cluster exec providers over (commands gitopsd runs as its own user to get "
+        "a token; default: refused, and listed in IMPORT-REPORT.txt either way)",
+    )
     sp.set_defaults(func=cmd_import)
     return p
 
@@ -439,40 +445,43 @@ def cmd_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from daemon import settings
-    from daemon.dr import importer
+    from daemon.dr import importdocs, importer
     from daemon.dr.files import write_tree
 
     documents: list[tuple[str, dict[str, Any]]] = []
     for name in args.files:
         try:
             text = Path(name).read_text()
-            docs = list(yamlio.load_all(text))
         except OSError as e:
             raise ConfigError(f"cannot read: {e.strerror}", file=name) from e
-        except Exception as e:  # yaml errors: name the file
-            raise ConfigError(f"invalid YAML: {e}", file=name) from e
-        for doc in docs:
-            if not isinstance(doc, dict):
-                continue
-            items = doc.get("items") if doc.get("kind", "").endswith("List") else None
-            for item in items if isinstance(items, list) else [doc]:
-                if isinstance(item, dict):
-                    documents.append((name, item))
-    result = importer.convert(documents, in_cluster_kubeconfig=args.in_cluster_kubeconfig)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"not UTF-8 text: {e}", file=name) from e
+        documents.extend(importdocs.read_documents(name, text))
+    result = importer.convert(
+        documents,
+        in_cluster_kubeconfig=args.in_cluster_kubeconfig,
+        allow_exec=args.allow_exec_credentials,
+    )
     dest = Path(args.to).resolve()
-    warnings: list[str] = []
+    summary = ", ".join(f"{n} {k}" for k, n in result.counts.items())
+    lines: list[str] = []
 
     def check(tree: Path) -> None:
-        # The imported tree must load as gitopsd's own config (paths as they will be).
-        loaded = settings.load(tree / "gitopsd.yaml")
-        warnings.extend(w.replace(str(tree), str(dest)) for w in loaded.warnings)
+        # The imported tree must load as gitopsd's own config (paths as they will be); the
+        # report goes in with it, so a failed import leaves nothing behind.
+        try:
+            loaded = settings.load(tree / "gitopsd.yaml")
+        except ConfigError as e:
+            raise ConfigError(
+                f"the imported config does not load: {e}".replace(str(tree), str(dest))
+            ) from e
+        warnings = [w.replace(str(tree), str(dest)) for w in loaded.warnings]
+        report = [*result.report, *(f"config warning: {w}" for w in warnings)]
+        lines.extend([f"imported into {dest}: {summary}", *(f"  - {line}" for line in report)])
+        (tree / "IMPORT-REPORT.txt").write_text("\n".join(lines) + "\n")
 
     write_tree(result.files, dest, check=check)
-    report = [*result.report, *(f"config warning: {w}" for w in warnings)]
-    summary = ", ".join(f"{n} {k}" for k, n in result.counts.items())
-    text = "\n".join([f"imported into {dest}: {summary}", *(f"  - {line}" for line in report)])
-    (dest / "IMPORT-REPORT.txt").write_text(text + "\n")
-    print(text)
+    print("\n".join(lines))
     print(f"next: gitopsd check -c {dest / 'gitopsd.yaml'}")
     return 0
 

@@ -6,7 +6,8 @@ gets a tarball: `init` may write into it (fetch dependencies, decrypt files) wit
 the shared cache. Commands run in the copy's source path with a clean environment (PATH, LANG,
 a scratch HOME and TMPDIR, the build environment, and the Application's `ARGOCD_ENV_*` and
 `PARAM_*` variables), never the daemon's own (which holds credentials), under the renderer's
-timeout and output limit.
+timeout and output limit. A step ends when its main process exits, and nothing it started
+outlives it (its own PID namespace where the machine allows one; see daemon.proctree).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ async def discover(
                     list(p.discover_command.argv),
                     app_dir,
                     dict(env),
-                    f"plugin {p.full_name} discover",
+                    f"plugin {p.full_name} step discover",
                 )
             except RenderError:
                 found = b""
@@ -117,11 +118,10 @@ async def discover(
 
 async def generate(plugin: cmp.Plugin, app_dir: Path, env: Mapping[str, str], run: Exec) -> bytes:
     """Run the plugin's `init` (output ignored) then `generate`; its stdout is the manifests."""
+    step = f"plugin {plugin.full_name} step"
     if plugin.init:
-        await run(list(plugin.init.argv), app_dir, dict(env), f"plugin {plugin.full_name} init")
-    return await run(
-        list(plugin.generate.argv), app_dir, dict(env), f"plugin {plugin.full_name} generate"
-    )
+        await run(list(plugin.init.argv), app_dir, dict(env), f"{step} init")
+    return await run(list(plugin.generate.argv), app_dir, dict(env), f"{step} generate")
 
 
 async def run_command(
@@ -133,20 +133,38 @@ async def run_command(
     timeout: float,
     max_bytes: int,
 ) -> bytes:
-    """One plugin command with the renderer's limits; failures name the plugin step."""
+    """One plugin step with the renderer's limits, confined: it ends when its main process
+    exits, and nothing it started outlives it (daemon.proctree). Failures name the plugin
+    and the step (`what`)."""
     try:
         result = await proc.run(
-            argv, cwd=cwd, env=env, timeout=timeout, max_output=max_bytes, inherit_env=False
+            argv,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            max_output=max_bytes,
+            inherit_env=False,
+            confine=True,
         )
     except proc.CommandTimeout as e:
         raise RenderError(f"{what} timed out after {timeout:g}s") from e
     except proc.OutputTooLarge as e:
         raise RenderError(f"{what}: output exceeds the size limit of {max_bytes} bytes") from e
-    except (FileNotFoundError, PermissionError) as e:
-        raise RenderError(f"{what}: cannot run {argv[0]!r}: {e.strerror}") from e
+    except OSError as e:
+        raise RenderError(f"{what}: cannot run {argv[0]!r}: {e.strerror or e}") from e
     if result.returncode != 0:
-        raise RenderError(f"{what} failed (exit {result.returncode}): {result.err_text}")
+        raise RenderError(f"{what} {_exit_text(result.returncode)}: {_tail(result.stderr)}")
     return result.stdout
+
+
+def _exit_text(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exited {code}"
+
+
+def _tail(stderr: bytes, limit: int = 2000) -> str:
+    """The end of stderr, where a failing command says why."""
+    text = stderr.decode(errors="replace").strip()
+    return text if len(text) <= limit else "...(truncated) " + text[-limit:]
 
 
 class Scratch:

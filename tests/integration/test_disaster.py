@@ -202,7 +202,10 @@ def test_an_import_into_a_used_directory_or_of_a_broken_secret_writes_nothing(
         timeout=60,
     )
     assert r.returncode == 2, r.stdout
-    assert f"{src} (Secret/cluster-x): a cluster Secret needs data.server" in r.stderr
+    assert (
+        f"{src} document 1 items[0] (Secret/cluster-x): a cluster Secret needs data.server"
+        in r.stderr
+    )
     assert not dest.exists() and [p.name for p in tmp_path.iterdir()] == ["clusters.yaml"]
     used = tmp_path / "used"
     used.mkdir()

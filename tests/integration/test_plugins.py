@@ -141,7 +141,7 @@ async def test_discovery_picks_the_plugin_whose_rule_matches(repo: Path) -> None
         (
             lambda: plugin("gen", init="echo broken >&2; exit 3"),
             {"name": "gen"},
-            r"plugin gen init failed \(exit 3\): broken",
+            r"plugin gen step init exited 3: broken",
         ),
         (
             lambda: plugin("gen", generate="echo 'kind: [' "),
@@ -151,12 +151,12 @@ async def test_discovery_picks_the_plugin_whose_rule_matches(repo: Path) -> None
         (
             lambda: plugin("gen", generate="sleep 30"),
             {"name": "gen"},
-            r"plugin gen generate timed out after 1s",
+            r"plugin gen step generate timed out after 1s",
         ),
         (
             lambda: plugin("gen", generate="head -c 100000 /dev/zero | tr '\\0' a"),
             {"name": "gen"},
-            r"plugin gen generate: output exceeds the size limit of 50000 bytes",
+            r"plugin gen step generate: output exceeds the size limit of 50000 bytes",
         ),
     ],
 )
@@ -238,7 +238,7 @@ def test_a_plugin_app_syncs_and_a_broken_plugin_applies_nothing(
             return str(d.status("plugged").get("conditions") or "")
 
         wait_for(
-            lambda: "plugin gen-v1 generate failed (exit 1): values are broken" in conditions(),
+            lambda: "plugin gen-v1 step generate exited 1: values are broken" in conditions(),
             timeout=30,
             what="the failing plugin reported",
         )

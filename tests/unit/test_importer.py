@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import pytest
@@ -12,6 +13,9 @@ import yaml
 
 from daemon.dr.importer import convert
 from daemon.errors import ConfigError
+
+SOURCE = {"repoURL": "https://git.example/a.git", "path": "a"}
+DEST = {"server": "https://kubernetes.default.svc", "namespace": "a"}
 
 
 def secret(secret_name: str, stype: str, **data: str) -> dict[str, Any]:
@@ -24,8 +28,9 @@ def secret(secret_name: str, stype: str, **data: str) -> dict[str, Any]:
 
 
 def test_cluster_secrets_become_kubeconfigs_with_what_they_can_express() -> None:
-    """A bearer token and an exec provider carry over into the kubeconfig; an AWS login
-    config is reported; the cluster's extra labels stay on the entry (clusters generator)."""
+    """A bearer token and (allowed) an exec provider carry over into the kubeconfig; an AWS
+    login config is reported; the cluster's extra labels stay on the entry (clusters
+    generator)."""
     config = {
         "bearerToken": "tok",
         "tlsClientConfig": {"insecure": True},
@@ -34,13 +39,14 @@ def test_cluster_secrets_become_kubeconfigs_with_what_they_can_express() -> None
     }
     s = secret("c1", "cluster", name="prod", server="https://prod:6443", config=json.dumps(config))
     s["metadata"]["labels"]["env"] = "production"
-    out = convert([("clusters.yaml", s)])
+    out = convert([("clusters.yaml", s)], allow_exec=True)
     cfg = yaml.safe_load(out.files["gitopsd.yaml"][0])
     entry = cfg["clusters"][0]
+    assert re.fullmatch(r"credentials/cluster-prod-[0-9a-f]{10}\.kubeconfig", entry["kubeconfig"])
     assert entry == {
         "name": "prod",
         "server": "https://prod:6443",
-        "kubeconfig": "credentials/cluster-prod.kubeconfig",
+        "kubeconfig": entry["kubeconfig"],
         "labels": {"env": "production"},
     }
     kube, mode = out.files[entry["kubeconfig"]]
@@ -102,7 +108,7 @@ def test_argocd_admin_export_documents_are_sorted_by_kind() -> None:
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Application",
         "metadata": {"name": "a", "namespace": "argocd", "uid": "1", "resourceVersion": "9"},
-        "spec": {"project": "default"},
+        "spec": {"project": "default", "source": SOURCE, "destination": DEST},
         "status": {"sync": {"status": "Synced"}},
         "operation": {"sync": {}},
     }
@@ -110,7 +116,7 @@ def test_argocd_admin_export_documents_are_sorted_by_kind() -> None:
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "ApplicationSet",
         "metadata": {"name": "s", "namespace": "argocd"},
-        "spec": {"generators": []},
+        "spec": {"generators": [], "template": {}},
     }
     other = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "argocd-server"}}
     out = convert([("export.yaml", app), ("export.yaml", aset), ("export.yaml", other)])
@@ -119,7 +125,7 @@ def test_argocd_admin_export_documents_are_sorted_by_kind() -> None:
     assert kept == {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Application",
-        "spec": {"project": "default"},
+        "spec": {"project": "default", "source": SOURCE, "destination": DEST},
         "metadata": {"name": "a", "namespace": "argocd"},
     }
     assert "apps/applicationsets.yaml" in out.files
@@ -146,3 +152,62 @@ def test_helm_and_oci_repository_secrets_keep_their_kind_and_client_certificates
     assert entry["type"] == "helm" and entry["enableOCI"] and entry["insecureOCIForceHttp"]
     assert out.files[entry["tlsClientCertFile"]] == (b"CERT", 0o600)
     assert out.files[entry["tlsClientKeyFile"]] == (b"KEY", 0o600)
+
+
+def test_exec_credentials_are_refused_unless_allowed_and_reported_either_way() -> None:
+    """A cluster's execProviderConfig (a command gitopsd would run as itself) is left out of
+    the kubeconfig by default; with allow_exec it is carried; the report names the cluster
+    and the command line either way."""
+    config = {"execProviderConfig": {"command": "aws-login", "args": ["--role", "x y"]}}
+    s = secret("c1", "cluster", name="prod", server="https://prod:6443", config=json.dumps(config))
+    refused = convert([("clusters.yaml", s)])
+    path = yaml.safe_load(refused.files["gitopsd.yaml"][0])["clusters"][0]["kubeconfig"]
+    assert "exec" not in yaml.safe_load(refused.files[path][0])["users"][0]["user"]
+    (line,) = [r for r in refused.report if "exec credential" in r]
+    assert "cluster 'prod': exec credential command REFUSED" in line
+    assert "aws-login --role 'x y'" in line and "--allow-exec-credentials" in line
+    allowed = convert([("clusters.yaml", s)], allow_exec=True)
+    user = yaml.safe_load(allowed.files[path][0])["users"][0]["user"]
+    assert user["exec"]["command"] == "aws-login"
+    assert any("ALLOWED" in r and "aws-login --role 'x y'" in r for r in allowed.report)
+
+
+def test_cluster_names_that_slug_alike_keep_their_own_credentials() -> None:
+    """`edge/1` and `edge-1` get a kubeconfig each, each holding its own server and token."""
+    docs = [
+        (f"c{i}.yaml", secret(f"s{i}", "cluster", name=n, server=f"https://{i}:6443", config=c))
+        for i, (n, c) in enumerate(
+            [("edge/1", json.dumps({"bearerToken": "one"})), ("edge-1", '{"bearerToken": "two"}')]
+        )
+    ]
+    out = convert(docs)
+    cfg = yaml.safe_load(out.files["gitopsd.yaml"][0])
+    paths = {c["name"]: c["kubeconfig"] for c in cfg["clusters"]}
+    assert paths["edge/1"] != paths["edge-1"]
+    for name, server, token in (
+        ("edge/1", "https://0:6443", "one"),
+        ("edge-1", "https://1:6443", "two"),
+    ):
+        kube = yaml.safe_load(out.files[paths[name]][0])
+        assert kube["clusters"][0]["cluster"]["server"] == server
+        assert kube["users"][0]["user"]["token"] == token
+
+
+def test_two_inputs_for_one_cluster_name_or_one_file_are_refused() -> None:
+    """The same cluster name twice, or two repository Secrets that would write the same
+    credentials file, stop the import with both documents named."""
+    a = secret("a", "cluster", name="edge", server="https://a:6443")
+    b = secret("b", "cluster", name="edge", server="https://b:6443")
+    with pytest.raises(
+        ConfigError,
+        match=r"y\.yaml \(Secret/b\): cluster name 'edge' is also "
+        r"defined by x\.yaml \(Secret/a\)",
+    ):
+        convert([("x.yaml", a), ("y.yaml", b)])
+    r = secret("r", "repository", url="https://git.example/a.git", password="p")
+    with pytest.raises(
+        ConfigError,
+        match=r"y\.yaml \(Secret/r\): would write credentials/"
+        r"repo-r-\w+\.password, already written for x\.yaml",
+    ):
+        convert([("x.yaml", r), ("y.yaml", r)])
