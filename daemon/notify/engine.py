@@ -24,6 +24,9 @@ from daemon.rollouts.expr import ExprError, evaluate_in, value_in
 
 ANNOTATION_PREFIX = "notifications.argoproj.io/subscribe."
 MAX_ONCE_PER_RECORDS = 200
+# Characters of one notification's rendered templates: app data (annotations, messages a
+# tenant's objects produce) expanded by a template must not become a huge request or email.
+MAX_RENDERED = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +135,45 @@ def decide(
                 continue
             records[key] = now
             try:
-                rendered = tuple(_render(cfg, name, app, dest, trigger) for name in cond.send)
+                rendered = _rendered(cfg, cond.send, app, dest, trigger)
             except (TemplateError, ValueError, TypeError) as e:
                 # A template that cannot render for this app is reported, never raised.
                 errors.append(f"trigger {trigger}: {e}")
                 continue
             send.append(Notification(str(meta.get("name", "")), trigger, dest, rendered))
     return Decision(tuple(send), _capped(records), tuple(errors), tuple(evaluated))
+
+
+def _rendered(
+    cfg: Notifications,
+    names: tuple[str, ...],
+    app: Mapping[str, Any],
+    dest: Destination,
+    trigger: str,
+) -> tuple[Mapping[str, Any], ...]:
+    """The templates `names` rendered for one destination; ValueError when they come to more
+    than MAX_RENDERED characters (nothing is sent)."""
+    out: list[Mapping[str, Any]] = []
+    size = 0
+    for name in names:
+        out.append(_render(cfg, name, app, dest, trigger))
+        size += _size(out[-1])
+        if size > MAX_RENDERED:
+            raise ValueError(
+                f"template {name!r} for {dest.service}: the rendered notification is over "
+                f"{MAX_RENDERED} characters; not sent"
+            )
+    return tuple(out)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(len(str(k)) + _size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_size(v) for v in value)
+    return len(str(value))
 
 
 def _render(
