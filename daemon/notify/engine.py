@@ -27,6 +27,10 @@ MAX_ONCE_PER_RECORDS = 200
 # Characters of one notification's rendered templates: app data (annotations, messages a
 # tenant's objects produce) expanded by a template must not become a huge request or email.
 MAX_RENDERED = 256 * 1024
+# (trigger, service, recipient) subscriptions one app's annotations may make: annotations are
+# written by whoever writes the app (a tenant's app-of-apps child, an ApplicationSet's
+# generator), and each is a message through the operator's services on every state change.
+MAX_ANNOTATION_SUBSCRIPTIONS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +62,13 @@ class Decision:
 
 
 def subscriptions(
-    cfg: Notifications, annotations: Mapping[str, str], labels: Mapping[str, str]
+    cfg: Notifications,
+    annotations: Mapping[str, str],
+    labels: Mapping[str, str],
+    errors: list[str] | None = None,
 ) -> list[tuple[str, Destination]]:
-    """(trigger, destination) pairs the app is subscribed to."""
+    """(trigger, destination) pairs the app is subscribed to; annotations make at most
+    MAX_ANNOTATION_SUBSCRIPTIONS of them (the rest are reported in `errors`)."""
     out: list[tuple[str, Destination]] = []
     for key, value in annotations.items():
         if not key.startswith(ANNOTATION_PREFIX):
@@ -70,6 +78,14 @@ def subscriptions(
         triggers = [trigger] if trigger else list(cfg.default_triggers)
         recipients = [r.strip() for r in value.split(";") if r.strip()] or [""]
         out += [(t, Destination(service, r)) for t in triggers for r in recipients]
+    out = list(dict.fromkeys(out))
+    if len(out) > MAX_ANNOTATION_SUBSCRIPTIONS:
+        if errors is not None:
+            errors.append(
+                f"the app's annotations subscribe {len(out)} (trigger, service, recipient) "
+                f"destinations; only the first {MAX_ANNOTATION_SUBSCRIPTIONS} are used"
+            )
+        out = out[:MAX_ANNOTATION_SUBSCRIPTIONS]
     for sub in cfg.subscriptions:
         try:
             if not parse_selector(sub.selector).matches(labels):
@@ -104,7 +120,7 @@ def decide(
     evaluated: list[tuple[str, bool]] = []
     env = {"app": dict(app)}
     for trigger, dest in subscriptions(
-        cfg, meta.get("annotations") or {}, meta.get("labels") or {}
+        cfg, meta.get("annotations") or {}, meta.get("labels") or {}, errors
     ):
         conditions = cfg.triggers.get(trigger)
         if conditions is None:

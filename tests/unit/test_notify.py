@@ -188,3 +188,13 @@ def test_a_rendered_notification_is_bounded() -> None:
     big = engine.decide(c, with_note(10_000), {})
     assert big.send == ()
     assert any("over 262144 characters" in e for e in big.errors), big.errors
+
+
+def test_annotation_subscriptions_are_bounded_per_app() -> None:
+    """An app's annotations (a tenant's) listing 1,000 recipients make at most
+    MAX_ANNOTATION_SUBSCRIPTIONS notifications and send-once records, and say so."""
+    many = ";".join(f"ch{i}" for i in range(1000))
+    decision = engine.decide(cfg(), app("Succeeded", **{"on-sync-succeeded.slack": many}), {})
+    assert (len(decision.send), len(decision.notified)) == (64, 64)
+    assert engine.MAX_ANNOTATION_SUBSCRIPTIONS == 64
+    assert any("subscribe 1000" in e for e in decision.errors), decision.errors
