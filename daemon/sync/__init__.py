@@ -220,21 +220,12 @@ async def run_operation(
     refused = preflight(
         desired, comparison, opts, prune=prune, allow_empty=bool(auto and auto.allow_empty)
     )
+    namespace: Body | None = None
+    failed: list[ResourceResult] = []
+    if not refused:
+        namespace, refused, failed = await _checked_namespace(ctx, app, client, desired, opts)
     if refused:
-        return done(OperationPhase.FAILED, refused, [])
-    try:
-        namespace = await namespace_to_write(app, client, desired, opts)
-    except GitopsdError as e:
-        return done(OperationPhase.FAILED, f"namespace auto creation failed: {e}", [])
-    if namespace is not None:
-        # Checked like any cluster-scoped object of the app, before anything is written.
-        v = namespace_violation(ctx.project, ctx.cluster, app.destination.namespace)
-        if v is not None:
-            key = ResourceKey("", "Namespace", "", app.destination.namespace)
-            failed = ResourceResult(
-                key, "v1", Action.FAILED, ResultCode.SYNC_FAILED, v.message, SyncPhase.PRE_SYNC, 0
-            )
-            return done(OperationPhase.FAILED, f"CreateNamespace=true: {v.message}", [failed])
+        return done(OperationPhase.FAILED, refused, failed)
     manifests = select_manifests(app, desired, comparison, request, opts, ctx.system_rules)
     tasks = build_tasks(manifests, comparison.owned_extra, prune_last=opts.prune_last)
     main, syncfail = split_syncfail(tasks)
@@ -311,6 +302,28 @@ async def _execute(
     except Exception as e:  # a bug or a bad object must end the operation, not the daemon
         log.exception("sync crashed", app=run.app.name)
         return Outcome(f"sync failed unexpectedly: {type(e).__name__}: {e}")
+
+
+async def _checked_namespace(
+    ctx: SyncContext, app: Application, client: KubeClient, desired: Desired, opts: SyncOptions
+) -> tuple[Body | None, str, list[ResourceResult]]:
+    """The Namespace the operation writes itself (None: none), checked by the project like any
+    cluster-scoped object of the app before anything is written: else why not, with the
+    namespace's failed result."""
+    try:
+        namespace = await namespace_to_write(app, client, desired, opts)
+    except GitopsdError as e:
+        return None, f"namespace auto creation failed: {e}", []
+    if namespace is None:
+        return None, "", []
+    v = namespace_violation(ctx.project, ctx.cluster, app.destination.namespace)
+    if v is None:
+        return namespace, "", []
+    key = ResourceKey("", "Namespace", "", app.destination.namespace)
+    result = ResourceResult(
+        key, "v1", Action.FAILED, ResultCode.SYNC_FAILED, v.message, SyncPhase.PRE_SYNC, 0
+    )
+    return None, f"CreateNamespace=true: {v.message}", [result]
 
 
 async def namespace_to_write(
