@@ -174,6 +174,9 @@ def _service(
     used: set[str] = set()
     options = _substitute(raw, secret, at, used)
     hidden = used | _credentials(options)
+    for header in options.get("headers") or []:  # a webhook's API key, written inline
+        if isinstance(header, dict) and header.get("value"):
+            hidden.add(str(header["value"]))
     basic = options.get("basicAuth")
     if isinstance(basic, dict) and basic.get("password"):
         # As the Authorization header carries it (a receiver may echo it back).

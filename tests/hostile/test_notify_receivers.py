@@ -256,9 +256,10 @@ def echo() -> Iterator[Echo]:
 
 
 async def test_delivery_errors_never_show_the_services_secrets(echo: Echo) -> None:
-    """Tokens and passwords from argocd-notifications-secret stay out of delivery errors (the
-    log line and metric of a failed delivery): neither an HTTP library's complaint about a
-    token ending in a newline nor a receiver echoing the credentials back shows them."""
+    """Tokens and passwords from argocd-notifications-secret (and credentials written inline:
+    a token, a header's value) stay out of delivery errors (the log line of a failed
+    delivery): neither an HTTP library's complaint about a value ending in a newline nor a
+    receiver echoing the credentials back shows them."""
     secret = {"tok": "xoxb-SECRET-1\n", "pw": "hunter2-SECRET-2"}
     slack = service("slack", f"token: $tok\napiURL: {echo.url}/api/", secret)
     hook = service(
@@ -267,8 +268,12 @@ async def test_delivery_errors_never_show_the_services_secrets(echo: Echo) -> No
         secret,
     )
     clean = service("slack.clean", f"token: xoxb-SECRET-3\napiURL: {echo.url}/api/")
+    keyed = service(
+        "webhook.keyed",
+        f'url: {echo.url}/hook\nheaders: [{{name: X-Api-Key, value: "key-SECRET-4\\n"}}]',
+    )
     messages = []
-    for svc in (slack, hook, clean):
+    for svc in (slack, hook, clean, keyed):
         with pytest.raises(send.DeliveryError) as e:
             await send.deliver(svc, note(svc.name, "#ch", message="hi"), backoff=0.01)
         messages.append(str(e.value))
