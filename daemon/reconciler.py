@@ -283,7 +283,7 @@ class Reconciler:
             self.operating.add(app.name)
             try:
                 operation = await run_operation(
-                    self._sync_context(run, app.name),
+                    self._sync_context(run, target, app.name),
                     app,
                     target.client,
                     desired,
@@ -623,7 +623,7 @@ class Reconciler:
         self.terminating.add(name)
         return True
 
-    def _sync_context(self, run: RunState, name: str = "") -> SyncContext:
+    def _sync_context(self, run: RunState, target: Target, name: str = "") -> SyncContext:
         async def checkpoint(name: str, operation_state: dict[str, Any]) -> None:
             """Persist the Running operation before its first write."""
             status = {**run.status, "operationState": operation_state}
@@ -638,6 +638,8 @@ class Reconciler:
         return SyncContext(
             checkpoint=checkpoint,
             settings=self.settings,
+            project=target.project,
+            cluster=target.cluster,
             inventory=self.inventory,
             children=self.child_tasks,
             stopping=self.stop_requested,

@@ -10,6 +10,7 @@ templates are used, so an annotation subscription works without the catalog.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ CM_NAME = "argocd-notifications-cm"
 SECRET_NAME = "argocd-notifications-secret"
 SERVICE_TYPES = ("webhook", "slack", "email", "apprise")
 _SECRET_REF = re.compile(r"\$([A-Za-z0-9_.-]+)")
+# Options that hold credentials even when written in the ConfigMap itself (a Slack incoming
+# webhook's URL is its credential; Apprise URLs embed tokens).
+_SECRET_OPTIONS = frozenset({"password", "token", "webhookURL", "urls"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +41,20 @@ class Condition:
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """A configured notification service: its type, the name subscriptions use, options."""
+    """A configured notification service: its type, the name subscriptions use, options, and
+    the values no message may show (taken from the secret, tokens, passwords, webhook URLs)."""
 
     type: str
     name: str
     options: Mapping[str, Any]
+    secrets: frozenset[str] = frozenset()
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret value (as given and trimmed: an HTTP library quotes a
+        header value with its trailing newline escaped) replaced by `******`."""
+        for value in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(value, "******")
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,21 +140,51 @@ BUILTIN_TEMPLATES: dict[str, dict[str, Any]] = {
 }
 
 
-def _substitute(value: Any, secret: Mapping[str, str], where: str) -> Any:
-    """`$key` references in service options replaced from the notifications secret."""
+def _substitute(value: Any, secret: Mapping[str, str], where: str, used: set[str]) -> Any:
+    """`$key` references in service options replaced from the notifications secret; the
+    values taken are added to `used`."""
     if isinstance(value, str):
 
         def one(m: re.Match[str]) -> str:
             if m.group(1) not in secret:
                 raise ConfigError(f"{where}: ${m.group(1)} is not a key of {SECRET_NAME}")
+            used.add(secret[m.group(1)])
             return secret[m.group(1)]
 
         return _SECRET_REF.sub(one, value)
     if isinstance(value, dict):
-        return {k: _substitute(v, secret, f"{where}.{k}") for k, v in value.items()}
+        return {k: _substitute(v, secret, f"{where}.{k}", used) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, secret, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_substitute(v, secret, f"{where}[{i}]", used) for i, v in enumerate(value)]
     return value
+
+
+def _credentials(options: Any, secret_key: bool = False) -> set[str]:
+    """The values of credential options (`_SECRET_OPTIONS`), at any depth."""
+    if isinstance(options, dict):
+        return {v for k, item in options.items() for v in _credentials(item, k in _SECRET_OPTIONS)}
+    if isinstance(options, list):
+        return {v for item in options for v in _credentials(item, secret_key)}
+    return {str(options)} if secret_key and options not in (None, "") else set()
+
+
+def _service(
+    kind: str, name: str, raw: dict[str, Any], secret: Mapping[str, str], at: str
+) -> Service:
+    used: set[str] = set()
+    options = _substitute(raw, secret, at, used)
+    hidden = used | _credentials(options)
+    for header in options.get("headers") or []:  # a webhook's API key, written inline
+        if isinstance(header, dict) and header.get("value"):
+            hidden.add(str(header["value"]))
+    basic = options.get("basicAuth")
+    if isinstance(basic, dict) and basic.get("password"):
+        # As the Authorization header carries it (a receiver may echo it back).
+        pair = f"{basic.get('username', '')}:{basic['password']}".encode()
+        hidden.add(base64.b64encode(pair).decode())
+    # Also trimmed: a value from a file often ends in a newline that a message shows escaped.
+    hidden |= {v.strip() for v in hidden}
+    return Service(kind, name, options, frozenset(v for v in hidden if v))
 
 
 def _condition(raw: Any, where: str) -> Condition:
@@ -191,7 +234,7 @@ def parse(
             options = yaml_field(raw, at) or {}
             if not isinstance(options, dict):
                 raise ConfigError(f"{at}: expected a mapping of options")
-            services[name] = Service(kind, name, _substitute(options, secret, at))
+            services[name] = _service(kind, name, options, secret, at)
         elif key.startswith("template."):
             body = yaml_field(raw, at) or {}
             if not isinstance(body, dict):

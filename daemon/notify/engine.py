@@ -24,6 +24,13 @@ from daemon.rollouts.expr import ExprError, evaluate_in, value_in
 
 ANNOTATION_PREFIX = "notifications.argoproj.io/subscribe."
 MAX_ONCE_PER_RECORDS = 200
+# Characters of one notification's rendered templates: app data (annotations, messages a
+# tenant's objects produce) expanded by a template must not become a huge request or email.
+MAX_RENDERED = 256 * 1024
+# (trigger, service, recipient) subscriptions one app's annotations may make: annotations are
+# written by whoever writes the app (a tenant's app-of-apps child, an ApplicationSet's
+# generator), and each is a message through the operator's services on every state change.
+MAX_ANNOTATION_SUBSCRIPTIONS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +62,13 @@ class Decision:
 
 
 def subscriptions(
-    cfg: Notifications, annotations: Mapping[str, str], labels: Mapping[str, str]
+    cfg: Notifications,
+    annotations: Mapping[str, str],
+    labels: Mapping[str, str],
+    errors: list[str] | None = None,
 ) -> list[tuple[str, Destination]]:
-    """(trigger, destination) pairs the app is subscribed to."""
+    """(trigger, destination) pairs the app is subscribed to; annotations make at most
+    MAX_ANNOTATION_SUBSCRIPTIONS of them (the rest are reported in `errors`)."""
     out: list[tuple[str, Destination]] = []
     for key, value in annotations.items():
         if not key.startswith(ANNOTATION_PREFIX):
@@ -67,6 +78,14 @@ def subscriptions(
         triggers = [trigger] if trigger else list(cfg.default_triggers)
         recipients = [r.strip() for r in value.split(";") if r.strip()] or [""]
         out += [(t, Destination(service, r)) for t in triggers for r in recipients]
+    out = list(dict.fromkeys(out))
+    if len(out) > MAX_ANNOTATION_SUBSCRIPTIONS:
+        if errors is not None:
+            errors.append(
+                f"the app's annotations subscribe {len(out)} (trigger, service, recipient) "
+                f"destinations; only the first {MAX_ANNOTATION_SUBSCRIPTIONS} are used"
+            )
+        out = out[:MAX_ANNOTATION_SUBSCRIPTIONS]
     for sub in cfg.subscriptions:
         try:
             if not parse_selector(sub.selector).matches(labels):
@@ -101,7 +120,7 @@ def decide(
     evaluated: list[tuple[str, bool]] = []
     env = {"app": dict(app)}
     for trigger, dest in subscriptions(
-        cfg, meta.get("annotations") or {}, meta.get("labels") or {}
+        cfg, meta.get("annotations") or {}, meta.get("labels") or {}, errors
     ):
         conditions = cfg.triggers.get(trigger)
         if conditions is None:
@@ -132,13 +151,45 @@ def decide(
                 continue
             records[key] = now
             try:
-                rendered = tuple(_render(cfg, name, app, dest, trigger) for name in cond.send)
+                rendered = _rendered(cfg, cond.send, app, dest, trigger)
             except (TemplateError, ValueError, TypeError) as e:
                 # A template that cannot render for this app is reported, never raised.
                 errors.append(f"trigger {trigger}: {e}")
                 continue
             send.append(Notification(str(meta.get("name", "")), trigger, dest, rendered))
     return Decision(tuple(send), _capped(records), tuple(errors), tuple(evaluated))
+
+
+def _rendered(
+    cfg: Notifications,
+    names: tuple[str, ...],
+    app: Mapping[str, Any],
+    dest: Destination,
+    trigger: str,
+) -> tuple[Mapping[str, Any], ...]:
+    """The templates `names` rendered for one destination; ValueError when they come to more
+    than MAX_RENDERED characters (nothing is sent)."""
+    out: list[Mapping[str, Any]] = []
+    size = 0
+    for name in names:
+        out.append(_render(cfg, name, app, dest, trigger))
+        size += _size(out[-1])
+        if size > MAX_RENDERED:
+            raise ValueError(
+                f"template {name!r} for {dest.service}: the rendered notification is over "
+                f"{MAX_RENDERED} characters; not sent"
+            )
+    return tuple(out)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(len(str(k)) + _size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_size(v) for v in value)
+    return len(str(value))
 
 
 def _render(

@@ -1,23 +1,31 @@
 """Deliver rendered notifications: generic webhooks, Slack, email over SMTP, and every service
 Apprise knows (Teams, Discord, Telegram, Mattermost, ntfy, ...).
 
-Each delivery has a timeout and is retried with backoff; a delivery never raises into the
-daemon (the caller counts and logs the outcome). Webhooks and Slack are plain HTTP requests
-(httpx), email is the standard library's smtplib (in a worker thread), the rest goes through
-the Apprise library.
+A delivery is retried with backoff within one total deadline, and never raises into the daemon
+(the caller counts and logs the outcome). Receivers are not trusted: every network step has a
+timeout, every attempt and the whole delivery a deadline (a server answering a byte at a time
+included), answers are read up to `MAX_ANSWER` bytes, redirects are not followed, and error
+messages never carry the service's secrets. Webhooks and Slack are plain HTTP requests (httpx);
+email is the standard library's smtplib and the rest goes through the Apprise library, both
+blocking, so they run in threads of their own that a deadline or a shutdown does not wait for.
 """
 
 from __future__ import annotations
 
 import email.message
+import functools
 import json
 import re
 import smtplib
+import socket
 import ssl
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from daemon.notify.config import Service
 from daemon.notify.engine import Notification
@@ -25,8 +33,15 @@ from daemon.notify.engine import Notification
 if TYPE_CHECKING:
     import httpx
 
-TIMEOUT = 10.0
+TIMEOUT = 10.0  # one network step: connect, one read, one write
+ATTEMPT_TIMEOUT = 15.0  # one attempt, every step of it
+DEADLINE = 30.0  # one delivery: every attempt and the backoff between them
 ATTEMPTS = 3
+MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer read (Slack's JSON, an error's text)
+# Blocking deliveries (email, Apprise) still running, cancelled ones included: a receiver that
+# never lets go cannot pile up threads.
+MAX_THREADS = 8
+_THREADS = threading.BoundedSemaphore(MAX_THREADS)
 _ADDRESS = re.compile(r"[^\s@<>,;]+@[^\s@<>,;]+")
 
 
@@ -34,21 +49,37 @@ class DeliveryError(Exception):
     """A notification could not be delivered; the message says where and why."""
 
 
-async def deliver(service: Service, note: Notification, *, backoff: float = 1.0) -> None:
-    """Send `note` through `service`, retrying (1 s, 2 s backoff by default)."""
+async def deliver(
+    service: Service, note: Notification, *, backoff: float = 1.0, deadline: float = DEADLINE
+) -> None:
+    """Send `note` through `service`, retrying (1 s, 2 s backoff by default) until `deadline`
+    seconds have passed; DeliveryError (secrets redacted) when it could not."""
     import httpx  # only once a notification is sent (a start stays light)
 
-    last: Exception | None = None
-    for attempt in range(ATTEMPTS):
-        try:
-            with anyio.fail_after(TIMEOUT * 2):
-                await _once(service, note)
-            return
-        except (DeliveryError, httpx.HTTPError, OSError, smtplib.SMTPException, TimeoutError) as e:
-            last = e
+    retryable = (DeliveryError, httpx.HTTPError, OSError, smtplib.SMTPException, TimeoutError)
+    last: BaseException | None = None
+    with anyio.move_on_after(deadline) as overall:
+        for attempt in range(ATTEMPTS):
+            try:
+                with anyio.fail_after(min(ATTEMPT_TIMEOUT, deadline)):
+                    await _once(service, note)
+                return
+            except retryable as e:
+                last = e
+            except Exception as e:  # not worth a retry: a header, an option, a template
+                raise DeliveryError(
+                    service.redact(f"{service.type} service {service.name!r}: {_text(e)}")
+                ) from None
             if attempt < ATTEMPTS - 1:
                 await anyio.sleep(backoff * 2**attempt)
-    raise DeliveryError(f"{service.type} service {service.name!r}: {last}")
+    why = _text(last) if last is not None else "no answer"
+    if overall.cancelled_caught:
+        why = f"gave up after {deadline:g} s ({why})"
+    raise DeliveryError(service.redact(f"{service.type} service {service.name!r}: {why}"))
+
+
+def _text(e: BaseException) -> str:
+    return str(e) or type(e).__name__  # TimeoutError() says nothing by itself
 
 
 async def _once(service: Service, note: Notification) -> None:
@@ -60,10 +91,46 @@ async def _once(service: Service, note: Notification) -> None:
             await _slack(service, note.destination.recipient, template)
     elif service.type == "email":
         for template in note.templates:
-            await anyio.to_thread.run_sync(_email, service, note.destination.recipient, template)
+            await _email(service, note.destination.recipient, template)
     else:
         for template in note.templates:
-            await anyio.to_thread.run_sync(_apprise, service, note.destination.recipient, template)
+            call = functools.partial(_apprise, service, note.destination.recipient, template)
+            await _in_thread(call, abort=None)
+
+
+async def _in_thread(fn: Callable[[], None], *, abort: Callable[[], None] | None) -> None:
+    """Run blocking `fn` in a daemon thread of its own and wait for it. When the wait is
+    cancelled (the deadline, a shutdown) `abort` is called (it shuts an SMTP socket: the
+    thread ends at once) and the thread is left to end by itself, holding up neither the
+    caller nor the process exit. anyio's worker threads are waited for on cancel (or, when
+    abandoned, at exit), which let a receiver answering a byte at a time hold both forever."""
+    if not _THREADS.acquire(blocking=False):
+        raise DeliveryError(f"{MAX_THREADS} deliveries are still running; try again later")
+    token = anyio.lowlevel.current_token()
+    finished = anyio.Event()
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as e:  # handed to the waiting task
+            outcome.append(e)
+        finally:
+            _THREADS.release()
+            try:
+                anyio.from_thread.run_sync(finished.set, token=token)
+            except Exception:  # the event loop is gone (a shutdown): nobody waits
+                pass
+
+    threading.Thread(target=run, name="gitopsd-notify", daemon=True).start()
+    try:
+        await finished.wait()
+    finally:
+        if not outcome and abort is not None:
+            abort()
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _client(options: Mapping[str, Any]) -> httpx.AsyncClient:
@@ -73,9 +140,51 @@ def _client(options: Mapping[str, Any]) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=TIMEOUT, verify=verify, follow_redirects=False)
 
 
-def _check(r: httpx.Response, what: str) -> None:
+async def _send(
+    options: Mapping[str, Any],
+    method: str,
+    url: str,
+    *,
+    what: str,
+    content: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+) -> bytes:
+    """One request; the answer's body up to MAX_ANSWER bytes (as sent: no decompression, so a
+    small compressed answer cannot unpack into a large one), DeliveryError unless 2xx."""
+    sent = {**(headers or {}), "Accept-Encoding": "identity"}
+    body = bytearray()
+    async with (
+        _client(options) as client,
+        client.stream(method, url, content=content, headers=sent, auth=auth) as r,
+    ):
+        async for chunk in r.aiter_raw():
+            body += chunk[: MAX_ANSWER + 1 - len(body)]
+            if len(body) > MAX_ANSWER:
+                break  # the rest is never read
     if r.status_code >= 300:
-        raise DeliveryError(f"{what}: HTTP {r.status_code}: {r.text[:200]}")
+        # The URL may hold a secret: not shown; the answer's text is, shortened.
+        text = bytes(body[:200]).decode(errors="replace")
+        raise DeliveryError(f"{what}: HTTP {r.status_code}: {text}")
+    return bytes(body)
+
+
+def webhook_target(url: str, path: str) -> str:
+    """Argo CD's webhook URL for a template's `path`: the service's URL, one `/`, the path. The
+    path is rendered from app data a tenant may write; joined this way it cannot name another
+    host (`url` + `.evil.example` or `@evil.example` could)."""
+    import httpx
+
+    target = url.rstrip("/") + "/" + path.lstrip("/") if path else url
+    base, joined = httpx.URL(url), httpx.URL(target)
+    if (joined.scheme, joined.userinfo, joined.host, joined.port) != (
+        base.scheme,
+        base.userinfo,
+        base.host,
+        base.port,
+    ):
+        raise DeliveryError(f"the template's webhook path {path!r} leaves the service's host")
+    return target
 
 
 async def _webhook(service: Service, template: Mapping[str, Any]) -> None:
@@ -89,7 +198,7 @@ async def _webhook(service: Service, template: Mapping[str, Any]) -> None:
     section = (template.get("webhook") or {}).get(service.name)
     if isinstance(section, dict):
         method = str(section.get("method") or "GET").upper()
-        target = url.rstrip("/") + str(section.get("path") or "") if section.get("path") else url
+        target = webhook_target(url, str(section.get("path") or ""))
         body = str(section.get("body") or "")
     else:
         method, target = "POST", url
@@ -97,9 +206,9 @@ async def _webhook(service: Service, template: Mapping[str, Any]) -> None:
     headers = {str(h["name"]): str(h["value"]) for h in opts.get("headers") or []}
     basic = opts.get("basicAuth") or {}
     auth = (str(basic["username"]), str(basic.get("password", ""))) if basic else None
-    async with _client(opts) as client:
-        r = await client.request(method, target, content=body or None, headers=headers, auth=auth)
-    _check(r, f"webhook {service.name!r} {method}")  # the URL may hold a secret: not shown
+    content = body.encode() if body else None
+    what = f"webhook {service.name!r} {method}"
+    await _send(opts, method, target, what=what, content=content, headers=headers, auth=auth)
 
 
 async def _slack(service: Service, channel: str, template: Mapping[str, Any]) -> None:
@@ -119,7 +228,7 @@ async def _slack(service: Service, channel: str, template: Mapping[str, Any]) ->
     icon = str(opts.get("icon") or "")
     if icon:
         payload["icon_url" if icon.startswith("http") else "icon_emoji"] = icon
-    headers: dict[str, str] = {}
+    headers = {"Content-Type": "application/json"}
     if opts.get("webhookURL"):
         url = str(opts["webhookURL"])
         if channel:
@@ -131,18 +240,59 @@ async def _slack(service: Service, channel: str, template: Mapping[str, Any]) ->
         url = base.rstrip("/") + "/chat.postMessage"
         payload["channel"] = channel
         headers["Authorization"] = f"Bearer {opts['token']}"
-    async with _client(opts) as client:
-        r = await client.post(url, json=payload, headers=headers)
-    _check(r, f"slack {service.name!r}")
+    what = f"slack {service.name!r}"
+    answer = await _send(
+        opts, "POST", url, what=what, content=json.dumps(payload).encode(), headers=headers
+    )
     if not opts.get("webhookURL"):
-        answer = (
-            r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-        )
-        if isinstance(answer, dict) and answer.get("ok") is False:
-            raise DeliveryError(f"slack {service.name!r}: {answer.get('error', 'not ok')}")
+        try:
+            parsed = json.loads(answer)
+        except ValueError:
+            parsed = {}  # not Slack's JSON (or over MAX_ANSWER): the 2xx stands
+        if isinstance(parsed, dict) and parsed.get("ok") is False:
+            raise DeliveryError(f"slack {service.name!r}: {str(parsed.get('error'))[:200]}")
 
 
-def _email(service: Service, to: str, template: Mapping[str, Any]) -> None:
+class _SMTP(smtplib.SMTP):
+    """smtplib's client whose socket another thread can shut down. smtplib's timeout bounds
+    each read, not a server that answers a byte at a time (or sends reply lines forever), and
+    a thread cannot be cancelled: shutting its socket down is what ends it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._raw: socket.socket | None = None
+        super().__init__(timeout=TIMEOUT)  # no host: connect() comes in the thread
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's hook for the connection's socket (SMTP_SSL overrides it too); not in
+        # typeshed. Seen here, the socket can be shut down even before connect() returns.
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        with self._lock:
+            self._raw = sock
+            aborted = self._aborted
+        if aborted:
+            _shutdown(sock)
+        return sock  # type: ignore[no-any-return]
+
+    def abort(self) -> None:
+        """Shut the connection down from another thread: every read and write fails now."""
+        with self._lock:
+            self._aborted = True
+            socks = [self._raw, self.sock]  # after STARTTLS, sock is the TLS socket
+        for sock in socks:
+            if sock is not None:
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the descriptor, under any TLS layer
+    except OSError:
+        pass  # already closed
+
+
+async def _email(service: Service, to: str, template: Mapping[str, Any]) -> None:
     """Argo CD's email service: host, port, from, username/password; STARTTLS when the server
     offers it (verified unless insecure_skip_verify). Subject from `email.subject`."""
     opts = service.options
@@ -159,10 +309,21 @@ def _email(service: Service, to: str, template: Mapping[str, Any]) -> None:
     msg = email.message.EmailMessage()
     msg["From"] = str(opts.get("from") or "gitopsd@localhost")
     msg["To"] = to
-    msg["Subject"] = str((template.get("email") or {}).get("subject") or "gitopsd notification")
+    subject = str((template.get("email") or {}).get("subject") or "gitopsd notification")
+    msg["Subject"] = " ".join(subject.splitlines())  # app data in a subject adds no header
     body = str((template.get("email") or {}).get("body") or template.get("message") or "")
     msg.set_content(body, subtype="html" if opts.get("html") else "plain")
-    with smtplib.SMTP(host, port, timeout=TIMEOUT) as smtp:
+    smtp = _SMTP()
+    await _in_thread(functools.partial(_smtp_send, smtp, host, port, opts, msg), abort=smtp.abort)
+
+
+def _smtp_send(
+    smtp: _SMTP, host: str, port: int, opts: Mapping[str, Any], msg: email.message.EmailMessage
+) -> None:
+    with smtp:
+        code, greeting = smtp.connect(host, port)
+        if code != 220:  # what SMTP(host) checks; connect() alone does not
+            raise smtplib.SMTPConnectError(code, greeting)
         smtp.ehlo()
         if smtp.has_extn("starttls"):
             context = ssl.create_default_context()

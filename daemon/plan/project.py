@@ -238,6 +238,19 @@ def app_violations(
     return out
 
 
+def namespace_violation(project: AppProject, cluster: ClusterConfig, name: str) -> Violation | None:
+    """Whether the project permits the sync to write `Namespace/<name>` itself
+    (CreateNamespace=true, managedNamespaceMetadata): the same cluster-resource rule as a
+    Namespace manifest (Argo CD's permission validator sees the namespace task like any other),
+    and the namespace must be one the project's `destinations` permit on this cluster."""
+    v = resource_violation(
+        project, cluster, ResourceKey("", "Namespace", "", name), namespaced=False
+    )
+    if v is not None:
+        return v
+    return check_destination(project, server=cluster.server, name=cluster.name, namespace=name)
+
+
 def resource_violation(
     project: AppProject, cluster: ClusterConfig, key: ResourceKey, *, namespaced: bool
 ) -> Violation | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from daemon.appproject import AppProject
 from daemon.children import is_child_kind
 from daemon.compare import app_rules
 from daemon.compare.inventory import Inventory
@@ -23,18 +24,21 @@ from daemon.errors import GitopsdError
 from daemon.kube import FIELD_MANAGER, KubeClient
 from daemon.model import (
     Action,
+    Body,
     Manifest,
     OperationPhase,
     ResourceKey,
     ResourceResult,
     ResultCode,
+    SyncPhase,
     SyncStatus,
 )
 from daemon.plan import diff as diffing
 from daemon.plan import tracking
 from daemon.plan.options import SyncOptions, is_hook, parse_sync_options
 from daemon.plan.order import SyncTask, build_tasks, split_syncfail
-from daemon.settings import Application, Settings
+from daemon.plan.project import namespace_violation
+from daemon.settings import Application, ClusterConfig, Settings
 from daemon.stages import Comparison, Desired, Operation, SyncRequest
 from daemon.status import build
 from daemon.sync import hooks
@@ -55,6 +59,8 @@ class SyncContext:
     """What an operation needs besides the app's own desired and live state."""
 
     settings: Settings
+    project: AppProject  # judges what the sync writes by itself (CreateNamespace=true)
+    cluster: ClusterConfig
     inventory: Inventory
     children: ChildTasks
     stopping: Callable[[], bool]
@@ -214,8 +220,12 @@ async def run_operation(
     refused = preflight(
         desired, comparison, opts, prune=prune, allow_empty=bool(auto and auto.allow_empty)
     )
+    namespace: Body | None = None
+    failed: list[ResourceResult] = []
+    if not refused:
+        namespace, refused, failed = await _checked_namespace(ctx, app, client, desired, opts)
     if refused:
-        return done(OperationPhase.FAILED, refused, [])
+        return done(OperationPhase.FAILED, refused, failed)
     manifests = select_manifests(app, desired, comparison, request, opts, ctx.system_rules)
     tasks = build_tasks(manifests, comparison.owned_extra, prune_last=opts.prune_last)
     main, syncfail = split_syncfail(tasks)
@@ -258,7 +268,7 @@ async def run_operation(
     targets = {m.key for m in desired.manifests if not is_hook(m.body)}
     recorded = await ctx.inventory.load(app.name, client)
     await ctx.inventory.save(app.name, client, recorded | targets | set(comparison.owned_extra))
-    outcome = await _execute(run, main, syncfail)
+    outcome = await _execute(run, main, syncfail, namespace)
     await hooks.cleanup(client, run.hooks, succeeded=not outcome.failure)
     record_fingerprints(run.results, desired, fingerprints)
     owned = owned_after(run.results, desired, comparison, failed=bool(outcome.failure))
@@ -273,10 +283,16 @@ async def run_operation(
     return done(OperationPhase.SUCCEEDED, "successfully synced (all tasks run)", run.results)
 
 
-async def _execute(run: Run, main: Sequence[SyncTask], syncfail: Sequence[SyncTask]) -> Outcome:
-    """The waves, then SyncFail hooks on failure; errors end the operation, not the daemon."""
+async def _execute(
+    run: Run, main: Sequence[SyncTask], syncfail: Sequence[SyncTask], namespace: Body | None
+) -> Outcome:
+    """The namespace (CreateNamespace=true), the waves, then SyncFail hooks on failure; errors
+    end the operation, not the daemon."""
     try:
-        await _create_namespace(run.app, run.client, run.desired, run.opts)
+        if namespace is not None:
+            name = namespace["metadata"]["name"]
+            rt = await run.client.resource_for("v1", "Namespace", subject=f"Namespace/{name}")
+            await run.client.apply(rt, namespace, manager="gitopsd-namespace")
         outcome = await run_waves(run, main)
         if outcome.failure and syncfail and not outcome.interrupted:
             await run_syncfail(run, syncfail)
@@ -288,23 +304,48 @@ async def _execute(run: Run, main: Sequence[SyncTask], syncfail: Sequence[SyncTa
         return Outcome(f"sync failed unexpectedly: {type(e).__name__}: {e}")
 
 
-async def _create_namespace(
+async def _checked_namespace(
+    ctx: SyncContext, app: Application, client: KubeClient, desired: Desired, opts: SyncOptions
+) -> tuple[Body | None, str, list[ResourceResult]]:
+    """The Namespace the operation writes itself (None: none), checked by the project like any
+    cluster-scoped object of the app before anything is written: else why not, with the
+    namespace's failed result."""
+    try:
+        namespace = await namespace_to_write(app, client, desired, opts)
+    except GitopsdError as e:
+        return None, f"namespace auto creation failed: {e}", []
+    if namespace is None:
+        return None, "", []
+    v = namespace_violation(ctx.project, ctx.cluster, app.destination.namespace)
+    if v is None:
+        return namespace, "", []
+    key = ResourceKey("", "Namespace", "", app.destination.namespace)
+    result = ResourceResult(
+        key, "v1", Action.FAILED, ResultCode.SYNC_FAILED, v.message, SyncPhase.PRE_SYNC, 0
+    )
+    return None, f"CreateNamespace=true: {v.message}", [result]
+
+
+async def namespace_to_write(
     app: Application, client: KubeClient, desired: Desired, opts: SyncOptions
-) -> None:
-    """CreateNamespace=true: the destination namespace, with managedNamespaceMetadata. A
-    Namespace manifest of the same name in the app takes precedence."""
+) -> Body | None:
+    """The Namespace CreateNamespace=true writes, as Argo CD's `syncNamespace` decides: the
+    destination namespace when it does not exist yet, or when managedNamespaceMetadata manages
+    it (its labels and annotations); None when the sync leaves it alone (it exists and is not
+    managed, or a Namespace manifest of that name in the app takes precedence)."""
     ns = app.destination.namespace
     if not ns or not opts.create_namespace:
-        return
-    if any(m.key == ResourceKey("", "Namespace", "", ns) for m in desired.manifests):
-        return
-    rt = await client.resource_for("v1", "Namespace", subject=f"Namespace/{ns}")
-    meta: dict[str, Any] = {"name": ns}
+        return None
+    key = ResourceKey("", "Namespace", "", ns)
+    if any(m.key == key for m in desired.manifests):
+        return None
     mnm = app.sync_policy.managed_namespace_metadata
-    if mnm:
-        if mnm.get("labels"):
-            meta["labels"] = mnm["labels"]
-        if mnm.get("annotations"):
-            meta["annotations"] = mnm["annotations"]
-    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
-    await client.apply(rt, body, manager="gitopsd-namespace")
+    if mnm is None:
+        rt = await client.resource_for("v1", "Namespace", subject=str(key))
+        if await client.get(rt, "", ns) is not None:
+            return None
+    meta: dict[str, Any] = {"name": ns}
+    for field_name in ("labels", "annotations"):
+        if mnm and mnm.get(field_name):
+            meta[field_name] = mnm[field_name]
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}

@@ -18,7 +18,7 @@ from aiosmtpd.controller import Controller
 
 from tests.conftest import Cluster, GitRepo, application, wait_for, write_config
 from tests.integration.test_daemon import running
-from tests.integration.test_sync import configmap
+from tests.integration.test_sync import configmap, get
 from tests.testenv.cluster import free_port
 
 pytestmark = pytest.mark.cluster
@@ -324,3 +324,59 @@ def test_triggers_deliver_once_to_every_service(
             lambda: len(http_rx.at("/hook/deployed/note-ok")) == 2, timeout=60, what="redeploy"
         )
         wait_for(lambda: len(slack("deploys")) == 2, timeout=30, what="synced again")
+
+
+def test_a_hanging_smtp_server_holds_up_neither_syncs_other_services_nor_shutdown(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """An SMTP server that answers a byte at a time (no per-read timeout ever trips): the app
+    keeps syncing new revisions, the webhook subscribed to the same trigger is delivered, and
+    SIGTERM stops the daemon at once instead of waiting for the server."""
+    import signal
+    import time
+
+    from tests.hostile.test_notify_receivers import Hostile
+
+    def drip(srv: Hostile, conn: Any) -> None:
+        srv.drip(conn, b"220-almost ready\r\n", seconds=120)
+
+    smtp, http_rx = Hostile(drip), Receiver()
+    try:
+        git_repo.write({"app/cm.yaml": configmap("hang", data="v1")})
+        app = subscribed(
+            application("hang", git_repo.url, "app", namespace),
+            **{"on-deployed.mail": "ops@example.com", "on-deployed.hooks": ""},
+        )
+        cfg = write_config(tmp_path, cluster, [app], reconcileInterval="2s")
+        cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "argocd-notifications-cm"},
+            "data": {
+                "service.email.mail": yaml.safe_dump(
+                    {"host": "127.0.0.1", "port": smtp.port, "from": "g@example.com"}
+                ),
+                "service.webhook.hooks": yaml.safe_dump({"url": f"{http_rx.url}/hook"}),
+            },
+        }
+        (tmp_path / "apps" / "notifications.yaml").write_text(yaml.safe_dump(cm))
+        with running(cfg) as d:
+            wait_for(lambda: smtp.connections >= 1, timeout=60, what="the SMTP connection")
+            wait_for(lambda: http_rx.at("/hook"), timeout=30, what="the webhook, meanwhile")
+            git_repo.write({"app/cm.yaml": configmap("hang", data="v2")})
+            wait_for(
+                lambda: (
+                    (get(cluster, namespace, "cm/hang") or {}).get("data", {}).get("key") == "v2"
+                ),
+                timeout=60,
+                what="the next revision synced while the SMTP server hangs",
+            )
+            assert smtp.open >= 1, "the hanging SMTP delivery ended early: nothing was proven"
+            started = time.monotonic()
+            d.proc.send_signal(signal.SIGTERM)
+            d.proc.wait(90)
+            took = time.monotonic() - started
+        assert took < 15, f"the daemon took {took:.0f} s to stop behind the SMTP server"
+    finally:
+        smtp.close()
+        http_rx.server.shutdown()

@@ -34,9 +34,11 @@ def seed_doc(kind: str, name: str) -> dict[str, Any]:
 
 
 def tenant_project(prefix: str, repo_url: str) -> dict[str, Any]:
-    """The seed's tenant-a AppProject, pointed at our repo and a per-test namespace prefix."""
+    """The seed's tenant-a AppProject, pointed at our repo and a per-test namespace prefix,
+    permitting the Namespaces its apps create (CreateNamespace=true)."""
     proj = seed_doc("AppProject", "tenant-a")
     proj["spec"]["sourceRepos"] = [repo_url]
+    proj["spec"]["clusterResourceWhitelist"].append({"group": "", "kind": "Namespace"})
     proj["spec"]["destinations"] = [
         {"namespace": f"{prefix}-*", "server": "https://kubernetes.default.svc"}
     ]
@@ -462,7 +464,11 @@ async def test_project_destinations_hold_per_cluster(
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AppProject",
         "metadata": {"name": "east-only", "namespace": "argocd"},
-        "spec": {"sourceRepos": ["*"], "destinations": [{"name": "east", "namespace": ns}]},
+        "spec": {
+            "sourceRepos": ["*"],
+            "destinations": [{"name": "east", "namespace": ns}],
+            "clusterResourceWhitelist": [{"group": "", "kind": "Namespace"}],
+        },
     }
     apps = []
     for c in ("east", "west"):
@@ -500,8 +506,10 @@ async def test_project_destinations_hold_per_cluster(
 async def test_seed_tenant_application_with_managed_namespace_metadata(
     cluster: Cluster, git_repo: GitRepo, tmp_path: Path
 ) -> None:
-    """The seed's tenant-a-webapp Application and tenant-a AppProject, as written (repository
-    URL aside): the app syncs and its namespace gets the managedNamespaceMetadata."""
+    """The seed's tenant-a-webapp Application and tenant-a AppProject (repository URL aside):
+    as written the project does not whitelist Namespace, so CreateNamespace=true is refused as
+    in Argo CD; with Namespace whitelisted the app syncs and its namespace gets the
+    managedNamespaceMetadata."""
     git_repo.write({"webapp/web.yaml": deployment("webapp", "nginx:1", replicas=2)})
     ns = f"tenant-a-production-{int(time.time()) % 100000}"
     app = seed_doc("Application", "tenant-a-webapp")
@@ -512,8 +520,16 @@ async def test_seed_tenant_application_with_managed_namespace_metadata(
     cfg = write_config(tmp_path, cluster, [app])
     write_project(tmp_path, proj)
     try:
-        results = dict(await run_once(settings.load(cfg)))
-        st = results["tenant-a-webapp"]
+        st = dict(await run_once(settings.load(cfg)))["tenant-a-webapp"]
+        message = (st.get("operationState") or {}).get("message", "")
+        assert "project tenant-a (clusterResourceWhitelist)" in message, st
+        assert f"Namespace/{ns}" in message, message
+        proj["spec"]["clusterResourceWhitelist"].append({"group": "", "kind": "Namespace"})
+        write_project(tmp_path, proj)
+        # A fresh app: an automated sync that failed is not retried for the same revision.
+        app["metadata"]["name"] = "tenant-a-webapp-2"
+        cfg = write_config(tmp_path, cluster, [app])
+        st = dict(await run_once(settings.load(cfg)))["tenant-a-webapp-2"]
         assert st["sync"]["status"] == "Synced" and st["health"]["status"] == "Healthy", st
         namespace = json.loads(cluster.kubectl("get", "namespace", ns, "-o", "json"))
         assert namespace["metadata"]["labels"]["tenant"] == "tenant-a"
@@ -523,3 +539,102 @@ async def test_seed_tenant_application_with_managed_namespace_metadata(
         cluster.kubectl(
             "delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False
         )
+
+
+def _project(name: str, url: str, prefix: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AppProject",
+        "metadata": {"name": name, "namespace": "argocd"},
+        "spec": {
+            "sourceRepos": [url],
+            "destinations": [
+                {"namespace": f"{prefix}-*", "server": "https://kubernetes.default.svc"}
+            ],
+            **spec,
+        },
+    }
+
+
+async def test_create_namespace_obeys_the_projects_cluster_resource_rules(
+    cluster: Cluster, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """CreateNamespace=true writes the Namespace only where the project permits it (Argo CD's
+    permission check of the namespace task): not whitelisted or blacklisted, the sync fails
+    before anything is applied, naming project, rule and Namespace/<name>; an existing
+    namespace the sync leaves alone needs no rule, managedNamespaceMetadata on it does; a
+    whitelisted Namespace is created; a namespace outside the destinations is refused."""
+    prefix = f"cn{int(time.time()) % 100000}"
+    url = git_repo.url
+    git_repo.write({"app/cm.yaml": configmap("cn-data")})
+    strict = _project("cn-strict", url, prefix)  # no clusterResourceWhitelist: nothing
+    black = _project(
+        "cn-black",
+        url,
+        prefix,
+        clusterResourceWhitelist=[{"group": "*", "kind": "*"}],
+        clusterResourceBlacklist=[{"group": "", "kind": "Namespace", "name": f"{prefix}-bl*"}],
+    )
+    allowed = _project(
+        "cn-allowed", url, prefix, clusterResourceWhitelist=[{"group": "", "kind": "Namespace"}]
+    )
+
+    def app(name: str, project: str, ns: str, **policy: Any) -> dict[str, Any]:
+        a = application(name, url, "app", ns, options=["CreateNamespace=true"])
+        a["spec"]["project"] = project
+        a["spec"]["syncPolicy"].update(policy)
+        return a
+
+    existing, managed = f"{prefix}-existing", f"{prefix}-managed"
+    for ns in (existing, managed):
+        cluster.kubectl("create", "namespace", ns)
+    mnm = {"managedNamespaceMetadata": {"labels": {"owner": "tenant"}}}
+    apps = [
+        app("cn-new", "cn-strict", f"{prefix}-new"),
+        app("cn-existing", "cn-strict", existing),
+        app("cn-managed", "cn-strict", managed, **mnm),
+        app("cn-bl", "cn-black", f"{prefix}-bl1"),
+        app("cn-ok", "cn-allowed", f"{prefix}-ok"),
+        app("cn-outside", "cn-allowed", f"x{prefix}-out"),
+    ]
+    cfg = write_config(tmp_path, cluster, apps)
+    for proj in (strict, black, allowed):
+        write_project(tmp_path, proj)
+    try:
+        results = dict(await run_once(settings.load(cfg)))
+
+        def refused(name: str, project: str, rule: str, ns: str) -> None:
+            op = results[name].get("operationState") or {}
+            assert op.get("phase") == "Failed", (name, results[name])
+            message = op["message"]
+            assert f"project {project}" in message and rule in message, message
+            assert f"Namespace/{ns}" in message, message
+            assert get(cluster, ns, "cm/cn-data") is None, name
+
+        refused("cn-new", "cn-strict", "clusterResourceWhitelist", f"{prefix}-new")
+        assert (
+            cluster.kubectl(
+                "get", "namespace", f"{prefix}-new", "--ignore-not-found", "-o", "name"
+            ).strip()
+            == ""
+        ), "the namespace was created"
+        refused("cn-managed", "cn-strict", "clusterResourceWhitelist", managed)
+        labels = json.loads(cluster.kubectl("get", "namespace", managed, "-o", "json"))
+        assert "owner" not in (labels["metadata"].get("labels") or {})
+        refused("cn-bl", "cn-black", "clusterResourceBlacklist", f"{prefix}-bl1")
+        for name, ns in (("cn-existing", existing), ("cn-ok", f"{prefix}-ok")):
+            assert results[name]["sync"]["status"] == "Synced", (name, results[name])
+            assert get(cluster, ns, "cm/cn-data") is not None, name
+        outside = " ".join(c["message"] for c in results["cn-outside"].get("conditions", []))
+        assert f"x{prefix}-out" in outside and "destinations" in outside, outside
+        assert (
+            cluster.kubectl(
+                "get", "namespace", f"x{prefix}-out", "--ignore-not-found", "-o", "name"
+            ).strip()
+            == ""
+        )
+    finally:
+        for ns in (existing, managed, f"{prefix}-ok", f"{prefix}-new", f"{prefix}-bl1"):
+            cluster.kubectl(
+                "delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False
+            )

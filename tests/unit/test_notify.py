@@ -164,3 +164,37 @@ def test_what_gitopsd_cannot_do_is_warned_not_fatal() -> None:
     got = engine.decide(c, app("Succeeded", **{"on-stuck.slack": "x"}), {})
     assert got.send == ()
     assert any("cannot be evaluated" in e for e in got.errors)
+
+
+def test_a_rendered_notification_is_bounded() -> None:
+    """App data a tenant writes (an annotation), repeated by a template's range, cannot make
+    a notification of more than MAX_RENDERED characters: it is an error, nothing is sent."""
+    c = cfg(
+        **{
+            "template.app-sync-succeeded": "message: |\n  {{range .app.status.conditions}}"
+            '{{index $.app.metadata.annotations "note"}}{{end}}\n'
+        }
+    )
+    subscribed = {"on-sync-succeeded.slack": "ch"}
+
+    def with_note(size: int) -> dict[str, Any]:
+        a = app("Succeeded", **subscribed)
+        a["metadata"]["annotations"]["note"] = "x" * size
+        a["status"]["conditions"] = [{"type": "Warning", "message": "m"}] * 100
+        return a
+
+    small = engine.decide(c, with_note(100), {})
+    assert len(small.send) == 1 and len(small.send[0].templates[0]["message"]) >= 10_000
+    big = engine.decide(c, with_note(10_000), {})
+    assert big.send == ()
+    assert any("over 262144 characters" in e for e in big.errors), big.errors
+
+
+def test_annotation_subscriptions_are_bounded_per_app() -> None:
+    """An app's annotations (a tenant's) listing 1,000 recipients make at most
+    MAX_ANNOTATION_SUBSCRIPTIONS notifications and send-once records, and say so."""
+    many = ";".join(f"ch{i}" for i in range(1000))
+    decision = engine.decide(cfg(), app("Succeeded", **{"on-sync-succeeded.slack": many}), {})
+    assert (len(decision.send), len(decision.notified)) == (64, 64)
+    assert engine.MAX_ANNOTATION_SUBSCRIPTIONS == 64
+    assert any("subscribe 1000" in e for e in decision.errors), decision.errors

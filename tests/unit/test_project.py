@@ -27,9 +27,10 @@ from daemon.plan.project import (
     check_destination,
     check_resource,
     check_source,
+    namespace_violation,
     normalize_git_url,
 )
-from daemon.settings import IN_CLUSTER_NAME, IN_CLUSTER_SERVER
+from daemon.settings import IN_CLUSTER_NAME, IN_CLUSTER_SERVER, ClusterConfig
 from daemon.settings import parse_project as settings_parse_project
 
 # The multi-tenant example from the seed notes, verbatim.
@@ -757,3 +758,24 @@ def test_project_with_invalid_roles_grants_nothing() -> None:
         }
     )
     assert not can([p], ["g"], "get", "tenant-a/web")
+
+
+def test_a_namespace_the_sync_creates_needs_the_cluster_rule_and_a_destination() -> None:
+    """`namespace_violation` (CreateNamespace=true): refused by the cluster whitelist or
+    blacklist like a Namespace manifest (naming Namespace/<name>), and by destinations."""
+    here = ClusterConfig(IN_CLUSTER_NAME, IN_CLUSTER_SERVER)
+    dest = [{"server": IN_CLUSTER_SERVER, "namespace": "team-*"}]
+    none = namespace_violation(project(destinations=dest), here, "team-a")
+    assert none is not None and none.rule == "clusterResourceWhitelist"
+    assert "Namespace/team-a" in none.message and "project p" in none.message
+    ok = project(destinations=dest, clusterResourceWhitelist=[{"group": "", "kind": "Namespace"}])
+    assert namespace_violation(ok, here, "team-a") is None
+    outside = namespace_violation(ok, here, "other")
+    assert outside is not None and outside.rule == "destinations"
+    black = project(
+        destinations=dest,
+        clusterResourceWhitelist=[{"group": "*", "kind": "*"}],
+        clusterResourceBlacklist=[{"group": "", "kind": "Namespace", "name": "team-x"}],
+    )
+    refused = namespace_violation(black, here, "team-x")
+    assert refused is not None and refused.rule == "clusterResourceBlacklist"
