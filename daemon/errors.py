@@ -61,6 +61,11 @@ class KubeNotFound(KubeError):
     """The object or resource type does not exist."""
 
 
+class Fenced(KubeError):
+    """This replica may not write: its member Lease is not renewed (or was evicted), or the
+    work began under an incarnation that no longer holds the app (`daemon.ha.membership`)."""
+
+
 class SyncFailed(GitopsdError):
     """A sync operation did not succeed."""
 

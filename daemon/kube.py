@@ -39,6 +39,11 @@ _METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": 
 
 # The Application a request is made for (name, namespace, project), set by the worker that
 # reconciles it: `argocd_app_k8s_request_total` carries it, as Argo CD's does.
+# Set by the replicas' membership task: its Lease traffic never queues behind the apps' request
+# budget (`qps`), or a busy member would miss its own renewals and evict itself.
+unthrottled: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "gitopsd_unthrottled", default=False
+)
 acting_for: contextvars.ContextVar[tuple[str, str, str]] = contextvars.ContextVar(
     "acting_for", default=("", "", "")
 )
@@ -180,9 +185,10 @@ class KubeClient:
         self.events: Counter[tuple[str, str]] = Counter()
         self.server_version = ""
         self.reachability = Reachability()
-        # Called before every write that is not a dry run; raises to refuse it. Several replicas
-        # sharing apps (daemon.ha) fence a member whose Lease lapsed this way.
-        self.write_gate: Callable[[str, str], None] | None = None
+        # Called before every write that is not a dry run (and again right before each send):
+        # raises to refuse it, else returns the seconds the write may take (None: no limit).
+        # Several replicas sharing apps (daemon.ha) fence a member whose Lease lapsed this way.
+        self.write_gate: Callable[[str, str], float | None] | None = None
         self._lists: dict[str, _Flight] = {}  # LISTs in flight by path, for list_fresh
         self._list_seq = 0
         # What the drift watches hold, for compares; every write here is recorded into it.
@@ -246,6 +252,14 @@ class KubeClient:
             self._headers, self._headers_at = await self.credentials.auth(), now
         return self._headers
 
+    def _gate(self, subject: str, verb: str) -> float:
+        """The time a write may take: the client timeout, or less when the write gate (the
+        HA fence) closes sooner; the gate raises when it is shut already."""
+        if self.write_gate is None:
+            return self.timeout
+        left = self.write_gate(subject, verb)
+        return self.timeout if left is None else max(0.05, min(self.timeout, left))
+
     def _request_kwargs(self) -> dict[str, Any]:
         name = self.credentials.tls_server_name
         return {"server_hostname": name} if name else {}
@@ -264,22 +278,24 @@ class KubeClient:
         ok404: bool = False,
     ) -> Response | None:
         url = self.server + path
-        if (
-            self.write_gate is not None
-            and method != "GET"
-            and not (params or {}).get("dryRun")
-            and not (params or {}).get(UNGATED)
-        ):
-            self.write_gate(subject, verb)
+        ungated = bool((params or {}).get(UNGATED))
+        gated = method != "GET" and not (params or {}).get("dryRun") and not ungated
+        if gated:
+            self._gate(subject, verb)  # fail fast, before waiting for the rate limiter
         if params and UNGATED in params:
             params = {k: v for k, v in params.items() if k != UNGATED}
         refresh = False
         for attempt in range(3):
-            await self.limiter.acquire()
+            if not ungated and not unthrottled.get():
+                await self.limiter.acquire()
             self.requests[verb] += 1
             headers = dict(await self.headers(refresh=refresh))
             if content_type:
                 headers["Content-Type"] = content_type
+            # Checked again at the last moment, on every attempt: a replica stalled while it
+            # waited (SIGSTOP, a long GC, the limiter) must not write after its fence closed,
+            # and the request may not outlive the fence.
+            timeout = self._gate(subject, verb) if gated else self.timeout
             try:
                 async with self.session().request(
                     method,
@@ -287,12 +303,13 @@ class KubeClient:
                     params=params,
                     data=content,
                     headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout)),
                     **self._request_kwargs(),
                 ) as resp:
                     r = Response(resp.status, dict(resp.headers), await resp.read())
             except TimeoutError as e:
-                self.reachability.failed(f"timed out after {self.timeout:g}s")
-                raise KubeError(subject, verb, f"timed out after {self.timeout:g}s") from e
+                self.reachability.failed(f"timed out after {timeout:g}s")
+                raise KubeError(subject, verb, f"timed out after {timeout:g}s") from e
             except (aiohttp.ClientError, OSError) as e:
                 error = f"{type(e).__name__}: {e}".rstrip(": ")
                 self.reachability.failed(error)
@@ -702,8 +719,14 @@ class KubeClient:
         patch: Body,
         *,
         manager: str = FIELD_MANAGER,
+        ungated: bool = False,
     ) -> Body:
-        """JSON merge patch (hook finalizers, ReplicaSet scale, Service selectors)."""
+        """JSON merge patch (hook finalizers, ReplicaSet scale, Service selectors). Unlike a
+        PUT it never creates the object, and a `metadata.resourceVersion` in it is a
+        precondition (409 when the object changed). `ungated`: the fence's own Leases."""
+        params = {"fieldManager": manager}
+        if ungated:
+            params[UNGATED] = "1"
         return await self._send(
             "PATCH",
             rt,
@@ -712,7 +735,7 @@ class KubeClient:
             patch,
             verb="patch",
             content_type=_MERGE,
-            params={"fieldManager": manager},
+            params=params,
         )
 
     async def patch_json(
@@ -857,9 +880,9 @@ class Clusters:
         self.configs = list(configs)
         self._clients: dict[str, KubeClient] = {}
         self._lock = anyio.Lock()
-        self._write_gate: Callable[[str, str], None] | None = None
+        self._write_gate: Callable[[str, str], float | None] | None = None
 
-    def fence(self, gate: Callable[[str, str], None] | None) -> None:
+    def fence(self, gate: Callable[[str, str], float | None] | None) -> None:
         """Put `gate` before every write of every client, present and future."""
         self._write_gate = gate
         for c in self._clients.values():

@@ -29,7 +29,14 @@ from daemon.compare.inventory import Inventory
 from daemon.customizations import aggregated_roles_rule
 from daemon.deletion import delete_hooks, delete_resources, run_delete_hooks
 from daemon.desired import inputs_key, prepare, render_desired, source_shas, uses_rollouts
-from daemon.errors import ConfigError, GitopsdError, PlanError, ProjectViolation, SyncFailed
+from daemon.errors import (
+    ConfigError,
+    Fenced,
+    GitopsdError,
+    PlanError,
+    ProjectViolation,
+    SyncFailed,
+)
 from daemon.health import lua
 from daemon.health.checks import set_custom_checks
 from daemon.kube import Clusters, KubeClient
@@ -676,6 +683,11 @@ class Reconciler:
                 run.status.setdefault("conditions", []).append(
                     build.condition("UnknownError", f"state not saved: {e}")
                 )
+            except Fenced as e:
+                # Another replica may own the app now: this run's record is not the app's
+                # state, here or in memory (a later claim re-reads it from the cluster).
+                bound.error("state not saved", error=str(e))
+                return
         self._states[app.name] = record
         (bound.info if changed else bound.debug)(
             "reconciled",

@@ -34,6 +34,7 @@ from daemon.appproject import AppProject
 from daemon.clusterwatch import ClusterMonitor
 from daemon.engine import Engine
 from daemon.errors import ConfigError, GitopsdError, KubeError
+from daemon.ha.membership import WRITE_EPOCH
 from daemon.health.checks import assess
 from daemon.kube import KubeClient
 from daemon.model import HealthStatus, Manifest, ResourceType
@@ -547,11 +548,16 @@ class Daemon:
                         continue  # another replica reconciles it (a pending sync waits here)
                     sync, worker.pending = worker.pending, None
                     reason, worker.reason = worker.reason or "interval", ""
+                    m = self.membership
+                    # The run's writes are bound to this incarnation's claim on the app.
+                    bound = WRITE_EPOCH.set(m.epoch(worker.app.name) if m is not None else None)
                     try:
                         await self._reconcile(worker, sync, reason)
                     except Exception:  # one app's failure must never stop the daemon
                         log.exception("app worker error; will retry", app=worker.app.name)
                         await anyio.sleep(min(30.0, settings.reconcile_interval))
+                    finally:
+                        WRITE_EPOCH.reset(bound)
         finally:
             worker.done.set()
 
@@ -1127,29 +1133,34 @@ class Daemon:
         """Deliver queued notifications, a few at a time; outcomes are metrics and logs."""
         limiter = anyio.CapacityLimiter(NOTIFY_CONCURRENCY)
 
-        async def one(service: notify_config.Service, note: notify_engine.Notification) -> None:
-            async with limiter:
-                try:
-                    await notify_send.deliver(service, note)
-                except Exception as e:  # a notification must never take the daemon down
-                    self.metrics.notify_deliveries.labels(service.name, "false", note.trigger).inc()
-                    log.error(
-                        "notification failed", app=note.app, trigger=note.trigger, error=str(e)
-                    )
-                    return
-                self.metrics.notify_deliveries.labels(service.name, "true", note.trigger).inc()
-                log.info(
-                    "notification sent",
-                    app=note.app,
-                    trigger=note.trigger,
-                    service=service.name,
-                    # Apprise targets are URLs that may hold tokens: never logged.
-                    recipient="" if service.type == "apprise" else note.destination.recipient,
-                )
+        async def one(
+            service: notify_config.Service, note: notify_engine.Notification, slot: object
+        ) -> None:
+            try:
+                await notify_send.deliver(service, note)
+            except Exception as e:  # a notification must never take the daemon down
+                self.metrics.notify_deliveries.labels(service.name, "false", note.trigger).inc()
+                log.error("notification failed", app=note.app, trigger=note.trigger, error=str(e))
+                return
+            finally:
+                limiter.release_on_behalf_of(slot)
+            self.metrics.notify_deliveries.labels(service.name, "true", note.trigger).inc()
+            log.info(
+                "notification sent",
+                app=note.app,
+                trigger=note.trigger,
+                service=service.name,
+                # Apprise targets are URLs that may hold tokens: never logged.
+                recipient="" if service.type == "apprise" else note.destination.recipient,
+            )
 
         async with anyio.create_task_group() as tg, self._notes_out:
             async for service, note in self._notes_out:
-                tg.start_soon(one, service, note)
+                # The slot is taken before the task exists: a slow receiver makes the queue
+                # push back (it is bounded) instead of piling up waiting tasks.
+                slot = object()
+                await limiter.acquire_on_behalf_of(slot)
+                tg.start_soon(one, service, note, slot)
 
     def app_health(self, app_name: str) -> str:
         worker = self.workers.get(app_name)

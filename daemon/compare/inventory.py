@@ -12,6 +12,7 @@ import structlog
 from daemon.errors import KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceKey
+from daemon.names import object_name
 from daemon.plan import tracking
 
 log = structlog.get_logger("gitopsd.inventory")
@@ -35,7 +36,7 @@ class Inventory:
             return set(cached)
         rt = await client.resource_for("v1", "ConfigMap", subject="inventory")
         try:
-            cm = await client.get(rt, self.namespace, INVENTORY_PREFIX + app)
+            cm = await client.get(rt, self.namespace, object_name(INVENTORY_PREFIX, app))
         except KubeError as e:
             if e.status != 403:
                 raise
@@ -62,7 +63,7 @@ class Inventory:
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {
-                "name": INVENTORY_PREFIX + app,
+                "name": object_name(INVENTORY_PREFIX, app),
                 "namespace": self.namespace,
                 "labels": {"app.kubernetes.io/managed-by": "gitopsd"},
             },
@@ -86,5 +87,5 @@ class Inventory:
     async def delete(self, app: str, client: KubeClient) -> None:
         """Forget `app` (after its resources were deleted)."""
         cm_rt = await client.resource_for("v1", "ConfigMap", subject="inventory")
-        await client.delete(cm_rt, self.namespace, INVENTORY_PREFIX + app)
+        await client.delete(cm_rt, self.namespace, object_name(INVENTORY_PREFIX, app))
         self._cache.pop((client.name, app), None)

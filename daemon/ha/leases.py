@@ -17,9 +17,10 @@ compared between hosts.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 from typing import Any
+
+from daemon.names import object_name
 
 Body = dict[str, Any]
 LABEL = "gitopsd.io/lease"  # member | app | leader
@@ -28,7 +29,6 @@ APP_PREFIX = "gitopsd-app."
 LEADER = "gitopsd-leader"
 EVICTED_BY = "gitopsd.io/evicted-by"
 API_ADDRESS = "gitopsd.io/api-address"
-_UNSAFE = re.compile(r"[^a-z0-9.-]")
 
 
 def micro_time(t: dt.datetime) -> str:
@@ -42,11 +42,11 @@ def member_of(incarnation: str) -> str:
 
 
 def member_lease_name(member: str) -> str:
-    return MEMBER_PREFIX + _UNSAFE.sub("-", member.lower())[:200]
+    return object_name(MEMBER_PREFIX, member)
 
 
 def app_lease_name(app: str) -> str:
-    return APP_PREFIX + _UNSAFE.sub("-", app.lower())[:200]
+    return object_name(APP_PREFIX, app)
 
 
 def lease(

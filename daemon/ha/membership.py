@@ -31,13 +31,16 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import structlog
 
-from daemon.errors import KubeError
+from daemon import kube
+from daemon.errors import Fenced, KubeError
 from daemon.ha import leases as L
 from daemon.ha import shard
 from daemon.kube import KubeClient
@@ -48,8 +51,17 @@ Body = dict[str, Any]
 GC_AFTER = 10  # evicted member Leases are deleted by the leader after this many leaseDurations
 
 
-class Fenced(KubeError):
-    """This replica may not write: its member Lease is not renewed (or was evicted)."""
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """The incarnation and app claim a unit of work (one reconcile) runs under."""
+
+    incarnation: str
+    app: str
+
+
+# Set by the runner around one app's reconcile (inherited by the tasks it starts): every write
+# it makes is checked against the incarnation and claim it began under.
+WRITE_EPOCH: ContextVar[Epoch | None] = ContextVar("gitopsd_write_epoch", default=None)
 
 
 class Membership:
@@ -99,12 +111,23 @@ class Membership:
     # --- the fence ---------------------------------------------------------------------------
 
     def may_write(self) -> bool:
-        at = self.renewed_at
-        return at is not None and self.clock() < at + self.duration - self.margin
+        return self._left() > 0
 
-    def check(self, subject: str, verb: str) -> None:
-        """`KubeClient.write_gate`: refuse writes while the fence is shut."""
-        if not self.may_write():
+    def _left(self) -> float:
+        at = self.renewed_at
+        return -1.0 if at is None else at + self.duration - self.margin - self.clock()
+
+    def epoch(self, app: str) -> Epoch:
+        """What a reconcile of `app` runs under: this incarnation and its claim on the app."""
+        return Epoch(self.incarnation, app)
+
+    def check(self, subject: str, verb: str) -> float:
+        """`KubeClient.write_gate`: refuse writes while the fence is shut, and writes of work
+        begun under an earlier incarnation or for an app no longer claimed (a replica resumed
+        after a stall and rejoined must not finish what it started before); else the seconds
+        left before the fence closes, which bound the write."""
+        left = self._left()
+        if left <= 0:
             raise Fenced(
                 subject,
                 verb,
@@ -112,6 +135,19 @@ class Membership:
                 "may own this app now; the write is refused",
                 status=503,
             )
+        bound = WRITE_EPOCH.get()
+        if bound is not None and (
+            bound.incarnation != self.incarnation or bound.app not in self.claims
+        ):
+            raise Fenced(
+                subject,
+                verb,
+                f"fenced: this work on app {bound.app} began under incarnation "
+                f"{bound.incarnation}, which no longer holds the app (now {self.incarnation}); "
+                "the write is refused",
+                status=503,
+            )
+        return left
 
     # --- the member Lease ----------------------------------------------------------------------
 
@@ -200,8 +236,12 @@ class Membership:
         self.version = L.version(body)
         self.transitions = int((body.get("spec") or {}).get("leaseTransitions") or 0)
         self.renewed_at = sent
-        self.live[self.member_id] = self.incarnation
         log.info("joined", member=self.member_id, incarnation=self.incarnation)
+        if self.live.get(self.member_id) != self.incarnation:
+            # A new dict, and the runner told: a rejoin after an eviction must reassign the
+            # apps (a silent in-place update left both members thinking the other owned one).
+            self.live = {**self.live, self.member_id: self.incarnation}
+            self.on_change()
         self.joined.set()
 
     async def renew(self) -> None:
@@ -213,7 +253,11 @@ class Membership:
             name, "member", transitions=self.transitions, resource_version=self.version
         )
         try:
-            renewed = await self.client.replace(rt, body, ungated=True)
+            # A merge patch, not a PUT: Leases are created on update, so a PUT after the
+            # leader collected our evicted Lease would bring this stale incarnation back.
+            renewed = await self.client.patch_merge(
+                rt, self.namespace, name, body, manager="gitopsd", ungated=True
+            )
         except KubeError as e:
             if e.status in (404, 409):
                 await self._lost(str(e))
@@ -426,21 +470,27 @@ class Membership:
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Join, then renew, observe and elect every renewInterval, until cancelled."""
+        """Join, then renew every renewInterval, and (apart, so a slow list never delays a
+        renewal) observe and elect, until cancelled. None of it waits for the apps' `qps`."""
+        kube.unthrottled.set(True)
         await self.join()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._every, (self.renew,))
+            await self._every((self.observe, self.elect, self._collect))
+
+    async def _every(self, steps: tuple[Callable[[], Awaitable[None]], ...]) -> None:
         while True:
             started = self.clock()
-            for step in (self.renew, self.observe, self.elect):
+            for step in steps:
                 try:
                     await step()
                 except KubeError as e:
                     log.warning("membership step failed", step=step.__name__, error=str(e))
-            if self.leader:
-                try:
-                    await self.collect()
-                except KubeError as e:
-                    log.warning("collecting Leases failed", error=str(e))
             await anyio.sleep(max(0.1, self.interval - (self.clock() - started)))
+
+    async def _collect(self) -> None:
+        if self.leader:
+            await self.collect()
 
     async def leave(self) -> None:
         """Graceful shutdown: release the claims and the leadership, delete our member Lease

@@ -19,7 +19,6 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,13 +29,13 @@ import aiofiles.os
 import structlog
 
 from daemon.model import Manifest, ResourceKey
+from daemon.names import file_stem
 from daemon.settings import Application
 from daemon.sources.signatures import allowed
 
 log = structlog.get_logger("gitopsd.lastgood")
 
 VERSION = 1
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _fsync = aiofiles.os.wrap(os.fsync)
 
 
@@ -85,7 +84,7 @@ class LastGood:
         self._digests: dict[str, str] = {}  # app -> digest of what is on disk
 
     def _path(self, app: str) -> Path:
-        return self.root / f"{_SAFE.sub('_', app)}.json.gz"
+        return self.root / f"{file_stem(app)}.json.gz"
 
     async def keep(self, app: Application, rendered: Rendered) -> None:
         """Record a successful render (a no-op when it is what is already kept). A failure to

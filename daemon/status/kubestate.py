@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +24,10 @@ from typing import Any
 import anyio
 import structlog
 
-from daemon.errors import KubeError, KubeNotFound
+from daemon.errors import Fenced, KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceType
+from daemon.names import object_name
 
 log = structlog.get_logger("gitopsd.state")
 PREFIX = "gitopsd-state."
@@ -36,11 +36,10 @@ ANNOTATION = "gitopsd.io/app"
 MANAGER = "gitopsd-state"
 LIMIT = 900 * 1024  # bytes of compressed state, under the 1 MiB object limit with room to spare
 HISTORY = 10
-_UNSAFE = re.compile(r"[^a-z0-9.-]")
 
 
 def _name(app: str) -> str:
-    return PREFIX + _UNSAFE.sub("-", app.lower())[:200]
+    return object_name(PREFIX, app)
 
 
 def encode(state: dict[str, Any]) -> str:
@@ -176,6 +175,8 @@ class KubeStateStore:
                 }
                 await self.client.apply(ns_rt, namespace, manager=MANAGER)
                 await self.client.apply(rt, body, manager=MANAGER)
+        except Fenced:
+            raise  # not ours to write any more: the caller must not keep this record either
         except KubeError as e:
             raise OSError(
                 f"state of {app} not written to ConfigMap/{self.namespace}/{_name(app)}: {e}"

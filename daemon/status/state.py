@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +17,8 @@ from typing import Any, Protocol
 import aiofiles
 import aiofiles.os
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+from daemon.names import file_stem
+
 _fsync = aiofiles.os.wrap(os.fsync)
 
 
@@ -43,7 +43,7 @@ class StateStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, app: str) -> Path:
-        return self.root / f"{_SAFE.sub('_', app)}.json"
+        return self.root / f"{file_stem(app)}.json"
 
     def load(self, app: str) -> dict[str, Any]:
         """The saved state of `app` ({} when none or unreadable)."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.errors import KubeError
+from daemon.errors import Fenced, KubeError
 from daemon.ha import leases as L
-from daemon.ha.membership import Fenced, Membership
+from daemon.ha.membership import Membership
 from daemon.kube import KubeClient
 from tests.conftest import Cluster
 
