@@ -71,3 +71,35 @@ def test_a_truncated_archive_is_an_error_not_a_traceback(tmp_path: Path) -> None
         unpack(
             tmp_path / "c.tgz", tmp_path / "out", chart="hello", where="c 1.0", limits=ChartLimits()
         )
+
+
+def _settings_file(tmp_path: Path, **values: object) -> Path:
+    import yaml
+
+    cfg = tmp_path / "gitopsd.yaml"
+    cluster = {"name": "in-cluster", "server": "https://kubernetes.default.svc"}
+    settings = {"stateDir": str(tmp_path / "state"), **values}
+    cfg.write_text(yaml.safe_dump({"clusters": [cluster], "settings": settings}))
+    return cfg
+
+
+def test_chart_limits_come_from_settings_with_helms_defaults(tmp_path: Path) -> None:
+    """maxChartBytes, maxChartFiles, maxChartFileBytes, maxChartIndexBytes and maxYamlNodes
+    set the limits; unset, a chart gets helm's 100 MiB / 5 MiB; zero is refused by name."""
+    from daemon import settings
+    from daemon.errors import ConfigError
+
+    defaults = ChartLimits.of(settings.load(_settings_file(tmp_path)).settings)
+    assert (defaults.max_bytes, defaults.max_file_bytes) == (100 * 1024 * 1024, 5 * 1024 * 1024)
+    assert (defaults.max_files, defaults.max_index_bytes) == (10_000, 64 * 1024 * 1024)
+    cfg = _settings_file(
+        tmp_path,
+        maxChartBytes=1000,
+        maxChartFiles=7,
+        maxChartFileBytes=100,
+        maxChartIndexBytes=2000,
+        maxYamlNodes=50,
+    )
+    assert ChartLimits.of(settings.load(cfg).settings) == ChartLimits(1000, 7, 100, 2000, 50)
+    with pytest.raises(ConfigError, match="maxChartFiles: must be a positive integer"):
+        settings.load(_settings_file(tmp_path, maxChartFiles=0))
