@@ -16,6 +16,7 @@ from daemon.reconciler import Reconciler
 from daemon.render import Renderer
 from daemon.rollouts.controller import Rollouts
 from daemon.settings import IN_CLUSTER_SERVER, Application, ClusterConfig, Config
+from daemon.sources.chartfiles import ChartLimits
 from daemon.sources.git import RepoCache
 from daemon.sources.lastgood import LastGood
 from daemon.status.state import StateStore, Store
@@ -45,6 +46,7 @@ class Engine:
             max_nodes=s.max_yaml_nodes,
             concurrency=s.max_concurrent_renders,
         )
+        repos.charts.limits = ChartLimits.of(s)
         renderer.charts = repos.charts  # chart dependencies come through the chart cache
         renderer.index_max_age = s.reconcile_interval
         clusters = Clusters(config.clusters)

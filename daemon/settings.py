@@ -178,6 +178,11 @@ class Settings:
     sync_wave_delay: float = 2.0  # Argo CD's ARGOCD_SYNC_WAVE_DELAY between waves
     max_manifest_bytes: int = 10 * 1024 * 1024  # combined rendered size of one app
     max_yaml_nodes: int = 1_000_000  # nodes one YAML stream may expand to (alias bombs)
+    # Helm charts from repositories and registries (helm's own defaults for a chart's size).
+    max_chart_bytes: int = 100 * 1024 * 1024  # unpacked size of one chart (and of its archive)
+    max_chart_files: int = 10_000  # files and directories in one chart
+    max_chart_file_bytes: int = 5 * 1024 * 1024  # one file of a chart
+    max_chart_index_bytes: int = 64 * 1024 * 1024  # one chart repository's index.yaml
     cache_dir: str = "/var/cache/gitopsd"
     state_dir: str = "/var/lib/gitopsd"
     inventory_namespace: str = "gitopsd-system"  # where per-app inventories live in-cluster
@@ -853,6 +858,10 @@ def load(path: str | os.PathLike[str], *, previous: Config | None = None) -> Con
         sync_wave_delay=dur("syncWaveDelay", d.sync_wave_delay),
         max_manifest_bytes=pos_int("maxManifestBytes", d.max_manifest_bytes),
         max_yaml_nodes=pos_int("maxYamlNodes", d.max_yaml_nodes),
+        max_chart_bytes=pos_int("maxChartBytes", d.max_chart_bytes),
+        max_chart_files=pos_int("maxChartFiles", d.max_chart_files),
+        max_chart_file_bytes=pos_int("maxChartFileBytes", d.max_chart_file_bytes),
+        max_chart_index_bytes=pos_int("maxChartIndexBytes", d.max_chart_index_bytes),
         cache_dir=_resolve(base, s.text("cacheDir", d.cache_dir)),
         state_dir=_resolve(base, s.text("stateDir", d.state_dir)),
         inventory_namespace=s.text("inventoryNamespace", d.inventory_namespace),
