@@ -246,7 +246,9 @@ def test_index_yaml_is_bounded_parsed_off_the_loop_and_may_redirect(
                 "stopped reading"
             ) in errors["endless"]
             reads = endless.hits.count("/index.yaml")
-            assert endless.sent / reads < 32 * MB, (endless.sent, reads)  # it stopped reading
+            # It stopped reading: the limit plus what socket buffers hold, far below what 5 s
+            # of an unbounded read at loopback speed would take.
+            assert endless.sent / reads < 64 * MB, (endless.sent, reads)
             assert (
                 f"{slow.url}/index.yaml did not answer in full within 5s (repoTimeout)"
                 in errors["slow"]
