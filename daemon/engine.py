@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from daemon.model import HealthStatus
 from daemon.reconciler import Reconciler
 from daemon.render import Renderer
 from daemon.rollouts.controller import Rollouts
-from daemon.settings import IN_CLUSTER_SERVER, Application, ClusterConfig, Config
+from daemon.settings import IN_CLUSTER_SERVER, Application, ClusterConfig, Config, Settings
 from daemon.sources.chartfiles import ChartLimits
 from daemon.sources.git import RepoCache
 from daemon.sources.lastgood import LastGood
@@ -83,6 +84,32 @@ class Engine:
             with anyio.CancelScope(shield=True):
                 await clusters.aclose()
 
+    def apply(self, config: Config) -> list[KubeClient]:
+        """Make a reloaded config the running one in every service: repository credentials and
+        timeouts, chart and render limits, the render pool, clusters (added, moved, removed),
+        the Rollouts controller mode, and everything the reconciler reads. Returns the clients
+        of clusters whose entry changed or went away (their watches and controllers must go,
+        and the caller closes them once idle). Fields in RESTART_ONLY are the caller's to keep."""
+        s = config.settings
+        self.config = config
+        self.repos.credentials = tuple(config.repositories)
+        self.repos.timeout = s.repo_timeout
+        self.repos.charts.credentials = tuple(config.repositories)
+        self.repos.charts.timeout = s.repo_timeout
+        self.repos.charts.limits = ChartLimits.of(s)
+        r = self.renderer
+        r.timeout, r.max_bytes, r.max_nodes = s.repo_timeout, s.max_manifest_bytes, s.max_yaml_nodes
+        r.limiter.total_tokens = s.max_concurrent_renders
+        r.index_max_age = s.reconcile_interval
+        dropped = self.clusters.update(config.clusters)
+        rollouts = self.reconciler.rollouts
+        if rollouts is not None:
+            rollouts.mode, rollouts.install_crds = s.rollouts_controller, s.rollouts_install_crds
+            for client in dropped:
+                rollouts.forget(client.name)
+        self.reconciler.config = config
+        return dropped
+
     def control(self) -> ClusterConfig:
         """The cluster holding the replicas' Leases and the state (settings.sharding.cluster)."""
         return control_cluster(self.config, self.clusters)
@@ -91,6 +118,32 @@ class Engine:
         """The client of the app's destination cluster."""
         cluster = self.clusters.lookup(server=app.destination.server, name=app.destination.name)
         return await self.clusters.client(cluster)
+
+
+# Settings a running daemon cannot take from an edit: the API's socket, where state and caches
+# live, and the replicas' identity and Lease layout. A reload keeps their running values and
+# names them in a warning.
+RESTART_ONLY = (
+    "listen",
+    "cache_dir",
+    "state_dir",
+    "state_store",
+    "sharding_enabled",
+    "sharding_cluster",
+    "sharding_namespace",
+    "sharding_member_id",
+    "sharding_algorithm",
+    "sharding_advertise_url",
+    "sharding_lease_duration",
+    "sharding_renew_interval",
+)
+
+
+def keep_restart_only(running: Settings, new: Settings) -> tuple[Settings, list[str]]:
+    """`new` with the RESTART_ONLY fields as they run, and the names of those the edit changed."""
+    changed = [f for f in RESTART_ONLY if getattr(running, f) != getattr(new, f)]
+    kept = dataclasses.replace(new, **{f: getattr(running, f) for f in changed})
+    return kept, changed
 
 
 def control_cluster(config: Config, clusters: Clusters) -> ClusterConfig:

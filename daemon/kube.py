@@ -10,6 +10,7 @@ and verb, and never leak upward.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import os
 import re
@@ -881,6 +882,27 @@ class Clusters:
         self._clients: dict[str, KubeClient] = {}
         self._lock = anyio.Lock()
         self._write_gate: Callable[[str, str], float | None] | None = None
+
+    def update(self, configs: Sequence[ClusterConfig]) -> list[KubeClient]:
+        """Take a reloaded config's clusters: added ones resolve at once; a cluster whose entry
+        changed (kubeconfig moved, token file, server) or went away loses its client, so the
+        next request makes one from the new entry; qps/burst alone change in place. Returns
+        the dropped clients, for the caller to close once their requests are done."""
+        new = {c.name: c for c in configs}
+        old = {c.name: c for c in self.configs}
+        dropped = []
+        for name, client in list(self._clients.items()):
+            before, after = old.get(name), new.get(name)
+            if after is not None and before is not None:
+                rate = (before.qps, before.burst) != (after.qps, after.burst)
+                if rate and dataclasses.replace(before, qps=after.qps, burst=after.burst) == after:
+                    client.limiter = RateLimiter(after.qps, after.burst)
+                    continue
+                if before == after:
+                    continue
+            dropped.append(self._clients.pop(name))
+        self.configs = list(configs)
+        return dropped
 
     def fence(self, gate: Callable[[str, str], float | None] | None) -> None:
         """Put `gate` before every write of every client, present and future."""

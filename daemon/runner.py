@@ -32,7 +32,7 @@ from daemon import appsets, configfiles, kube
 from daemon import settings as settings_mod
 from daemon.appproject import AppProject
 from daemon.clusterwatch import ClusterMonitor
-from daemon.engine import Engine
+from daemon.engine import Engine, keep_restart_only
 from daemon.errors import ConfigError, GitopsdError, KubeError
 from daemon.ha.membership import WRITE_EPOCH
 from daemon.health.checks import assess
@@ -263,6 +263,13 @@ class DriftWatches:
         for app, scopes in self.app_scopes.items():
             if scope_key in scopes:
                 self.daemon.drift(app, reason)
+
+    def forget_cluster(self, cluster: str) -> None:
+        """The cluster's client was replaced: stop its watches; each app's next reconcile
+        starts them again on the new client."""
+        for scope_key in [k for k in self.scopes if k[0] == cluster]:
+            self.scopes.pop(scope_key).cancel()
+            self.established.discard(scope_key)
 
     def covers(self, app: str) -> bool:
         """True when every type/namespace the app manages is being watched."""
@@ -1223,10 +1230,20 @@ class Daemon:
         old_apps = {a.name: a for a in self.config.applications}
         new_apps = {a.name: a for a in new.applications}
         removed = self._pending_removals(old_apps, new_apps, confirm)
-        new = dataclasses.replace(new, applications=(*new.applications, *self.removals.held()))
+        settings, restart = keep_restart_only(self.config.settings, new.settings)
+        if restart:
+            log.warning(
+                "settings changed that take effect only after a restart; keeping the running "
+                "values",
+                fields=restart,
+            )
+        new = dataclasses.replace(
+            new,
+            settings=settings,
+            applications=(*new.applications, *self.removals.held()),
+        )
         self.config = new
-        self.engine.reconciler.config = new
-        self.engine.reconciler.settings = new.settings
+        self._swap_services(new)
         for name, app in new_apps.items():
             if name not in old_apps:
                 log.info("app added", app=name)
@@ -1241,6 +1258,19 @@ class Daemon:
         for app in removed:
             self._remove_app(app, "app removed")
         self._reshard()  # the apps changed: assign the new ones
+
+    def _swap_services(self, new: Config) -> None:
+        """The services take the new config (`Engine.apply`); the sync pool takes its size;
+        clusters whose entry changed lose their watches now and their client once idle."""
+        for client in self.engine.apply(new):
+            self.watches.forget_cluster(client.name)
+            self.clusters_ok.discard(client.name)
+            if self.tg is not None:
+                self.tg.start_soon(_close_later, client)
+        self.sync_limiter.total_tokens = new.settings.max_concurrent_syncs
+        self.metrics.sync_pool_size.set(new.settings.max_concurrent_syncs)
+        if self.tg is not None:
+            self.tg.start_soon(self._check_clusters)  # added clusters show up at once
 
     def _pending_removals(
         self,
@@ -1467,6 +1497,15 @@ class Daemon:
         if any(_appset_uses(a.raw, urls) for a in self.config.application_sets):
             self._appset_wake.set()  # its git generators may see new directories or files
         return names
+
+
+async def _close_later(client: KubeClient, grace: float = 60.0) -> None:
+    """Close a replaced cluster client once requests still in flight on it are done."""
+    try:
+        await anyio.sleep(grace)
+    finally:  # at shutdown: at once
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
 
 
 def _appset_uses(raw: Any, urls: set[str]) -> bool:

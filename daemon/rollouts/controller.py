@@ -963,6 +963,7 @@ class Rollouts:
         self._wanted: dict[str, KubeClient] = {}
         self._wake = anyio.Event()
         self.installed: dict[str, list[str]] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
 
     async def prepare(self, client: KubeClient) -> None:
         """An app of this cluster contains Argo Rollouts kinds: install the CRDs if allowed
@@ -986,7 +987,8 @@ class Rollouts:
                             client, mode=self.mode, ours=self.ours, policy=self.policy
                         )
                         self.controllers[name] = ctl
-                        tg.start_soon(self._supervise, ctl)
+                        self._scopes[name] = scope = anyio.CancelScope()
+                        tg.start_soon(self._supervise, ctl, scope)
                 self._wake = anyio.Event()
                 await self._wake.wait()
 
@@ -1061,7 +1063,21 @@ class Rollouts:
         log.info("rollout action", rollout=f"{namespace}/{name}", action=action)
         return writes.message
 
-    async def _supervise(self, ctl: ClusterRollouts) -> None:
+    def forget(self, cluster: str) -> None:
+        """The cluster's client was replaced (its config entry changed) or it is gone: stop its
+        controller; the next reconcile of an app there starts one with the new client."""
+        scope = self._scopes.pop(cluster, None)
+        if scope is not None:
+            scope.cancel()
+        self.controllers.pop(cluster, None)
+        self._wanted.pop(cluster, None)
+        self.installed.pop(cluster, None)
+
+    async def _supervise(self, ctl: ClusterRollouts, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._keep_running(ctl)
+
+    async def _keep_running(self, ctl: ClusterRollouts) -> None:
         while True:
             try:
                 await ctl.run()
