@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster, GitRepo, TcpProxy, application, wait_for, write_config
+from tests.integration.githttp import PrivateGitServer
 from tests.integration.test_daemon import running
 from tests.integration.test_sync import configmap, get
 
@@ -84,3 +85,38 @@ def test_clusters_and_pool_size_change_live(
     finally:
         second.stop()
         first.stop()
+
+
+def test_a_repository_credential_added_live_reaches_a_private_repo(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """An app on a repository that asks for basic auth fails while no credential matches; an
+    edit adding a `repositories` entry (username and passwordFile) makes it sync, no restart."""
+    git_repo.write({"p/cm.yaml": configmap("private")})
+    server = PrivateGitServer(git_repo.bare.parent, "deploy", "s3cret-pass")
+    url = f"{server.url}/{git_repo.bare.name}"
+    cfg = write_config(tmp_path, cluster, [application("private", url, "p", namespace)])
+    try:
+        with running(cfg) as d:
+            wait_for(
+                lambda: any(
+                    c.get("type") == "ComparisonError"
+                    for c in d.status("private").get("conditions", [])
+                ),
+                timeout=60,
+                what="the private repo refused without a credential",
+            )
+            assert server.denied > 0
+            secret = tmp_path / "git-password"
+            secret.write_text("s3cret-pass\n")
+            data = yaml.safe_load(cfg.read_text())
+            data["repositories"] = [
+                {"url": f"{server.url}/", "username": "deploy", "passwordFile": str(secret)}
+            ]
+            cfg.write_text(yaml.safe_dump(data))
+            time.sleep(2.5)  # the watcher reads the files every second
+            d.api("/api/v1/applications/private/refresh", method="POST")
+            wait_for(lambda: d.synced("private"), timeout=60, what="synced with the new credential")
+            assert get(cluster, namespace, "configmap/private") is not None
+    finally:
+        server.close()
