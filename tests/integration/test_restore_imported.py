@@ -58,7 +58,8 @@ def test_an_imported_config_restored_elsewhere_runs_without_the_original(
     assert r.returncode == 0, r.stderr
     config = yaml.safe_load((first / "gitopsd.yaml").read_text())
     edge = next(c for c in config["clusters"] if c["name"] == "edge")
-    assert edge["kubeconfig"] == "credentials/cluster-edge.kubeconfig"
+    imported = str(edge["kubeconfig"])  # credentials/cluster-edge-<hash of the name>.kubeconfig
+    assert imported.startswith("credentials/cluster-edge-") and not Path(imported).is_absolute()
 
     key = tmp_path / "backup.key"
     assert gitopsd("backup", "--new-key", str(key)).returncode == 0
@@ -78,7 +79,7 @@ def test_an_imported_config_restored_elsewhere_runs_without_the_original(
     in_cluster.unlink()
 
     second = tmp_path / "second"
-    kube = second / "credentials" / "cluster-edge.kubeconfig"
+    kube = second / imported
     r = gitopsd("restore", str(archive), "--to", str(second), "--dry-run", "--key-file", str(key))
     assert r.returncode == 0, r.stderr
     assert f"  {kube} (the credential file " in r.stdout, r.stdout
@@ -92,7 +93,7 @@ def test_an_imported_config_restored_elsewhere_runs_without_the_original(
     assert kube.stat().st_mode & 0o777 == 0o600
     restored = yaml.safe_load((second / "gitopsd.yaml").read_text())
     by_name = {c["name"]: c for c in restored["clusters"]}
-    assert by_name["edge"]["kubeconfig"] == "credentials/cluster-edge.kubeconfig"
+    assert by_name["edge"]["kubeconfig"] == imported
     moved = by_name["in-cluster"]["kubeconfig"]
     assert not Path(moved).is_absolute() and (second / moved).is_file(), moved
 
@@ -106,6 +107,6 @@ def test_an_imported_config_restored_elsewhere_runs_without_the_original(
     third = tmp_path / "third"
     r = gitopsd("restore", str(archive), "--to", str(third), "--no-cluster")
     assert r.returncode == 2, r.stdout
-    missing = third / "credentials" / "cluster-edge.kubeconfig"
+    missing = third / imported
     assert str(missing) in r.stderr and "restore with --key-file" in r.stderr, r.stderr
     assert not third.exists()

@@ -85,9 +85,15 @@ def test_staleness_is_measured_on_the_observers_clock() -> None:
 
 
 def test_lease_names_are_valid_object_names() -> None:
-    """Member and app names become DNS-safe Lease names."""
-    assert L.member_lease_name("Host_1.example") == "gitopsd-member-host-1.example"
-    assert L.app_lease_name("team-a/web") == "gitopsd-app.team-a-web"
+    """Member and app names become DNS-safe Lease names; a name that had to change carries a
+    hash of itself, so `Host_1.example` and `host-1.example` never share a Lease."""
+    assert L.member_lease_name("host-1.example") == "gitopsd-member-host-1.example"
+    changed = L.member_lease_name("Host_1.example")
+    assert (
+        changed.startswith("gitopsd-member-host-1.example-")
+        and changed != "gitopsd-member-host-1.example"
+    )
+    assert L.app_lease_name("team-a/web").startswith("gitopsd-app.team-a-web-")
 
 
 def test_state_in_a_configmap_is_bounded_and_round_trips() -> None:
