@@ -38,8 +38,23 @@ _JSON_PATCH = "application/json-patch+json"
 _NAMESPACE_IN_PATH = re.compile(r"/namespaces/([^/]+)/")
 _METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
+
 # The Application a request is made for (name, namespace, project), set by the worker that
 # reconciles it: `argocd_app_k8s_request_total` carries it, as Argo CD's does.
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """The replica incarnation and app claim a unit of work (one reconcile) runs under."""
+
+    incarnation: str
+    app: str
+
+
+# Set around one app's reconcile (and one Rollout's, for its app), inherited by the tasks it
+# starts: the write gate checks every write against the incarnation and claim it began under.
+write_epoch: contextvars.ContextVar[Epoch | None] = contextvars.ContextVar(
+    "gitopsd_write_epoch", default=None
+)
+
 # Set by the replicas' membership task: its Lease traffic never queues behind the apps' request
 # budget (`qps`), or a busy member would miss its own renewals and evict itself.
 unthrottled: contextvars.ContextVar[bool] = contextvars.ContextVar(

@@ -330,17 +330,23 @@ class Reconciler:
 
     # === the stages ==========================================================================
 
+    def app_of(self, body: Body) -> Application | None:
+        """The app that deploys `body` (by its tracking id), once reconciled here."""
+        owner = owner_of(body, self.tracking) or owner_of(body, TrackingMethod.ANNOTATION)
+        if not owner:
+            return None
+        return self.known.get(owner) or next(
+            (a for a in self.config.applications if a.instance_name == owner), None
+        )
+
     def analysis_policy(self, ro: Body) -> Policy | None:
         """What the analyses of Rollout `ro` may reach and read: its app's policy (settings
         and project allow-lists, the project's Secret and Job rules); the settings' alone for
         a Rollout no app deploys; None while its app has not been reconciled yet."""
         s = self.config.settings
-        owner = owner_of(ro, self.tracking) or owner_of(ro, TrackingMethod.ANNOTATION)
-        if not owner:
+        if not (owner_of(ro, self.tracking) or owner_of(ro, TrackingMethod.ANNOTATION)):
             return analysis_policy.unowned(allowed=s.analysis_allowed, listen=s.listen)
-        app = self.known.get(owner) or next(
-            (a for a in self.config.applications if a.instance_name == owner), None
-        )
+        app = self.app_of(ro)
         project = self.project_for(app) if app is not None else None
         if app is None or project is None:
             return None

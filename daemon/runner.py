@@ -34,7 +34,6 @@ from daemon.appproject import AppProject
 from daemon.clusterwatch import ClusterMonitor
 from daemon.engine import Engine, keep_restart_only
 from daemon.errors import ConfigError, GitopsdError, KubeError
-from daemon.ha.membership import WRITE_EPOCH
 from daemon.health.checks import assess
 from daemon.kube import KubeClient
 from daemon.model import HealthStatus, Manifest, ResourceType
@@ -557,14 +556,16 @@ class Daemon:
                     reason, worker.reason = worker.reason or "interval", ""
                     m = self.membership
                     # The run's writes are bound to this incarnation's claim on the app.
-                    bound = WRITE_EPOCH.set(m.epoch(worker.app.name) if m is not None else None)
+                    bound = kube.write_epoch.set(
+                        m.epoch(worker.app.name) if m is not None else None
+                    )
                     try:
                         await self._reconcile(worker, sync, reason)
                     except Exception:  # one app's failure must never stop the daemon
                         log.exception("app worker error; will retry", app=worker.app.name)
                         await anyio.sleep(min(30.0, settings.reconcile_interval))
                     finally:
-                        WRITE_EPOCH.reset(bound)
+                        kube.write_epoch.reset(bound)
         finally:
             worker.done.set()
 
@@ -674,6 +675,8 @@ class Daemon:
         self.membership = m
         clusters.fence(m.check)
         self.engine.reconciler.owns = lambda instance: instance in self._claimed_instances
+        if self.engine.reconciler.rollouts is not None:
+            self.engine.reconciler.rollouts.epoch = self._rollout_epoch
         tg.start_soon(m.run)
         log.info("joining the members", member=member, cluster=control.name)
         await m.joined.wait()
@@ -682,6 +685,12 @@ class Daemon:
         # it spares a first assignment that would hand most apps over again a moment later.
         await anyio.sleep(m.interval)
         await m.observe()
+
+    def _rollout_epoch(self, ro: dict[str, Any]) -> kube.Epoch | None:
+        """A Rollout's writes run under its app's claim, as the app's own reconcile does."""
+        m, reconciler = self.membership, self.engine.reconciler
+        app = reconciler.app_of(ro)
+        return m.epoch(app.name) if m is not None and app is not None else None
 
     def _reshard(self) -> None:
         """Recompute which member owns which app; wake the apps that moved (gained ones

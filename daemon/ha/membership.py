@@ -32,8 +32,6 @@ import datetime as dt
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -49,19 +47,6 @@ from daemon.model import ResourceType
 log = structlog.get_logger("gitopsd.ha")
 Body = dict[str, Any]
 GC_AFTER = 10  # evicted member Leases are deleted by the leader after this many leaseDurations
-
-
-@dataclass(frozen=True, slots=True)
-class Epoch:
-    """The incarnation and app claim a unit of work (one reconcile) runs under."""
-
-    incarnation: str
-    app: str
-
-
-# Set by the runner around one app's reconcile (inherited by the tasks it starts): every write
-# it makes is checked against the incarnation and claim it began under.
-WRITE_EPOCH: ContextVar[Epoch | None] = ContextVar("gitopsd_write_epoch", default=None)
 
 
 class Membership:
@@ -117,9 +102,9 @@ class Membership:
         at = self.renewed_at
         return -1.0 if at is None else at + self.duration - self.margin - self.clock()
 
-    def epoch(self, app: str) -> Epoch:
+    def epoch(self, app: str) -> kube.Epoch:
         """What a reconcile of `app` runs under: this incarnation and its claim on the app."""
-        return Epoch(self.incarnation, app)
+        return kube.Epoch(self.incarnation, app)
 
     def check(self, subject: str, verb: str) -> float:
         """`KubeClient.write_gate`: refuse writes while the fence is shut, and writes of work
@@ -135,7 +120,7 @@ class Membership:
                 "may own this app now; the write is refused",
                 status=503,
             )
-        bound = WRITE_EPOCH.get()
+        bound = kube.write_epoch.get()
         if bound is not None and (
             bound.incarnation != self.incarnation or bound.app not in self.claims
         ):

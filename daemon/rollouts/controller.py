@@ -26,7 +26,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from daemon.errors import KubeError, KubeNotFound
-from daemon.kube import KubeClient
+from daemon.kube import Epoch, KubeClient, write_epoch
 from daemon.model import ResourceType
 from daemon.rollouts import analysis as an
 from daemon.rollouts import crds, ingress, restart
@@ -131,12 +131,14 @@ class ClusterRollouts:
         mode: str = "auto",
         ours: Callable[[Body], bool] = lambda ro: True,
         policy: Callable[[Body], Policy | None] = lambda ro: None,
+        epoch: Callable[[Body], Epoch | None] = lambda ro: None,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.client = client
         self.mode = mode
         self.ours = ours
         self.policy = policy  # what a Rollout's analyses may reach and read (None: not yet known)
+        self.epoch = epoch  # the replica claim a Rollout's writes run under (several replicas)
         self.now = now
         self.dirty: set[tuple[str, str]] = set()
         self.due: dict[tuple[str, str], float] = {}  # monotonic time of a requested requeue
@@ -266,9 +268,17 @@ class ClusterRollouts:
                 self.timings.observe(("rollout", *key), time.monotonic() - started)
 
     async def reconcile(self, namespace: str, name: str) -> None:
-        """One reconcile of one Rollout."""
+        """One reconcile of one Rollout; its writes are bound to its app's claim (a replica that
+        lost the app since, or was stalled and rejoined, writes nothing)."""
+        ro = await self.client.get(self.types["rollout"], namespace, name)
+        bound = write_epoch.set(self.epoch(ro) if ro is not None else None)
+        try:
+            await self._reconcile(namespace, name, ro)
+        finally:
+            write_epoch.reset(bound)
+
+    async def _reconcile(self, namespace: str, name: str, ro: Body | None) -> None:
         t = self.types
-        ro = await self.client.get(t["rollout"], namespace, name)
         key = (namespace, name)
         if ro is None:
             self.due.pop(key, None)
@@ -959,6 +969,7 @@ class Rollouts:
         self.install_crds = install_crds
         self.ours = ours
         self.policy = policy
+        self.epoch: Callable[[Body], Epoch | None] = lambda ro: None  # set with several replicas
         self.controllers: dict[str, ClusterRollouts] = {}
         self._wanted: dict[str, KubeClient] = {}
         self._wake = anyio.Event()
@@ -984,7 +995,11 @@ class Rollouts:
                 for name, client in list(self._wanted.items()):
                     if name not in self.controllers:
                         ctl = ClusterRollouts(
-                            client, mode=self.mode, ours=self.ours, policy=self.policy
+                            client,
+                            mode=self.mode,
+                            ours=self.ours,
+                            policy=self.policy,
+                            epoch=lambda ro: self.epoch(ro),
                         )
                         self.controllers[name] = ctl
                         self._scopes[name] = scope = anyio.CancelScope()
