@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ EXIT_CONNECTION = 11
 EXIT_API = 12
 EXIT_NOT_FOUND = 13
 EXIT_GENERIC = 20
+DEFAULT_LOCAL_TOKEN = "/var/lib/gitopsd/local-api-token"  # the default stateDir's
 
 
 class ApiError(GitopsdError):
@@ -50,20 +52,31 @@ class ApiClient:
             token = Path(token_file).read_text().strip()
         return cls(url.rstrip("/"), token)
 
-    def _local_token(self, path: str) -> str:
-        """The daemon's local token (named by its 401 answer), when the daemon is on this host
-        (loopback) and this user may read the file; "" otherwise."""
+    def _local_token(self) -> str:
+        """The daemon's local token when the daemon is on this host (loopback) and this user
+        may read it: from $GITOPSD_LOCAL_TOKEN_FILE or the default path, never from a path the
+        server names (a program squatting the port could name any file). The file must be a
+        regular file only its owner can read, as the daemon writes it; "" otherwise."""
         host = urlsplit(self.server).hostname or ""
-        if not path or host not in ("127.0.0.1", "::1", "localhost"):
+        if host not in ("127.0.0.1", "::1", "localhost"):
             return ""
+        path = os.environ.get("GITOPSD_LOCAL_TOKEN_FILE") or DEFAULT_LOCAL_TOKEN
         try:
-            return Path(path).read_text().strip()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as e:
             raise ApiError(
                 f"writes need a token: cannot read the daemon's local token {path}: {e.strerror} "
-                "(run as the daemon's user, or pass --token-file)",
+                "(run as the daemon's user, set GITOPSD_LOCAL_TOKEN_FILE, or pass --token-file)",
                 exit_code=EXIT_API,
             ) from e
+        with os.fdopen(fd) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+                raise ApiError(
+                    f"the local token {path} is not a private (0600) file; not sent",
+                    exit_code=EXIT_API,
+                )
+            return f.read(4096).strip()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -80,7 +93,7 @@ class ApiClient:
         except ValueError:
             data = {"error": r.text}
         if r.status_code == 401 and not self.token and isinstance(data, dict):
-            local = self._local_token(str(data.get("tokenFile") or ""))
+            local = self._local_token()
             if local:
                 return dataclasses.replace(self, token=local).call(method, path, body)
         if r.status_code >= 400:

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 OBJECT_NAME_MAX = 253  # a Kubernetes object name (DNS subdomain)
 FILE_STEM_MAX = 180  # leaves room for suffixes and temp-file decorations within NAME_MAX 255
 _OBJECT_UNSAFE = re.compile(r"[^a-z0-9.-]")
 _FILE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 DIGEST = 10
+# The object names derived from an app's name (its claim Lease, state ConfigMap, inventory).
+APP_LEASE_PREFIX = "gitopsd-app."
+STATE_PREFIX = "gitopsd-state."
+INVENTORY_PREFIX = "gitopsd-inventory."
 
 
 def _derived(name: str, safe: str, prefix: str, limit: int) -> str:
@@ -41,3 +46,18 @@ def file_stem(name: str, *, limit: int = FILE_STEM_MAX) -> str:
     if safe.startswith("."):
         safe = "_" + safe[1:]
     return _derived(name, safe, "", limit)
+
+
+def clashes(names: Iterable[str]) -> list[tuple[str, str]]:
+    """Pairs of different app names that would derive one object or file name. A name that
+    fits is kept as it is, so an app named exactly like another's hashed form would share its
+    Lease, state and inventory: such a pair is refused, not run."""
+    seen: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
+    for name in sorted(set(names)):
+        derived = [object_name(p, name) for p in (APP_LEASE_PREFIX, STATE_PREFIX, INVENTORY_PREFIX)]
+        for key in {*derived, "file:" + file_stem(name)}:
+            other = seen.setdefault(key, name)
+            if other != name and (other, name) not in out:
+                out.append((other, name))
+    return out

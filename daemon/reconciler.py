@@ -43,7 +43,7 @@ from daemon.kube import Clusters, KubeClient
 from daemon.model import Body, HookType, Manifest, ResourceKey, ResourceResult
 from daemon.plan import diff as diffing
 from daemon.plan.project import app_violations, resource_violation
-from daemon.plan.tracking import TrackingMethod, owner_of
+from daemon.plan.tracking import TrackingMethod, is_owned_by, owner_of
 from daemon.render import Renderer
 from daemon.rollouts import policy as analysis_policy
 from daemon.rollouts.controller import Rollouts
@@ -333,7 +333,12 @@ class Reconciler:
     def app_of(self, body: Body) -> Application | None:
         """The app that deploys `body` (by its tracking id), once reconciled here."""
         owner = owner_of(body, self.tracking) or owner_of(body, TrackingMethod.ANNOTATION)
-        if not owner:
+        # The tracking id must name the object itself: a copy of another app's id on an object
+        # made outside gitopsd gets nothing of that app (its policy, its claim).
+        if not owner or not any(
+            is_owned_by(body, owner, namespaced=True, method=m)
+            for m in (self.tracking, TrackingMethod.ANNOTATION)
+        ):
             return None
         return self.known.get(owner) or next(
             (a for a in self.config.applications if a.instance_name == owner), None

@@ -28,7 +28,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from daemon import appsets, configfiles, kube
+from daemon import appsets, configfiles, kube, names
 from daemon import settings as settings_mod
 from daemon.appproject import AppProject
 from daemon.clusterwatch import ClusterMonitor
@@ -344,6 +344,7 @@ class Daemon:
         self.tg: TaskGroup | None = None
         self.waiting = 0
         self.removals = PendingRemovals()
+        self.generated_removals = PendingRemovals()  # ApplicationSet apps, likewise
         self.file_stamps = self._stamps(config)
         self.metrics.sync_pool_size.set(config.settings.max_concurrent_syncs)
         self.metrics.config_valid.set(1)
@@ -1051,8 +1052,17 @@ class Daemon:
         self._apply_expansion(expansion)
 
     def _apply_expansion(self, expansion: appsets.Expansion) -> None:
-        self.engine.reconciler.generated = dict(expansion.owner)
-        old = self.expansion.apps
+        old, old_owner = self.expansion.apps, self.expansion.owner
+        configured = {a.name for a in self.config.applications}
+        for first, second in names.clashes([*configured, *expansion.apps]):
+            for name in (first, second):
+                if name in expansion.apps and name not in old:  # the newcomer is refused
+                    del expansion.apps[name]
+                    owner = expansion.owner.pop(name, "")
+                    expansion.errors[owner] = (
+                        f"generated app {name!r} would share its Lease, state and inventory "
+                        f"with {first if name == second else second!r}; not created"
+                    )
         for name, app in expansion.apps.items():
             worker = self.workers.get(name)
             if worker is None:
@@ -1061,11 +1071,38 @@ class Daemon:
             elif app != worker.app or app.raw != worker.app.raw:
                 worker.app = app
                 worker.trigger("ApplicationSet changed")
+        for name in [n for n in self.generated_removals.since if n in expansion.apps]:
+            self.generated_removals.back(name)
+            log.info("generated app back in its ApplicationSet's output; not removed", app=name)
+        grace = self.config.settings.app_removal_grace_period
+        now = time.monotonic()
+        due = self.generated_removals.due(now, grace)
         for name, app in old.items():
-            if name not in expansion.apps and name in self.workers:
+            if name in expansion.apps or name not in self.workers:
+                continue
+            if grace <= 0 or name in due:
+                self.generated_removals.confirm(name)
                 self._remove_app(app, "generated app removed")
+                continue
+            # A generator's input caught mid-write (a truncated file, a repository between
+            # commits) must not delete anything: the app stays until a later expansion, at
+            # least the grace period later, still lacks it.
+            expansion.apps[name], expansion.owner[name] = app, old_owner.get(name, "")
+            if self.generated_removals.note(app, now) and self.tg is not None:
+                log.warning(
+                    "generated app gone from its ApplicationSet's output; removed if still gone "
+                    "after the grace period",
+                    app=name,
+                    grace_seconds=grace,
+                )
+                self.tg.start_soon(self._expand_again_after, grace)
         self.expansion = expansion
+        self.engine.reconciler.generated = dict(expansion.owner)
         self._reshard()  # the apps changed: assign the new ones
+
+    async def _expand_again_after(self, seconds: float) -> None:
+        await anyio.sleep(seconds + 0.5)
+        self._appset_wake.set()
 
     def _progress(self, app_name: str, operation: dict[str, Any]) -> None:
         worker = self.workers.get(app_name)
@@ -1349,6 +1386,8 @@ class Daemon:
                     log.info("removed app still held by its owner; waiting", app=app.name)
                     await anyio.sleep(m.interval)
                     continue
+                # The deletes run under that claim: a stall that loses it stops them.
+                kube.write_epoch.set(m.epoch(app.name) if m is not None else None)
                 await self.engine.reconciler.delete_app(app)
                 if m is not None:
                     await m.release(app.name)
@@ -1483,7 +1522,7 @@ class Daemon:
         """Refresh apps whose repo matches one of `urls` and whose revision tracks `branch`."""
         from daemon.sources.git import normalize_url
 
-        names = []
+        refreshed: list[str] = []
         for name, w in self.workers.items():
             for src in w.app.sources:
                 if normalize_url(src.repo_url) not in urls:
@@ -1497,15 +1536,15 @@ class Daemon:
                     continue
                 self.engine.repos.repo(src.repo_url).invalidate()
                 self._webhook_batch.setdefault(name, reason)
-                names.append(name)
+                refreshed.append(name)
                 break
-        if names:
+        if refreshed:
             self._webhook_last = time.monotonic()
             self._webhook_first = self._webhook_first or self._webhook_last
             self._webhook_wake.set()
         if any(_appset_uses(a.raw, urls) for a in self.config.application_sets):
             self._appset_wake.set()  # its git generators may see new directories or files
-        return names
+        return refreshed
 
 
 async def _close_later(client: KubeClient, grace: float = 60.0) -> None:

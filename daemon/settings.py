@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from daemon import cmp, configfiles, customizations, yamlio
+from daemon import cmp, configfiles, customizations, names, yamlio
 from daemon.appproject import DEFAULT_PROJECT, AppProject, OrphanedResources
 from daemon.appproject.roles import parse_roles
 from daemon.appproject.windows import project_sync_windows
@@ -1045,6 +1045,15 @@ def load(path: str | os.PathLike[str], *, previous: Config | None = None) -> Con
             )
         except ConfigError as e:
             errors.append(e)
+    files_of = {a.name: a.file for a in apps}
+    for first, second in names.clashes(files_of):
+        errors.append(
+            ConfigError(
+                f"Application {second!r} would share its Lease, state and inventory with "
+                f"{first!r} (their derived names are one); rename one",
+                file=files_of[second],
+            )
+        )
     if len(errors) == 1:
         raise errors[0]
     if errors:

@@ -369,6 +369,13 @@ def offline_self_heal() -> None:
     print("  git is back: the next poll clears the condition")
 
 
+def make_key() -> Path:
+    """The backup key: scheduled and API backups are signed with it, restores check it."""
+    key = DEMO / "backup.key"
+    sh(str(VENV_BIN / "gitopsd"), "backup", "--new-key", str(key))
+    return key
+
+
 def disaster_drill(daemon: subprocess.Popen[bytes], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Back up, lose the state directory, restore it: nothing is redone."""
     say("Disaster drill: back up, lose .demo/state, restore, and converge without redoing anything")
@@ -382,8 +389,10 @@ def disaster_drill(daemon: subprocess.Popen[bytes], env: dict[str, str]) -> subp
     restored = DEMO / "restored"
     for extra in (["--dry-run"], []):
         name = Path(written["path"]).name
-        print(f"\n  $ gitopsd restore {name} --to .demo/restored {' '.join(extra)}")
-        out = sh(gitopsd, "restore", written["path"], "--to", str(restored), *extra)
+        flags = " ".join(["--key-file", ".demo/backup.key", *extra])
+        print(f"\n  $ gitopsd restore {name} --to .demo/restored {flags}")
+        key = ("--key-file", str(DEMO / "backup.key"))  # the archive's signature is checked
+        out = sh(gitopsd, "restore", written["path"], "--to", str(restored), *key, *extra)
         for line in out.splitlines()[1:8]:
             print(f"  {line}")
     daemon = start_daemon(restored / "gitopsd.yaml", env)
@@ -511,7 +520,7 @@ def main() -> int:
             listen=f"127.0.0.1:{PORT}",
             reconcileInterval="60s",
             syncWaveDelay="1s",
-            backup={"dir": str(DEMO / "backups"), "keep": 3},
+            backup={"dir": str(DEMO / "backups"), "keep": 3, "keyFile": str(make_key())},
             # Analyses reach only listed addresses; loopback only when named, as here.
             rollouts={"analysis": {"allowedAddresses": [prometheus]}},
         )

@@ -12,12 +12,11 @@ import structlog
 from daemon.errors import KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceKey
-from daemon.names import object_name
+from daemon.names import INVENTORY_PREFIX, object_name
 from daemon.plan import tracking
 
 log = structlog.get_logger("gitopsd.inventory")
 
-INVENTORY_PREFIX = "gitopsd-inventory."
 MANAGER = "gitopsd-inventory"
 
 

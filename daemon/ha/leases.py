@@ -20,12 +20,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.names import object_name
+from daemon.names import APP_LEASE_PREFIX, object_name
 
 Body = dict[str, Any]
 LABEL = "gitopsd.io/lease"  # member | app | leader
 MEMBER_PREFIX = "gitopsd-member-"
-APP_PREFIX = "gitopsd-app."
+APP_PREFIX = APP_LEASE_PREFIX
 LEADER = "gitopsd-leader"
 EVICTED_BY = "gitopsd.io/evicted-by"
 API_ADDRESS = "gitopsd.io/api-address"

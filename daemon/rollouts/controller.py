@@ -31,7 +31,7 @@ from daemon.model import ResourceType
 from daemon.rollouts import analysis as an
 from daemon.rollouts import crds, ingress, restart
 from daemon.rollouts.actions import ActionError, plan_action
-from daemon.rollouts.egress import Policy, job_refusal, redact
+from daemon.rollouts.egress import Policy, job_refusal, redact, repeats_secret
 from daemon.rollouts.plan import (
     Plan,
     ReplicaSet,
@@ -721,7 +721,7 @@ class ClusterRollouts:
         measurement: Body = {"phase": an.RUNNING, "startedAt": an.iso(now)}
         try:
             job = an.job_for(run, m, number)
-            why = policy.job_denied or job_refusal(job)
+            why = policy.job_refusal(str(job["metadata"]["namespace"])) or job_refusal(job)
             if why:
                 raise an.AnalysisError(f"job provider refused: {why}")
             try:
@@ -905,10 +905,15 @@ async def _take(
     try:
         provider = an.substitute(m.provider, secrets) if secrets else m.provider
         value = await providers.measure(provider, policy)
+        if repeats_secret(f"{value.text}\n{json.dumps(value.result)}", provider, secrets):
+            # Not recorded nor judged: a condition on it would let the tenant guess the secret.
+            raise providers.ProviderError("the answer repeats a secret value; not recorded")
         measurement["value"] = redact(value.text, provider, secrets)[:MAX_VALUE]
         phase_, message = an.evaluate_result(m, value.result)
     except (providers.ProviderError, an.AnalysisError) as e:
         phase_, message = an.ERROR, str(e)
+        if repeats_secret(message, provider, secrets):
+            message = "the measurement's error repeats a secret value; not recorded"
     message = redact(message, provider, secrets)[:MAX_VALUE]
     measurement["phase"] = phase_
     if message:

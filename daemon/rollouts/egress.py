@@ -16,12 +16,14 @@ resolves names and tells which addresses are the host's own.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -55,9 +57,17 @@ class Entry:
         """Whether a request to `scheme://host:port/path`, connecting to `ip`, is covered."""
         if self.network is not None:
             return ip in self.network
-        if scheme != self.scheme or self.port not in (0, port) or not path.startswith(self.path):
+        if scheme != self.scheme or self.port not in (0, port) or not _under(path, self.path):
             return False
         return self.host == host or (self.host.startswith("*") and fnmatchcase(host, self.host))
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether `path` is `prefix` or below it, whole segments only (`/api` covers `/api/x`,
+    not `/api-x`)."""
+    if prefix.endswith("/") or path == prefix:
+        return path.startswith(prefix)
+    return path.startswith(prefix + "/")
 
 
 def parse_entry(text: str, *, where: str) -> Entry:
@@ -117,7 +127,12 @@ class Policy:
     own_api: tuple[Address | None, int] | None = None
     # (namespace, name) -> why a Secret may not be read ("" = it may); None: any may.
     secret_check: Callable[[str, str], str] | None = field(default=None, compare=False)
-    job_denied: str = ""  # why the `job` provider may not run ("" = it may)
+    # namespace -> why the `job` provider may not create a Job there ("" = it may); None: any.
+    job_check: Callable[[str], str] | None = field(default=None, compare=False)
+
+    def job_refusal(self, namespace: str) -> str:
+        """Why a `job` measurement may not create its Job in `namespace` ("" = it may)."""
+        return self.job_check(namespace) if self.job_check is not None else ""
 
     def secret_refusal(self, namespace: str, name: str) -> str:
         """Why a `secretKeyRef` to Secret/namespace/name is refused ("" = allowed)."""
@@ -128,13 +143,16 @@ class Policy:
         address is one of the host's own."""
         parts = urlsplit(url)
         scheme, host = parts.scheme, (parts.hostname or "").lower()
+        ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:127.0.0.1 is 127.0.0.1
         if scheme not in DEFAULT_PORTS or not host:
             return f"{url!r} is not an http(s) URL"
         try:
             port = parts.port or DEFAULT_PORTS[scheme]
         except ValueError:
             return f"{url!r} has an invalid port"
-        path = parts.path or "/"
+        path = unquote(parts.path or "/")
+        if any(segment in (".", "..") for segment in path.split("/")):
+            return f"{url!r} has dot segments in its path"
         matched = [e for e in self.entries if e.matches(scheme, host, port, path, ip)]
         target = f"{scheme}://{host}:{port} ({ip})"
         if not matched:
@@ -148,7 +166,7 @@ class Policy:
             why = "the daemon's own API"
             named = [e for e in matched if not e.wildcard and e.network is None and e.port == port]
         else:
-            named = [e for e in matched if not e.wildcard]
+            named = [e for e in matched if not e.wildcard and _names(e, ip)]
         if why and not named:
             return f"{target} is {why}: only an entry naming it allows it, not {matched[0].text!r}"
         return ""
@@ -157,7 +175,19 @@ class Policy:
         if self.own_api is None or port != self.own_api[1]:
             return False
         address = self.own_api[0]
+        if address is not None:
+            address = getattr(address, "ipv4_mapped", None) or address
         return (local or ip.is_loopback) if address is None else ip == address
+
+
+def _names(entry: Entry, ip: Address) -> bool:
+    """Whether `entry` names the special address `ip`: a host entry does (it matched by name or
+    by the literal IP); a network only when it lies within the same special range."""
+    net = entry.network
+    if net is None:
+        return True
+    kind = special(ip)
+    return special(net.network_address) == kind and special(net.broadcast_address) == kind
 
 
 def job_refusal(job: dict[str, Any]) -> str:
@@ -182,9 +212,9 @@ def job_refusal(job: dict[str, Any]) -> str:
     return ""
 
 
-def redact(text: str, provider: dict[str, Any], secrets: dict[str, str]) -> str:
-    """`text` without the secret values, header values and basic-auth password a provider
-    was given (an endpoint that echoes its request must not hand them to the tenant)."""
+def _secret_values(provider: dict[str, Any], secrets: dict[str, str]) -> list[str]:
+    """The values an answer must not repeat: secret args, header values, the basic-auth
+    password (and `user:password`)."""
     hidden = [v for v in secrets.values() if v]
     ((_, spec),) = provider.items() if len(provider) == 1 else (("", {}),)
     spec = spec if isinstance(spec, dict) else {}
@@ -192,9 +222,34 @@ def redact(text: str, provider: dict[str, Any], secrets: dict[str, str]) -> str:
         value = str((h or {}).get("value") or "") if isinstance(h, dict) else ""
         if len(value) >= 6:
             hidden.append(value)
-    basic = ((spec.get("authentication") or {}).get("basicAuth") or {}) if spec else {}
+    basic = (spec.get("authentication") or {}).get("basicAuth") or {}
     if isinstance(basic, dict) and basic.get("password"):
-        hidden.append(str(basic["password"]))
-    for value in sorted(hidden, key=len, reverse=True):
+        hidden += [str(basic["password"]), f"{basic.get('username', '')}:{basic['password']}"]
+    return hidden
+
+
+def repeats_secret(text: str, provider: dict[str, Any], secrets: dict[str, str]) -> bool:
+    """Whether `text` holds a secret value in any common encoding (as sent, JSON- or
+    URL-escaped, Python-quoted, base64): such an answer is an echo of the request."""
+    for value in _secret_values(provider, secrets):
+        if len(value) < 4:
+            continue
+        forms = {
+            value,
+            json.dumps(value)[1:-1],
+            quote(value, safe=""),
+            quote_plus(value),
+            repr(value)[1:-1],
+            base64.b64encode(value.encode()).decode().rstrip("="),
+        }
+        if any(form and form in text for form in forms):
+            return True
+    return False
+
+
+def redact(text: str, provider: dict[str, Any], secrets: dict[str, str]) -> str:
+    """`text` without the secret values, header values and basic-auth password a provider
+    was given (an endpoint that echoes its request must not hand them to the tenant)."""
+    for value in sorted(_secret_values(provider, secrets), key=len, reverse=True):
         text = text.replace(value, "*****")
     return text

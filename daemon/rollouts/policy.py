@@ -52,21 +52,24 @@ def for_app(
         )
         return "" if v is None else v.message
 
-    job = check_resource(
-        project,
-        group="batch",
-        kind="Job",
-        namespace=app.destination.namespace,
-        namespaced=True,
-        server=cluster.server,
-        cluster_name=cluster.name,
-    )
+    def job(namespace: str) -> str:
+        v = check_resource(
+            project,
+            group="batch",
+            kind="Job",
+            namespace=namespace,
+            namespaced=True,
+            server=cluster.server,
+            cluster_name=cluster.name,
+        )
+        return "" if v is None else v.message
+
     return Policy(
         owner=f"Application/{app.name} (project {project.name})",
         entries=(*allowed, *project.analysis_allowed),
         own_api=own_api(listen),
         secret_check=secret,
-        job_denied="" if job is None else job.message,
+        job_check=job,
     )
 
 

@@ -106,8 +106,10 @@ async def prometheus(spec: Body, policy: Policy, timeout_default: float = 30.0) 
     try:
         data = json.loads(answer.body)
     except ValueError as e:
-        text = answer.body[:200].decode(errors="replace")
-        raise ProviderError(f"prometheus answered HTTP {answer.status}: {text}") from e
+        # Not echoed: the body of an answer the tenant chose may repeat what was sent.
+        raise ProviderError(
+            f"prometheus answered HTTP {answer.status} with a body that is not JSON"
+        ) from e
     if not isinstance(data, dict):
         raise ProviderError("prometheus answered JSON that is not an object")
     if data.get("status") != "success":
@@ -272,10 +274,14 @@ async def web(spec: Body, policy: Policy) -> Value:
 
 
 async def measure(provider: Body, policy: Policy) -> Value:
-    """Take one measurement with the metric's provider, within the app's `policy`."""
+    """Take one measurement with the metric's provider, within the app's `policy`. Whatever a
+    tenant's template holds ends as a ProviderError, never a crash of the controller."""
     ((kind, spec),) = provider.items()
-    if kind == "prometheus":
-        return await prometheus(spec or {}, policy)
-    if kind == "web":
-        return await web(spec or {}, policy)
+    try:
+        if kind == "prometheus":
+            return await prometheus(spec or {}, policy)
+        if kind == "web":
+            return await web(spec or {}, policy)
+    except (UnicodeError, ValueError, TypeError) as e:
+        raise ProviderError(f"{kind} provider: {type(e).__name__}: {e}") from e
     raise ProviderError(f"metric provider {kind!r} is not supported by this gitopsd")

@@ -27,10 +27,10 @@ import structlog
 from daemon.errors import Fenced, KubeError, KubeNotFound
 from daemon.kube import KubeClient
 from daemon.model import ResourceType
-from daemon.names import object_name
+from daemon.names import STATE_PREFIX, object_name
 
 log = structlog.get_logger("gitopsd.state")
-PREFIX = "gitopsd-state."
+PREFIX = STATE_PREFIX
 LABEL = "gitopsd.io/state"
 ANNOTATION = "gitopsd.io/app"
 MANAGER = "gitopsd-state"

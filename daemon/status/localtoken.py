@@ -25,6 +25,19 @@ def _private(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
+def _read_private(path: Path) -> str:
+    """The file's text, read through a descriptor checked to be a private regular file of ours
+    (a symlink swapped in after the check is not followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    with os.fdopen(fd) as f:
+        if not _private(os.fstat(f.fileno())):
+            return ""
+        return f.read(4096).strip()
+
+
 def ensure(path: Path) -> str:
     """The token in `path`, made (random, mode 0600) unless a private one is already there.
     A file anyone else could read or have written is replaced; ConfigError if it cannot be."""
@@ -46,9 +59,14 @@ def ensure(path: Path) -> str:
                 f.write(token + "\n")
             return token
         if not _private(st):
-            path.unlink()  # readable by others, a link, or not ours: never trust it
+            try:
+                path.unlink()  # readable by others, a link, or not ours: never trust it
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot replace an untrusted file: {e.strerror}", file=str(path)
+                ) from e
             continue
-        value = path.read_text().strip()
+        value = _read_private(path)
         if value:
             return value
         time.sleep(0.05)  # being written by another replica

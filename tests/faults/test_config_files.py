@@ -96,3 +96,56 @@ def test_removal_waits_for_a_second_read_and_new_files_in_an_empty_glob_are_seen
         late = _cascading("late-c", git_repo.url, "c", namespace)
         (tmp_path / "apps" / "late-c.yaml").write_text(yaml.safe_dump(late))
         wait_for(lambda: d.synced("late-c"), timeout=30, what="a file added to an empty glob")
+
+
+def test_a_truncated_applicationset_deletes_no_generated_app(
+    cluster: Cluster, namespace: str, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """An ApplicationSet file caught mid-write (still valid YAML, one list element lost) keeps
+    the generated app and its resources; written whole again within the grace period, nothing
+    was removed; cut again and left so, the app goes once the grace period has passed."""
+    git_repo.write({"a/cm.yaml": configmap("gen-a"), "b/cm.yaml": configmap("gen-b")})
+    cfg = write_config(tmp_path, cluster, [])
+    data = yaml.safe_load(cfg.read_text())
+    data["settings"]["appRemovalGracePeriod"] = "6s"
+    cfg.write_text(yaml.safe_dump(data))
+    template = {
+        "metadata": {"name": "gen-{{p}}", "finalizers": [FINALIZER]},
+        "spec": {
+            "project": "default",
+            "source": {"repoURL": git_repo.url, "path": "{{p}}", "targetRevision": "HEAD"},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
+            "syncPolicy": {"automated": {}},
+        },
+    }
+    aset = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "ApplicationSet",
+        "metadata": {"name": "gen"},
+        # The template first and the elements last, so a cut after one element stays valid.
+        "spec": {
+            "template": template,
+            "generators": [{"list": {"elements": [{"p": "a"}, {"p": "b"}]}}],
+        },
+    }
+    f = tmp_path / "apps" / "appset.yaml"
+    f.write_text(yaml.safe_dump(aset, sort_keys=False))
+    with running(cfg) as d:
+        wait_for(lambda: d.synced("gen-a") and d.synced("gen-b"), timeout=60, what="synced")
+        full = f.read_text()
+        cut = full[: full.index("- p: b")]
+        assert yaml.safe_load(cut)
+        f.write_text(cut)
+        time.sleep(4)
+        assert d.app("gen-b") is not None and get(cluster, namespace, "configmap/gen-b")
+        f.write_text(full)
+        time.sleep(6)
+        assert d.app("gen-b") is not None, "removed although the file came back in time"
+        assert get(cluster, namespace, "configmap/gen-b") is not None
+        f.write_text(cut)
+        wait_for(lambda: d.app("gen-b") is None, timeout=60, what="gen-b removed after the grace")
+        wait_for(
+            lambda: get(cluster, namespace, "configmap/gen-b") is None,
+            timeout=30,
+            what="gen-b's resources deleted once its removal held",
+        )

@@ -54,6 +54,34 @@ class _Listener:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
+class _FakeDaemon:
+    """A program squatting the daemon's port: 401 naming a file of its choice as `tokenFile`,
+    recording the Authorization headers it receives."""
+
+    def __init__(self, token_file: str) -> None:
+        self.seen: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.seen.append(self.headers.get("Authorization") or "")
+                body = json.dumps({"error": "token needed", "tokenFile": token_file}).encode()
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 def _template(api_port: int, listener_port: int) -> str:
     api = f"http://127.0.0.1:{api_port}/api/v1/applications/victim"
     return f"""apiVersion: argoproj.io/v1alpha1
@@ -227,5 +255,23 @@ def test_open_loopback_api_needs_the_local_token_to_write(
             capture_output=True,
             text=True,
             timeout=60,
+            env=d.cli_env(),
         )
         assert out.returncode == 0, out.stderr
+        # A program on the daemon's port cannot make the CLI send a file it names.
+        planted = tmp_path / "not-a-token"
+        planted.write_text("private-material\n")
+        planted.chmod(0o600)
+        fake = _FakeDaemon(str(planted))
+        try:
+            out = subprocess.run(
+                [GITOPSD, "app", "sync", "lt", "--server", fake.url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=d.cli_env(),
+            )
+        finally:
+            fake.server.shutdown()
+        assert not any("private-material" in h for h in fake.seen), fake.seen
+        assert any(token in h for h in fake.seen), "the CLI sent its own local token"

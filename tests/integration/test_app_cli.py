@@ -38,6 +38,7 @@ def app_cli(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
+        env=d.cli_env(),
     )
 
 

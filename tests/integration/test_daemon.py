@@ -44,11 +44,20 @@ class Daemon:
         all_headers.update(headers or {})
         return httpx.request(method, self.url + path, headers=all_headers, timeout=10, **kw)
 
-    def local_token(self) -> str:
-        """The daemon's local admin token (what API writes need without apiTokens)."""
+    def local_token_file(self) -> str:
+        """Where the daemon keeps its local admin token (what writes need without apiTokens)."""
         data = yaml.safe_load(self.cfg.read_text())["settings"]
-        path = data.get("localTokenFile") or str(Path(data["stateDir"]) / "local-api-token")
-        return Path(path).read_text().strip()
+        return str(data.get("localTokenFile") or Path(data["stateDir"]) / "local-api-token")
+
+    def local_token(self) -> str:
+        """The daemon's local admin token."""
+        return Path(self.local_token_file()).read_text().strip()
+
+    def cli_env(self) -> dict[str, str]:
+        """The environment for `gitopsd app` against this daemon: where its local token is."""
+        import os
+
+        return {**os.environ, "GITOPSD_LOCAL_TOKEN_FILE": self.local_token_file()}
 
     def app(self, name: str) -> dict[str, Any] | None:
         r = self.api(f"/api/v1/applications/{name}")
@@ -364,6 +373,7 @@ def test_cli_client_lists_syncs_and_shows_history(
                 capture_output=True,
                 text=True,
                 timeout=120,
+                env=d.cli_env(),
             )
 
         wait_for(lambda: d.status("manual").get("sync"), timeout=30, what="first compare")

@@ -102,3 +102,37 @@ def test_redaction_hides_secrets_headers_and_passwords() -> None:
     out = redact(text, provider, {"db": "hunter2"})
     assert "tok-123456" not in out and "pw-secret" not in out and "hunter2" not in out
     assert '"ok": 1' in out
+
+
+def test_an_echo_of_a_secret_in_any_encoding_is_caught() -> None:
+    """Raw, JSON-escaped, URL-encoded, quoted and base64 forms of a secret (or of the
+    basic-auth `user:password`) count as a repeat; unrelated text does not."""
+    from urllib.parse import quote
+
+    from daemon.rollouts.egress import repeats_secret
+
+    secret = 'Tr0ub4dor&3 "x"\\q'
+    provider = {"web": {"authentication": {"basicAuth": {"username": "u", "password": "pw-123"}}}}
+    args = {"token": secret}
+    for form in (
+        secret,
+        '"Tr0ub4dor&3 \\"x\\"\\\\q"',
+        quote(secret, safe=""),
+        "Basic dTpwdy0xMjM=",
+    ):
+        assert repeats_secret(form, provider, args), form
+    assert not repeats_secret('{"ok": true}', provider, args)
+
+
+def test_dot_segments_ipv4_mapped_and_wide_networks_do_not_pass() -> None:
+    """`%2e%2e` segments are refused; `::ffff:127.0.0.1` is the own API; a network entry
+    names loopback only when it lies inside loopback; `/api` does not cover `/api-x`."""
+    p = policy("http://10.0.0.1/api", listen="127.0.0.1:8080")
+    ten = ipaddress.ip_address("10.0.0.1")
+    assert "dot segments" in p.url_refusal("http://10.0.0.1/api/%2e%2e/admin", ten, local=False)
+    assert p.url_refusal("http://10.0.0.1/api-x", ten, local=False)
+    assert p.url_refusal("http://10.0.0.1/api/v1", ten, local=False) == ""
+    mapped = ipaddress.ip_address("::ffff:127.0.0.1")
+    wide = policy("::ffff:0:0/96")
+    assert wide.url_refusal("http://[::ffff:127.0.0.1]:8080/", mapped, local=True)
+    assert policy("0.0.0.0/1").url_refusal("http://127.0.0.1:9090/", LOOP, local=True)

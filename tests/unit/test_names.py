@@ -28,3 +28,16 @@ def test_names_that_differ_only_in_unsafe_characters_stay_apart() -> None:
     assert object_name("p.", "a_b") != object_name("p.", "a-b")
     assert object_name("p.", "Web") != object_name("p.", "web")
     assert object_name("p.", "a-b") == "p.a-b"
+
+
+def test_a_name_equal_to_anothers_hashed_form_is_a_clash() -> None:
+    """An app named exactly like another's truncated-and-hashed derived name is reported as a
+    clash (they would share a Lease, state and inventory); ordinary names are not."""
+    from daemon.names import STATE_PREFIX, clashes
+
+    victim = "v" * 250
+    twin = object_name(STATE_PREFIX, victim).removeprefix(STATE_PREFIX)
+    assert len(twin) <= 253 and twin != victim
+    pairs = clashes([victim, twin, "web"])
+    assert len(pairs) == 1 and set(pairs[0]) == {victim, twin}
+    assert clashes(["web", "api", "db"]) == []
