@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,6 +128,13 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _session_mac(token_hash: str, expiry: int) -> str:
+    """The status page's session value for a token: keyed by the token's hash, so replicas
+    agree and a rotated token ends its sessions; the token itself never goes into a cookie."""
+    key = hashlib.sha256(b"gitopsd-session\n" + token_hash.encode()).digest()
+    return hmac.new(key, str(expiry).encode(), hashlib.sha256).hexdigest()
+
+
 class Auth:
     """Bearer tokens from the config's `apiTokens`, held only as hashes."""
 
@@ -180,14 +188,31 @@ class Auth:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             cookie = request.cookies.get(ui.COOKIE, "") if request.get(ui.UI_FLAG) else ""
-            value = cookie.strip()
-        else:
-            value = header[7:].strip(" \t")  # ASCII only: no Unicode whitespace games
+            return self._from_session(cookie.strip())
+        value = header[7:].strip(" \t")  # ASCII only: no Unicode whitespace games
         if not value:
             return None
         if self.local_hash and hmac.compare_digest(_hash(value), self.local_hash):
             return ("admin", ())
         return self.tokens().get(_hash(value))
+
+    def session_cookie(self, token: str) -> str:
+        """The cookie value a log-in with `token` gets: an expiry and a MAC, not the token
+        (a cookie reaches every port of the host; the raw token would work on the JSON API)."""
+        expiry = int(time.time()) + ui.SESSION_SECONDS
+        return f"{expiry}.{_session_mac(_hash(token), expiry)}"
+
+    def _from_session(self, value: str) -> tuple[str, tuple[str, ...]] | None:
+        stamp, _, mac = value.partition(".")
+        if not stamp.isdigit() or int(stamp) < time.time() or not mac:
+            return None
+        candidates = dict(self.tokens())
+        if self.local_hash:
+            candidates[self.local_hash] = ("admin", ())
+        for token_hash, principal in candidates.items():
+            if hmac.compare_digest(_session_mac(token_hash, int(stamp)), mac):
+                return principal
+        return None
 
     def role(self, request: web.Request) -> str | None:
         p = self.principal(request)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from daemon.status.api import Auth, Control
 
 COOKIE = "gitopsd_token"
+SESSION_SECONDS = 8 * 3600  # a log-in lasts this long (the cookie holds a MAC, not the token)
 UI_FLAG = "gitopsd.ui"  # request key: the cookie may authenticate this request
 DIFF_TIMEOUT = 15.0
 DIFF_CACHE = 64  # diffs kept (app, reconcile) for the detail page's refreshes
@@ -267,7 +268,8 @@ def add_routes(
         behind_tls = request.headers.get("X-Forwarded-Proto", "").lower() == "https"
         response.set_cookie(
             COOKIE,
-            token,
+            auth.session_cookie(token),
+            max_age=SESSION_SECONDS,
             httponly=True,
             samesite="Strict",
             secure=request.secure or behind_tls,

@@ -129,6 +129,8 @@ def test_status_page_in_a_browser(
 
         cookie = next(c for c in page.context.cookies() if c["name"] == "gitopsd_token")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        # A cookie reaches every port of the host: it carries a session MAC, never the token.
+        assert tokens["admin"] not in cookie["value"], "the raw API token is in the cookie"
         jar = {"gitopsd_token": cookie["value"]}
         no_csrf = httpx.post(
             d.url + "/ui/applications/page-manual/sync", cookies=jar, follow_redirects=False
