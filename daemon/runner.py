@@ -1455,7 +1455,15 @@ class Daemon:
         client = await self.engine.client_for(self.workers[app_name].app)
         rollouts = self.engine.reconciler.rollouts
         assert rollouts is not None
-        return await rollouts.act(client, namespace, name, action, to_revision=to_revision)
+        bound = kube.write_epoch.set(self._epoch(app_name))  # only while the app is ours
+        try:
+            return await rollouts.act(client, namespace, name, action, to_revision=to_revision)
+        finally:
+            kube.write_epoch.reset(bound)
+
+    def _epoch(self, app_name: str) -> kube.Epoch | None:
+        m = self.membership
+        return m.epoch(app_name) if m is not None else None
 
     def effective_app(self, name: str) -> Application:
         """The app as reconciled: its document plus `app set` parameter overrides."""
@@ -1485,11 +1493,15 @@ class Daemon:
         try:
             with anyio.fail_after(60):
                 await worker.done.wait()
-            if cascade:
-                await self.engine.reconciler.delete_app(app)
-            else:
-                await self.engine.reconciler.forget_app(app)
-            await self.engine.store.save(name, {"deletedSpec": _spec_digest(app)})
+            bound = kube.write_epoch.set(self._epoch(name))  # only while the app is ours
+            try:
+                if cascade:
+                    await self.engine.reconciler.delete_app(app)
+                else:
+                    await self.engine.reconciler.forget_app(app)
+                await self.engine.store.save(name, {"deletedSpec": _spec_digest(app)})
+            finally:
+                kube.write_epoch.reset(bound)
         except TimeoutError:
             # Its current run did not finish in time: it goes on managing the app.
             worker.stopped = False

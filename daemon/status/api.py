@@ -773,6 +773,9 @@ def build_app(daemon: Control, *, local_token: str = "", token_file: str = "") -
         app_name, ns = find_rollout(request, name)
         # Argo CD's RBAC name for a resource action: action/<group>/<kind>/<action>.
         auth.check_app(request, f"action/argoproj.io/Rollout/{action}", app_name)
+        forwarded = await forward(request, app_name)  # the app's owner acts (several replicas)
+        if forwarded is not None:
+            return forwarded
         data = await body_json(request)
         revision = data.get("toRevision")
         try:
