@@ -993,9 +993,17 @@ class Daemon:
             m = self.membership
             wait = self.config.settings.reconcile_interval
             if m is None or m.leader:
+                # Generated under this incarnation's lead, published only while it holds (the
+                # epoch is set around the write only: tasks the expansion starts must not
+                # inherit it).
+                lead = m.leader_epoch() if m is not None else None
                 await self.expand_appsets()
                 if m is not None and (self.config.application_sets or published):
-                    published = await self._publish_appsets(published)
+                    bound = kube.write_epoch.set(lead)
+                    try:
+                        published = await self._publish_appsets(published)
+                    finally:
+                        kube.write_epoch.reset(bound)
                     wait = min(wait, m.interval)  # notice losing the lead
             elif m is not None:
                 published = ""

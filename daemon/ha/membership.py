@@ -46,6 +46,7 @@ from daemon.model import ResourceType
 
 log = structlog.get_logger("gitopsd.ha")
 Body = dict[str, Any]
+LEADERSHIP = ""  # the Epoch "app" of leader-only work (no app is named "")
 GC_AFTER = 10  # evicted member Leases are deleted by the leader after this many leaseDurations
 
 
@@ -102,6 +103,11 @@ class Membership:
         at = self.renewed_at
         return -1.0 if at is None else at + self.duration - self.margin - self.clock()
 
+    def leader_epoch(self) -> kube.Epoch:
+        """What leader-only work (the ApplicationSet output) runs under: this incarnation's
+        leadership, checked again at each write."""
+        return kube.Epoch(self.incarnation, LEADERSHIP)
+
     def epoch(self, app: str) -> kube.Epoch:
         """What a reconcile of `app` runs under: this incarnation and its claim on the app."""
         return kube.Epoch(self.incarnation, app)
@@ -121,8 +127,10 @@ class Membership:
                 status=503,
             )
         bound = kube.write_epoch.get()
+        held = self.leader if bound is not None and bound.app == LEADERSHIP else None
         if bound is not None and (
-            bound.incarnation != self.incarnation or bound.app not in self.claims
+            bound.incarnation != self.incarnation
+            or not (held if held is not None else bound.app in self.claims)
         ):
             raise Fenced(
                 subject,
