@@ -483,6 +483,9 @@ def main() -> int:
             "kube-controller-manager, node simulator)"
         )
     _, started_cluster = ensure_cluster()
+    # `gitopsd app` / `gitopsd rollout` writes need the daemon's local token: it lives in the
+    # demo's stateDir rather than the default /var/lib/gitopsd.
+    os.environ["GITOPSD_LOCAL_TOKEN_FILE"] = str(DEMO / "state" / "local-api-token")
     daemon: subprocess.Popen[bytes] | None = None
     exporter = Exporter("webapp")
     stack = contextlib.ExitStack()
