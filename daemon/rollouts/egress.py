@@ -201,14 +201,37 @@ def job_refusal(job: dict[str, Any]) -> str:
     for v in pod.get("volumes") or []:
         if isinstance(v, dict) and "hostPath" in v:
             return f"volume {v.get('name')!r} is a hostPath"
+    if pod.get("nodeName"):
+        return "spec.template.spec.nodeName picks a node"
+    if _host_process(pod.get("securityContext")):
+        return "the pod asks for a Windows host process"
     for group in ("initContainers", "containers", "ephemeralContainers"):
         for c in pod.get(group) or []:
-            if not isinstance(c, dict):
-                continue
-            if ((c.get("securityContext") or {}).get("privileged")) is True:
-                return f"container {c.get('name')!r} is privileged"
-            if any(isinstance(p, dict) and p.get("hostPort") for p in c.get("ports") or []):
-                return f"container {c.get('name')!r} asks for a hostPort"
+            why = _container_refusal(c) if isinstance(c, dict) else ""
+            if why:
+                return why
+    return ""
+
+
+def _host_process(context: Any) -> bool:
+    return isinstance(context, dict) and bool(
+        (context.get("windowsOptions") or {}).get("hostProcess")
+    )
+
+
+def _container_refusal(c: dict[str, Any]) -> str:
+    """Why one container of a `job` measurement reaches into the node ("" = it does not)."""
+    name, context = c.get("name"), c.get("securityContext") or {}
+    if context.get("privileged") is True:
+        return f"container {name!r} is privileged"
+    if context.get("allowPrivilegeEscalation") is True:
+        return f"container {name!r} allows privilege escalation"
+    if (context.get("capabilities") or {}).get("add"):
+        return f"container {name!r} adds capabilities"
+    if context.get("procMount") == "Unmasked" or _host_process(context):
+        return f"container {name!r} asks for the host's view"
+    if any(isinstance(p, dict) and p.get("hostPort") for p in c.get("ports") or []):
+        return f"container {name!r} asks for a hostPort"
     return ""
 
 

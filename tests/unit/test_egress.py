@@ -88,6 +88,15 @@ def test_job_pods_may_not_reach_into_the_node() -> None:
     assert "privileged" in job_refusal(priv)
     port = job(containers=[{"name": "c", "ports": [{"containerPort": 1, "hostPort": 80}]}])
     assert "hostPort" in job_refusal(port)
+    caps = job(
+        containers=[{"name": "c", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]
+    )
+    assert "capabilities" in job_refusal(caps)
+    assert "nodeName" in job_refusal(job(nodeName="edge-1"))
+    escalate = job(
+        containers=[{"name": "c", "securityContext": {"allowPrivilegeEscalation": True}}]
+    )
+    assert "escalation" in job_refusal(escalate)
 
 
 def test_redaction_hides_secrets_headers_and_passwords() -> None:
