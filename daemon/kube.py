@@ -9,6 +9,7 @@ and verb, and never leak upward.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import json
@@ -16,7 +17,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,17 @@ class Epoch:
 write_epoch: contextvars.ContextVar[Epoch | None] = contextvars.ContextVar(
     "gitopsd_write_epoch", default=None
 )
+
+
+@contextlib.contextmanager
+def writes_under(epoch: Epoch | None) -> Iterator[None]:
+    """Run the block's writes (and those of tasks it starts) under `epoch`."""
+    token = write_epoch.set(epoch)
+    try:
+        yield
+    finally:
+        write_epoch.reset(token)
+
 
 # Set by the replicas' membership task: its Lease traffic never queues behind the apps' request
 # budget (`qps`), or a busy member would miss its own renewals and evict itself.

@@ -8,6 +8,7 @@ An app that disappears stays in the running config until the files, read again a
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from daemon.settings import Application
@@ -42,3 +43,38 @@ class PendingRemovals:
         """Drop `name` from the pending set: its removal is confirmed."""
         entry = self.since.pop(name, None)
         return entry[0] if entry else None
+
+    def settle(
+        self,
+        before: Mapping[str, Application],
+        present: Collection[str],
+        *,
+        now: float,
+        grace: float,
+    ) -> Settled:
+        """One read of the apps: those of `before` missing from `present` start (or keep)
+        waiting, those missing for `grace` seconds are removed now, those present again stop
+        waiting. A grace of 0 removes at once."""
+        back = [name for name in list(self.since) if name in present and self.back(name)]
+        due = self.due(now, grace)
+        settled = Settled(back=back)
+        for name, app in before.items():
+            if name in present:
+                continue
+            if grace <= 0 or name in due:
+                settled.removed.append(self.confirm(name) or app)
+            else:
+                if self.note(app, now):
+                    settled.noted.append(app)
+                settled.held.append(app)
+        return settled
+
+
+@dataclass(slots=True)
+class Settled:
+    """What one read decided (`PendingRemovals.settle`)."""
+
+    back: list[str] = field(default_factory=list)  # missing before, present again
+    removed: list[Application] = field(default_factory=list)  # removal confirmed now
+    noted: list[Application] = field(default_factory=list)  # newly missing
+    held: list[Application] = field(default_factory=list)  # missing, kept until confirmed

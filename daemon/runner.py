@@ -555,18 +555,13 @@ class Daemon:
                         continue  # another replica reconciles it (a pending sync waits here)
                     sync, worker.pending = worker.pending, None
                     reason, worker.reason = worker.reason or "interval", ""
-                    m = self.membership
-                    # The run's writes are bound to this incarnation's claim on the app.
-                    bound = kube.write_epoch.set(
-                        m.epoch(worker.app.name) if m is not None else None
-                    )
                     try:
-                        await self._reconcile(worker, sync, reason)
+                        # The run's writes are bound to this incarnation's claim on the app.
+                        with kube.writes_under(self._epoch(worker.app.name)):
+                            await self._reconcile(worker, sync, reason)
                     except Exception:  # one app's failure must never stop the daemon
                         log.exception("app worker error; will retry", app=worker.app.name)
                         await anyio.sleep(min(30.0, settings.reconcile_interval))
-                    finally:
-                        kube.write_epoch.reset(bound)
         finally:
             worker.done.set()
 
@@ -689,9 +684,8 @@ class Daemon:
 
     def _rollout_epoch(self, ro: dict[str, Any]) -> kube.Epoch | None:
         """A Rollout's writes run under its app's claim, as the app's own reconcile does."""
-        m, reconciler = self.membership, self.engine.reconciler
-        app = reconciler.app_of(ro)
-        return m.epoch(app.name) if m is not None and app is not None else None
+        app = self.engine.reconciler.app_of(ro)
+        return self._epoch(app.name) if app is not None else None
 
     def _reshard(self) -> None:
         """Recompute which member owns which app; wake the apps that moved (gained ones
@@ -999,11 +993,8 @@ class Daemon:
                 lead = m.leader_epoch() if m is not None else None
                 await self.expand_appsets()
                 if m is not None and (self.config.application_sets or published):
-                    bound = kube.write_epoch.set(lead)
-                    try:
+                    with kube.writes_under(lead):
                         published = await self._publish_appsets(published)
-                    finally:
-                        kube.write_epoch.reset(bound)
                     wait = min(wait, m.interval)  # notice losing the lead
             elif m is not None:
                 published = ""
@@ -1079,30 +1070,28 @@ class Daemon:
             elif app != worker.app or app.raw != worker.app.raw:
                 worker.app = app
                 worker.trigger("ApplicationSet changed")
-        for name in [n for n in self.generated_removals.since if n in expansion.apps]:
-            self.generated_removals.back(name)
-            log.info("generated app back in its ApplicationSet's output; not removed", app=name)
+        # A generator's input caught mid-write (a truncated file, a repository between commits)
+        # must not delete anything: an app stays until a later expansion, at least the grace
+        # period later, still lacks it.
         grace = self.config.settings.app_removal_grace_period
-        now = time.monotonic()
-        due = self.generated_removals.due(now, grace)
-        for name, app in old.items():
-            if name in expansion.apps or name not in self.workers:
-                continue
-            if grace <= 0 or name in due:
-                self.generated_removals.confirm(name)
-                self._remove_app(app, "generated app removed")
-                continue
-            # A generator's input caught mid-write (a truncated file, a repository between
-            # commits) must not delete anything: the app stays until a later expansion, at
-            # least the grace period later, still lacks it.
-            expansion.apps[name], expansion.owner[name] = app, old_owner.get(name, "")
-            if self.generated_removals.note(app, now) and self.tg is not None:
-                log.warning(
-                    "generated app gone from its ApplicationSet's output; removed if still gone "
-                    "after the grace period",
-                    app=name,
-                    grace_seconds=grace,
-                )
+        managed = {name: app for name, app in old.items() if name in self.workers}
+        settled = self.generated_removals.settle(
+            managed, expansion.apps, now=time.monotonic(), grace=grace
+        )
+        for name in settled.back:
+            log.info("generated app back in its ApplicationSet's output; not removed", app=name)
+        for app in settled.removed:
+            self._remove_app(app, "generated app removed")
+        for app in settled.held:
+            expansion.apps[app.name], expansion.owner[app.name] = app, old_owner.get(app.name, "")
+        for app in settled.noted:
+            log.warning(
+                "generated app gone from its ApplicationSet's output; removed if still gone "
+                "after the grace period",
+                app=app.name,
+                grace_seconds=grace,
+            )
+            if self.tg is not None:
                 self.tg.start_soon(self._expand_again_after, grace)
         self.expansion = expansion
         self.engine.reconciler.generated = dict(expansion.owner)
@@ -1260,12 +1249,12 @@ class Daemon:
             except OSError:
                 continue
             if current != self.file_stamps or (due and not self.config_error):
-                await self.reload(confirm=due)
+                await self.reload()  # a read that may confirm the due removals
 
-    async def reload(self, *, confirm: frozenset[str] = frozenset()) -> None:
+    async def reload(self) -> None:
         """Load the config again; apply it only if all of it is valid. An app missing from the
-        files stays until a read at least `appRemovalGracePeriod` later (`confirm`) still lacks
-        it: a file caught mid-write never deletes anything."""
+        files stays until a read at least `appRemovalGracePeriod` later still lacks it: a file
+        caught mid-write never deletes anything."""
         try:
             new = settings_mod.load(self.config_path, previous=self.config)
             system_rules(new)  # argocd-cm rules are checked before anything switches
@@ -1283,7 +1272,7 @@ class Daemon:
         self.metrics.config_valid.set(1)
         old_apps = {a.name: a for a in self.config.applications}
         new_apps = {a.name: a for a in new.applications}
-        removed = self._pending_removals(old_apps, new_apps, confirm)
+        removed = self._pending_removals(old_apps, new_apps)
         settings, restart = keep_restart_only(self.config.settings, new.settings)
         if restart:
             log.warning(
@@ -1327,31 +1316,21 @@ class Daemon:
             self.tg.start_soon(self._check_clusters)  # added clusters show up at once
 
     def _pending_removals(
-        self,
-        old_apps: dict[str, Application],
-        new_apps: dict[str, Application],
-        confirm: frozenset[str],
+        self, old_apps: dict[str, Application], new_apps: dict[str, Application]
     ) -> list[Application]:
         """The apps whose removal this read confirms; the others missing start (or keep)
         waiting for a later read, and those back in the files stop waiting."""
         grace = self.config.settings.app_removal_grace_period
-        for name in list(self.removals.since):
-            if name in new_apps and self.removals.back(name):
-                log.info("app back in the config files; not removed", app=name)
-        removed: list[Application] = []
-        now = time.monotonic()
-        for name, app in old_apps.items():
-            if name in new_apps:
-                continue
-            if grace <= 0 or name in confirm:
-                removed.append(self.removals.confirm(name) or app)
-            elif self.removals.note(app, now):
-                log.warning(
-                    "app gone from the config files; removed if still gone after the grace period",
-                    app=name,
-                    grace_seconds=grace,
-                )
-        return removed
+        settled = self.removals.settle(old_apps, new_apps, now=time.monotonic(), grace=grace)
+        for name in settled.back:
+            log.info("app back in the config files; not removed", app=name)
+        for app in settled.noted:
+            log.warning(
+                "app gone from the config files; removed if still gone after the grace period",
+                app=app.name,
+                grace_seconds=grace,
+            )
+        return settled.removed
 
     def _stop_worker(self, name: str) -> AppWorker | None:
         """Stop managing `name` (its worker finishes its current run and ends)."""
@@ -1395,7 +1374,7 @@ class Daemon:
                     await anyio.sleep(m.interval)
                     continue
                 # The deletes run under that claim: a stall that loses it stops them.
-                kube.write_epoch.set(m.epoch(app.name) if m is not None else None)
+                kube.write_epoch.set(self._epoch(app.name))
                 await self.engine.reconciler.delete_app(app)
                 if m is not None:
                     await m.release(app.name)
@@ -1463,11 +1442,8 @@ class Daemon:
         client = await self.engine.client_for(self.workers[app_name].app)
         rollouts = self.engine.reconciler.rollouts
         assert rollouts is not None
-        bound = kube.write_epoch.set(self._epoch(app_name))  # only while the app is ours
-        try:
+        with kube.writes_under(self._epoch(app_name)):  # only while the app is ours
             return await rollouts.act(client, namespace, name, action, to_revision=to_revision)
-        finally:
-            kube.write_epoch.reset(bound)
 
     def _epoch(self, app_name: str) -> kube.Epoch | None:
         m = self.membership
@@ -1501,15 +1477,12 @@ class Daemon:
         try:
             with anyio.fail_after(60):
                 await worker.done.wait()
-            bound = kube.write_epoch.set(self._epoch(name))  # only while the app is ours
-            try:
+            with kube.writes_under(self._epoch(name)):  # only while the app is ours
                 if cascade:
                     await self.engine.reconciler.delete_app(app)
                 else:
                     await self.engine.reconciler.forget_app(app)
                 await self.engine.store.save(name, {"deletedSpec": _spec_digest(app)})
-            finally:
-                kube.write_epoch.reset(bound)
         except TimeoutError:
             # Its current run did not finish in time: it goes on managing the app.
             worker.stopped = False

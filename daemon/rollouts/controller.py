@@ -26,7 +26,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from daemon.errors import KubeError, KubeNotFound
-from daemon.kube import Epoch, KubeClient, write_epoch
+from daemon.kube import Epoch, KubeClient, writes_under
 from daemon.model import ResourceType
 from daemon.rollouts import analysis as an
 from daemon.rollouts import crds, ingress, restart
@@ -271,11 +271,8 @@ class ClusterRollouts:
         """One reconcile of one Rollout; its writes are bound to its app's claim (a replica that
         lost the app since, or was stalled and rejoined, writes nothing)."""
         ro = await self.client.get(self.types["rollout"], namespace, name)
-        bound = write_epoch.set(self.epoch(ro) if ro is not None else None)
-        try:
+        with writes_under(self.epoch(ro) if ro is not None else None):
             await self._reconcile(namespace, name, ro)
-        finally:
-            write_epoch.reset(bound)
 
     async def _reconcile(self, namespace: str, name: str, ro: Body | None) -> None:
         t = self.types
