@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +16,8 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from daemon import yamlio
-from daemon.errors import GitopsdError
+from daemon.errors import ConfigError, GitopsdError
+from daemon.status import localtoken
 
 # Exit codes as the argocd CLI's (util/errors): 1 is kept for a command's own meaning (a diff
 # found, a sync that failed), 2 for a diff that could not be made.
@@ -62,21 +62,13 @@ class ApiClient:
             return ""
         path = os.environ.get("GITOPSD_LOCAL_TOKEN_FILE") or DEFAULT_LOCAL_TOKEN
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
+            return localtoken.read(Path(path), mine=False)
+        except ConfigError as e:
             raise ApiError(
-                f"writes need a token: cannot read the daemon's local token {path}: {e.strerror} "
-                "(run as the daemon's user, set GITOPSD_LOCAL_TOKEN_FILE, or pass --token-file)",
+                f"writes need a token: {e} (run as the daemon's user, set "
+                "GITOPSD_LOCAL_TOKEN_FILE, or pass --token-file)",
                 exit_code=EXIT_API,
             ) from e
-        with os.fdopen(fd) as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
-                raise ApiError(
-                    f"the local token {path} is not a private (0600) file; not sent",
-                    exit_code=EXIT_API,
-                )
-            return f.read(4096).strip()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}

@@ -21,20 +21,23 @@ from daemon.errors import ConfigError
 FILE_NAME = "local-api-token"
 
 
-def _private(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+def _private(st: os.stat_result, *, mine: bool = True) -> bool:
+    """A regular file no one but its owner may read (and, with `mine`, owned by this user)."""
+    owner_ok = st.st_uid == os.getuid() or not mine
+    return stat.S_ISREG(st.st_mode) and owner_ok and not st.st_mode & 0o077
 
 
-def _read_private(path: Path) -> str:
-    """The file's text, read through a descriptor checked to be a private regular file of ours
-    (a symlink swapped in after the check is not followed)."""
+def read(path: Path, *, mine: bool = True) -> str:
+    """The token in `path`, read through a descriptor checked to be a private regular file (a
+    symlink is not followed, so one swapped in after a check is refused). `mine=False`: owned
+    by another user (root reading the daemon's). ConfigError naming the file otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return ""
+    except OSError as e:
+        raise ConfigError(f"cannot read the local API token: {e.strerror}", file=str(path)) from e
     with os.fdopen(fd) as f:
-        if not _private(os.fstat(f.fileno())):
-            return ""
+        if not _private(os.fstat(f.fileno()), mine=mine):
+            raise ConfigError("the local API token is not a private (0600) file", file=str(path))
         return f.read(4096).strip()
 
 
@@ -66,7 +69,10 @@ def ensure(path: Path) -> str:
                     f"cannot replace an untrusted file: {e.strerror}", file=str(path)
                 ) from e
             continue
-        value = _read_private(path)
+        try:
+            value = read(path)
+        except ConfigError:
+            value = ""  # replaced or not ours since the look: look again
         if value:
             return value
         time.sleep(0.05)  # being written by another replica
